@@ -1,0 +1,230 @@
+/// @file basis.hpp
+/// @brief Gaussian radial basis functions and their closed-form expectations under a
+/// Gaussian density (∞-former, Martins et al. 2022, §3.1 and Appendix A).
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "errors.hpp"
+
+namespace infinityformer {
+
+/// N normalised Gaussian densities ψ_k(t) = N(t; c_k, s_k²).
+///
+/// The continuous memory is x̄(t) = Bᵀ ψ(t). Basis function k has centre c_k and width
+/// (standard deviation) s_k. The default family (default_family()) crosses K = N/|S|
+/// centres linspace(0, 1, K) with the widths S, centre-major: k = i·|S| + j.
+///
+/// Under a density p = N(μ, σ²) the expectations have closed forms (v_k = σ² + s_k²):
+///   E_p[ψ_k]    = N(μ; c_k, v_k)
+///   E_p[t ψ_k]  = E_p[ψ_k] · m̃_k,              m̃_k = (c_k σ² + μ s_k²)/v_k
+///   E_p[t² ψ_k] = E_p[ψ_k] · (m̃_k² + ṽ_k),      ṽ_k = σ² s_k²/v_k
+/// They are evaluated so that no NaN or overflow arises for any finite μ and σ² ≥ 0: an
+/// expectation that underflows is exactly 0, whatever the size of m̃_k.
+///
+/// Layouts: positions and densities are rows, basis functions columns (T×N, Q×N).
+///
+/// \tparam Scalar_ float or double.
+template <typename Scalar_>
+class GaussianBasis {
+    static_assert(std::is_floating_point_v<Scalar_>, "GaussianBasis needs float or double");
+
+public:
+    using Scalar = Scalar_;
+    using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    using Index = Eigen::Index;
+
+    /// A basis from explicit centres and widths (both N, widths > 0, all finite).
+    /// @throws infinityformer::invalid_argument on empty, mismatched or bad values.
+    GaussianBasis(const Eigen::Ref<const Vector>& centers, const Eigen::Ref<const Vector>& widths)
+        : centers_(centers), widths_(widths) {
+        constexpr const char* where = "GaussianBasis::GaussianBasis";
+        detail::require(centers.size() >= 1, where, "centers has ", centers.size(),
+                        " entries, expected at least 1");
+        detail::check_shape(where, "widths", widths, centers.size(), 1);
+        detail::check_finite(where, "centers", centers);
+        detail::check_finite(where, "widths", widths);
+        for (Index k = 0; k < widths.size(); ++k)
+            detail::require(widths[k] > Scalar(0), where, "widths[", k, "] is ", widths[k],
+                            ", expected > 0");
+    }
+
+    /// The authors' family: K = num_basis / widths.size() centres i/(K−1) (both 0 and 1
+    /// included; a single centre sits at 0), crossed with `widths`, centre-major.
+    /// Paper defaults: widths {0.01, 0.05} (sorting), {0.005, 0.01} (language model).
+    /// @throws infinityformer::invalid_argument if num_basis is not a positive multiple of
+    /// widths.size() or a width is not > 0.
+    static GaussianBasis default_family(Index num_basis, const std::vector<double>& widths) {
+        constexpr const char* where = "GaussianBasis::default_family";
+        const auto w = static_cast<Index>(widths.size());
+        detail::require(w >= 1, where, "widths has 0 entries, expected at least 1");
+        detail::require(num_basis >= 1 && num_basis % w == 0, where, "num_basis is ", num_basis,
+                        ", expected a positive multiple of the number of widths (", w, ")");
+        const Index k_centers = num_basis / w;
+        Vector c(num_basis), s(num_basis);
+        for (Index i = 0; i < k_centers; ++i) {
+            // linspace(0, 1, K) as the reference computes it (a + i·h below the middle,
+            // b − (K−1−i)·h above): both ends exact.
+            double ci = 0.0;
+            if (k_centers > 1) {
+                const double h = 1.0 / static_cast<double>(k_centers - 1);
+                ci = (2 * i < k_centers) ? static_cast<double>(i) * h
+                                         : 1.0 - static_cast<double>(k_centers - 1 - i) * h;
+            }
+            for (Index j = 0; j < w; ++j) {
+                detail::require(std::isfinite(widths[static_cast<std::size_t>(j)]) &&
+                                    widths[static_cast<std::size_t>(j)] > 0.0,
+                                where, "widths[", j, "] is ", widths[static_cast<std::size_t>(j)],
+                                ", expected > 0");
+                c[i * w + j] = static_cast<Scalar>(ci);
+                s[i * w + j] = static_cast<Scalar>(widths[static_cast<std::size_t>(j)]);
+            }
+        }
+        return GaussianBasis(c, s);
+    }
+
+    /// Number of basis functions N.
+    Index size() const { return centers_.size(); }
+    const Vector& centers() const { return centers_; }
+    const Vector& widths() const { return widths_; }
+
+    /// ψ at T positions: out(p, k) = ψ_k(t_p). @param t T positions. @param out T×N.
+    void evaluate(const Eigen::Ref<const Vector>& t, Eigen::Ref<Matrix> out) const {
+        constexpr const char* where = "GaussianBasis::evaluate";
+        detail::check_finite(where, "t", t);
+        detail::check_shape(where, "out", out, t.size(), size());
+        using std::exp;
+        using std::sqrt;
+        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        for (Index k = 0; k < size(); ++k) {
+            const Scalar c = centers_[k];
+            const Scalar inv_s = Scalar(1) / widths_[k];
+            const Scalar norm = inv_sqrt_2pi * inv_s;
+            for (Index p = 0; p < t.size(); ++p) {
+                const Scalar z = (t[p] - c) * inv_s;
+                out(p, k) = norm * exp(Scalar(-0.5) * z * z);
+            }
+        }
+    }
+    Matrix evaluate(const Eigen::Ref<const Vector>& t) const {
+        Matrix out(t.size(), size());
+        evaluate(t, out);
+        return out;
+    }
+
+    /// E[ψ_k] under N(μ_q, σ²_q) for Q densities. @param mu Q. @param sigma_sq Q, ≥ 0.
+    /// @param out Q×N.
+    void expect_psi(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
+                    Eigen::Ref<Matrix> out) const {
+        check_densities("GaussianBasis::expect_psi", mu, sigma_sq, out);
+        expectations(mu, sigma_sq, 0, out);
+    }
+    Matrix expect_psi(const Eigen::Ref<const Vector>& mu,
+                      const Eigen::Ref<const Vector>& sigma_sq) const {
+        Matrix out(mu.size(), size());
+        expect_psi(mu, sigma_sq, out);
+        return out;
+    }
+
+    /// E[t ψ_k] under N(μ_q, σ²_q). Shapes as expect_psi().
+    void expect_t_psi(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
+                      Eigen::Ref<Matrix> out) const {
+        check_densities("GaussianBasis::expect_t_psi", mu, sigma_sq, out);
+        expectations(mu, sigma_sq, 1, out);
+    }
+    Matrix expect_t_psi(const Eigen::Ref<const Vector>& mu,
+                        const Eigen::Ref<const Vector>& sigma_sq) const {
+        Matrix out(mu.size(), size());
+        expect_t_psi(mu, sigma_sq, out);
+        return out;
+    }
+
+    /// E[t² ψ_k] under N(μ_q, σ²_q). Shapes as expect_psi().
+    void expect_t2_psi(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
+                       Eigen::Ref<Matrix> out) const {
+        check_densities("GaussianBasis::expect_t2_psi", mu, sigma_sq, out);
+        expectations(mu, sigma_sq, 2, out);
+    }
+    Matrix expect_t2_psi(const Eigen::Ref<const Vector>& mu,
+                         const Eigen::Ref<const Vector>& sigma_sq) const {
+        Matrix out(mu.size(), size());
+        expect_t2_psi(mu, sigma_sq, out);
+        return out;
+    }
+
+    /// E[ψ] without argument checks, for the library's inner loops (inputs already
+    /// validated): out(q, k) = N(μ_q; c_k, σ²_q + s_k²).
+    template <typename MuT, typename SigT, typename OutT>
+    void expect_psi_unchecked(const Eigen::MatrixBase<MuT>& mu,
+                              const Eigen::MatrixBase<SigT>& sigma_sq,
+                              Eigen::MatrixBase<OutT>& out) const {
+        using std::exp;
+        using std::sqrt;
+        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        for (Index k = 0; k < size(); ++k) {
+            const Scalar c = centers_[k];
+            const Scalar s2 = widths_[k] * widths_[k];
+            for (Index q = 0; q < mu.size(); ++q) {
+                const Scalar v = sigma_sq[q] + s2;
+                const Scalar d = mu[q] - c;
+                out(q, k) = inv_sqrt_2pi / sqrt(v) * exp(Scalar(-0.5) * d * d / v);
+            }
+        }
+    }
+
+private:
+    template <typename Out>
+    void check_densities(const char* where, const Eigen::Ref<const Vector>& mu,
+                         const Eigen::Ref<const Vector>& sigma_sq, const Out& out) const {
+        detail::check_finite(where, "mu", mu);
+        detail::check_shape(where, "sigma_sq", sigma_sq, mu.size(), 1);
+        detail::check_finite(where, "sigma_sq", sigma_sq);
+        for (Index q = 0; q < sigma_sq.size(); ++q)
+            detail::require(sigma_sq[q] >= Scalar(0), where, "sigma_sq[", q, "] is ", sigma_sq[q],
+                            ", expected >= 0");
+        detail::check_shape(where, "out", out, mu.size(), size());
+    }
+
+    // moment 0: E[ψ]; 1: E[tψ]; 2: E[t²ψ].
+    void expectations(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
+                      int moment, Eigen::Ref<Matrix> out) const {
+        using std::exp;
+        using std::sqrt;
+        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        for (Index k = 0; k < size(); ++k) {
+            const Scalar c = centers_[k];
+            const Scalar s2 = widths_[k] * widths_[k];
+            for (Index q = 0; q < mu.size(); ++q) {
+                const Scalar sig2 = sigma_sq[q];
+                const Scalar v = sig2 + s2;
+                const Scalar d = mu[q] - c;
+                const Scalar e = inv_sqrt_2pi / sqrt(v) * exp(Scalar(-0.5) * (d / v) * d);
+                if (moment == 0 || e == Scalar(0)) {
+                    // An underflowed expectation is 0 whatever m̃ is (m̃² may overflow).
+                    out(q, k) = e;
+                    continue;
+                }
+                const Scalar m = (c * sig2 + mu[q] * s2) / v;
+                if (moment == 1) {
+                    out(q, k) = e * m;
+                } else {
+                    const Scalar vt = sig2 * s2 / v;
+                    out(q, k) = e * (m * m + vt);
+                }
+            }
+        }
+    }
+
+    Vector centers_;
+    Vector widths_;
+};
+
+using GaussianBasisd = GaussianBasis<double>;
+using GaussianBasisf = GaussianBasis<float>;
+
+}  // namespace infinityformer

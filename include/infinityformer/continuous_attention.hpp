@@ -1,0 +1,236 @@
+/// @file continuous_attention.hpp
+/// @brief Multi-head Gaussian continuous attention over a continuous memory
+/// x̄(t) = Bᵀψ(t) (∞-former, Martins et al. 2022, §3.1, eqs. 6–8), with the KL regulariser.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "basis.hpp"
+#include "detail/random.hpp"
+#include "errors.hpp"
+#include "params.hpp"
+
+namespace infinityformer {
+
+namespace detail {
+
+template <typename Scalar>
+Scalar sigmoid(Scalar x) {
+    using std::exp;
+    return Scalar(1) / (Scalar(1) + exp(-x));
+}
+
+/// softplus(x) = ln(1 + eˣ), linear above 20 (the reference's threshold).
+template <typename Scalar>
+Scalar softplus(Scalar x) {
+    using std::exp;
+    using std::log1p;
+    return x > Scalar(20) ? x : log1p(exp(x));
+}
+
+}  // namespace detail
+
+/// Gaussian continuous attention, multi-head, over the memory coefficients B (N×e).
+///
+/// For head h (columns h·d_h … (h+1)·d_h − 1) and query q_i (a row of Q):
+///   K_h = B W_K,hᵀ,  V_h = B W_V,hᵀ                       (N × d_h)
+///   s = K_h q_{h,i} / √d_h                                  (N)
+///   μ = sigmoid(w_μ · s),  σ² = max(softplus(w_σ · s), σ²_min)
+///   r = E_{N(μ,σ²)}[ψ]                                      (N)
+///   context[i, head h] = V_hᵀ r;  output = context W_Oᵀ     (Q × d_model)
+///   KL = ½(σ²/σ₀² − ln(σ²/σ₀²) − 1) [+ ½(μ − μ₀)²/σ₀²]
+/// Weights follow y = W x (PyTorch's nn.Linear layout): W_K, W_V are e×e, W_O d_model×e,
+/// w_μ and w_σ are N-vectors. The queries are used as given (the reference has a query
+/// projection that it never applies). Per-(head, query) results have H·Q rows, row h·Q + i.
+///
+/// \tparam Scalar_ float or double.
+template <typename Scalar_>
+class ContinuousAttention {
+    static_assert(std::is_floating_point_v<Scalar_>, "ContinuousAttention needs float or double");
+
+public:
+    using Scalar = Scalar_;
+    using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    using Index = Eigen::Index;
+
+    /// The learnable weights (no biases).
+    struct Weights {
+        Matrix proj_key;    ///< W_K, e × e
+        Matrix proj_value;  ///< W_V, e × e
+        Matrix attn_out;    ///< W_O, d_model × e
+        Vector mu;          ///< w_μ, N
+        Vector sigma;       ///< w_σ, N
+    };
+
+    /// What the last forward() computed (kept for inspection and for the backward pass).
+    struct Trace {
+        Matrix keys;      ///< B W_Kᵀ, N × e
+        Matrix values;    ///< B W_Vᵀ, N × e
+        Matrix scores;    ///< H·Q × N
+        Vector a_mu;      ///< w_μ · s, H·Q
+        Vector a_sigma;   ///< w_σ · s, H·Q
+        Vector mu;        ///< H·Q
+        Vector sigma_sq;  ///< after the clamp, H·Q
+        Matrix r;         ///< E[ψ], H·Q × N
+        Matrix context;   ///< Q × e
+        Matrix output;    ///< Q × d_model
+        Vector kl_reg;    ///< H·Q
+    };
+
+    /// @param basis the memory's basis (N functions).
+    /// @param dim e, width of the memory vectors and of the queries.
+    /// @param num_heads H, must divide dim.
+    /// @param d_model output width (0 means dim).
+    /// @param params σ²_min and the KL constants are read from here (validated).
+    /// Weights are initialised as PyTorch's nn.Linear does, from params.seed.
+    ContinuousAttention(const GaussianBasis<Scalar>& basis, Index dim, Index num_heads,
+                        Index d_model, const LongTermParams& params)
+        : basis_(basis), dim_(dim), heads_(num_heads), d_model_(d_model == 0 ? dim : d_model) {
+        constexpr const char* where = "ContinuousAttention::ContinuousAttention";
+        params.validate();
+        detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
+        detail::require(num_heads >= 1 && dim % num_heads == 0, where, "num_heads is ", num_heads,
+                        ", expected a positive divisor of dim (", dim, ")");
+        detail::require(d_model >= 0, where, "d_model is ", d_model,
+                        ", expected >= 1 (or 0 for d_model = dim)");
+        sigma_sq_min_ = static_cast<Scalar>(params.sigma_sq_min);
+        kl_sigma_0_ = static_cast<Scalar>(params.kl_sigma_0);
+        kl_mu_term_ = params.kl_mu_term;
+        kl_mu_0_ = static_cast<Scalar>(params.kl_mu_0);
+        init_weights(params.seed);
+    }
+
+    Index dim() const { return dim_; }
+    Index num_heads() const { return heads_; }
+    Index head_size() const { return dim_ / heads_; }
+    Index d_model() const { return d_model_; }
+    Index num_basis() const { return basis_.size(); }
+    const GaussianBasis<Scalar>& basis() const { return basis_; }
+
+    const Weights& weights() const { return weights_; }
+
+    /// Replaces the weights after checking every shape and that all entries are finite.
+    /// @throws infinityformer::invalid_argument (weights unchanged).
+    void set_weights(const Weights& w) {
+        constexpr const char* where = "ContinuousAttention::set_weights";
+        detail::check_matrix(where, "proj_key", w.proj_key, dim_, dim_);
+        detail::check_matrix(where, "proj_value", w.proj_value, dim_, dim_);
+        detail::check_matrix(where, "attn_out", w.attn_out, d_model_, dim_);
+        detail::check_matrix(where, "mu", w.mu, num_basis(), 1);
+        detail::check_matrix(where, "sigma", w.sigma, num_basis(), 1);
+        weights_ = w;
+    }
+
+    /// PyTorch's nn.Linear initialisation: U(−1/√in, 1/√in), from a seeded generator.
+    void init_weights(std::uint64_t seed) {
+        detail::Random rng(seed);
+        Weights w;
+        w.proj_key.resize(dim_, dim_);
+        w.proj_value.resize(dim_, dim_);
+        w.attn_out.resize(d_model_, dim_);
+        w.mu.resize(num_basis());
+        w.sigma.resize(num_basis());
+        const double b_e = 1.0 / std::sqrt(static_cast<double>(dim_));
+        const double b_n = 1.0 / std::sqrt(static_cast<double>(num_basis()));
+        detail::fill_uniform(w.proj_key, b_e, rng);
+        detail::fill_uniform(w.proj_value, b_e, rng);
+        detail::fill_uniform(w.attn_out, b_e, rng);
+        detail::fill_uniform(w.mu, b_n, rng);
+        detail::fill_uniform(w.sigma, b_n, rng);
+        weights_ = std::move(w);
+    }
+
+    /// Attention of the queries over the memory B.
+    /// @param B N × e memory coefficients. @param queries Q × e, Q ≥ 1.
+    /// @param out Q × d_model.
+    /// @throws infinityformer::invalid_argument on shapes or non-finite input.
+    void forward(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries,
+                 Eigen::Ref<Matrix> out) {
+        check_inputs("ContinuousAttention::forward", B, queries);
+        detail::check_shape("ContinuousAttention::forward", "out", out, queries.rows(), d_model_);
+        compute(B, queries);
+        out = trace_.output;
+    }
+    Matrix forward(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries) {
+        check_inputs("ContinuousAttention::forward", B, queries);
+        compute(B, queries);
+        return trace_.output;
+    }
+
+    /// Intermediate values of the last forward().
+    const Trace& last() const { return trace_; }
+
+    /// KL(N(μ, σ²) ‖ N(μ₀, σ₀²)) with this object's constants.
+    Scalar kl(Scalar mu, Scalar sigma_sq) const {
+        using std::log;
+        const Scalar s0sq = kl_sigma_0_ * kl_sigma_0_;
+        const Scalar ratio = sigma_sq / s0sq;
+        Scalar v = Scalar(0.5) * (ratio - log(ratio) - Scalar(1));
+        if (kl_mu_term_) v += Scalar(0.5) * (mu - kl_mu_0_) * (mu - kl_mu_0_) / s0sq;
+        return v;
+    }
+
+    Scalar sigma_sq_min() const { return sigma_sq_min_; }
+
+private:
+    void check_inputs(const char* where, const Eigen::Ref<const Matrix>& B,
+                      const Eigen::Ref<const Matrix>& queries) const {
+        detail::check_matrix(where, "B", B, num_basis(), dim_);
+        detail::require(queries.rows() >= 1, where, "queries has 0 rows, expected at least 1");
+        detail::require(queries.cols() == dim_, where, "queries has ", queries.cols(),
+                        " cols, expected ", dim_);
+        detail::check_finite(where, "queries", queries);
+    }
+
+    void compute(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries) {
+        const Index nq = queries.rows();
+        const Index dh = head_size();
+        const Index n = num_basis();
+        Trace& t = trace_;
+        t.keys.noalias() = B * weights_.proj_key.transpose();
+        t.values.noalias() = B * weights_.proj_value.transpose();
+        t.scores.resize(heads_ * nq, n);
+        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
+        for (Index h = 0; h < heads_; ++h)
+            t.scores.middleRows(h * nq, nq).noalias() =
+                scale * queries.middleCols(h * dh, dh) * t.keys.middleCols(h * dh, dh).transpose();
+        t.a_mu.noalias() = t.scores * weights_.mu;
+        t.a_sigma.noalias() = t.scores * weights_.sigma;
+        t.mu.resize(heads_ * nq);
+        t.sigma_sq.resize(heads_ * nq);
+        t.kl_reg.resize(heads_ * nq);
+        for (Index i = 0; i < heads_ * nq; ++i) {
+            t.mu[i] = detail::sigmoid(t.a_mu[i]);
+            const Scalar sp = detail::softplus(t.a_sigma[i]);
+            t.sigma_sq[i] = sp < sigma_sq_min_ ? sigma_sq_min_ : sp;
+            t.kl_reg[i] = kl(t.mu[i], t.sigma_sq[i]);
+        }
+        t.r.resize(heads_ * nq, n);
+        basis_.expect_psi_unchecked(t.mu, t.sigma_sq, t.r);
+        t.context.resize(nq, dim_);
+        for (Index h = 0; h < heads_; ++h)
+            t.context.middleCols(h * dh, dh).noalias() =
+                t.r.middleRows(h * nq, nq) * t.values.middleCols(h * dh, dh);
+        t.output.noalias() = t.context * weights_.attn_out.transpose();
+    }
+
+    GaussianBasis<Scalar> basis_;
+    Index dim_;
+    Index heads_;
+    Index d_model_;
+    Scalar sigma_sq_min_{};
+    Scalar kl_sigma_0_{};
+    bool kl_mu_term_ = false;
+    Scalar kl_mu_0_{};
+    Weights weights_;
+    Trace trace_;
+};
+
+using ContinuousAttentiond = ContinuousAttention<double>;
+using ContinuousAttentionf = ContinuousAttention<float>;
+
+}  // namespace infinityformer

@@ -1,0 +1,86 @@
+/// @file errors.hpp
+/// @brief Exceptions thrown at the API boundary and the helpers that build their messages.
+///
+/// Every message starts with "[infinityformer] Class::method: " and names the argument, the
+/// value expected and the value received, e.g.
+/// "[infinityformer] ContinuousAttention::forward: queries has 63 cols, expected 64".
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace infinityformer {
+
+/// Bad input: wrong shape, non-finite value, parameter out of range.
+class invalid_argument : public std::invalid_argument {
+public:
+    using std::invalid_argument::invalid_argument;
+};
+
+/// Call made in the wrong order (e.g. backward without forward).
+class logic_error : public std::logic_error {
+public:
+    using std::logic_error::logic_error;
+};
+
+/// Numerical failure (e.g. a factorisation that did not succeed) or corrupt data.
+class runtime_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+template <typename... Args>
+std::string concat(const Args&... args) {
+    std::ostringstream os;
+    os.precision(17);
+    (os << ... << args);
+    return os.str();
+}
+
+/// Throws infinityformer::invalid_argument with "[infinityformer] where: " + message.
+template <typename... Args>
+[[noreturn]] void fail(const char* where, const Args&... args) {
+    throw infinityformer::invalid_argument(concat("[infinityformer] ", where, ": ", args...));
+}
+
+/// Throws unless `condition` holds.
+template <typename... Args>
+void require(bool condition, const char* where, const Args&... args) {
+    if (!condition) fail(where, args...);
+}
+
+/// Checks the shape of a matrix argument.
+template <typename Derived>
+void check_shape(const char* where, const char* name, const Eigen::DenseBase<Derived>& m,
+                 Eigen::Index rows, Eigen::Index cols) {
+    if (m.rows() != rows || m.cols() != cols)
+        fail(where, name, " is ", m.rows(), "x", m.cols(), ", expected ", rows, "x", cols);
+}
+
+/// Checks that every entry of a matrix argument is finite.
+template <typename Derived>
+void check_finite(const char* where, const char* name, const Eigen::DenseBase<Derived>& m) {
+    for (Eigen::Index j = 0; j < m.cols(); ++j)
+        for (Eigen::Index i = 0; i < m.rows(); ++i) {
+            const auto v = m(i, j);
+            if (!std::isfinite(static_cast<double>(v)))
+                fail(where, name, " has a non-finite entry ", v, " at (", i, ", ", j,
+                     "), expected finite values");
+        }
+}
+
+/// Shape and finiteness together.
+template <typename Derived>
+void check_matrix(const char* where, const char* name, const Eigen::DenseBase<Derived>& m,
+                  Eigen::Index rows, Eigen::Index cols) {
+    check_shape(where, name, m, rows, cols);
+    check_finite(where, name, m);
+}
+
+}  // namespace detail
+}  // namespace infinityformer

@@ -1,0 +1,304 @@
+/// @file memory.hpp
+/// @brief The unbounded long-term memory: τ-compression of the past into a fixed number of
+/// basis coefficients, with uniform, sticky or stratified reading of the old memory
+/// (∞-former, Martins et al. 2022, §3.2–3.3).
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "basis.hpp"
+#include "detail/random.hpp"
+#include "errors.hpp"
+#include "params.hpp"
+#include "ridge.hpp"
+
+namespace infinityformer {
+
+/// Sticky-memory histogram (∞-former §3.3, golden README §3.8): the mass of every density
+/// N(μ_q, σ_q²) in each of D bins of [0, 1], summed over all densities, then normalised once.
+/// Edges: −1e-6, 1/D, …, (D−1)/D, 1 + 1e-6 (the reference's nudged ends).
+/// @param mu n means. @param sigma n standard deviations (> 0; note: not variances).
+/// @param num_bins D ≥ 1.
+/// @return D probabilities summing to 1, or all zeros if no density has mass in [0, 1]
+///         (to double precision).
+/// @throws infinityformer::invalid_argument on mismatched, non-finite or non-positive input.
+template <typename Scalar, typename DerivedMu, typename DerivedSigma>
+Eigen::Matrix<Scalar, Eigen::Dynamic, 1> sticky_histogram(
+    const Eigen::MatrixBase<DerivedMu>& mu, const Eigen::MatrixBase<DerivedSigma>& sigma,
+    Eigen::Index num_bins) {
+    constexpr const char* where = "sticky_histogram";
+    detail::require(num_bins >= 1, where, "num_bins is ", num_bins, ", expected >= 1");
+    detail::require(mu.cols() == 1 && sigma.cols() == 1, where, "mu and sigma are ", mu.rows(), "x",
+                    mu.cols(), " and ", sigma.rows(), "x", sigma.cols(),
+                    ", expected column vectors");
+    detail::check_shape(where, "sigma", sigma, mu.rows(), 1);
+    detail::check_finite(where, "mu", mu);
+    detail::check_finite(where, "sigma", sigma);
+    for (Eigen::Index q = 0; q < sigma.rows(); ++q)
+        detail::require(sigma(q, 0) > 0, where, "sigma[", q, "] is ", sigma(q, 0),
+                        ", expected > 0");
+    // Computed in double whatever Scalar is: tail bins are differences of Φ near 0 or 1.
+    std::vector<double> edges(static_cast<std::size_t>(num_bins + 1));
+    for (Eigen::Index j = 0; j <= num_bins; ++j)
+        edges[static_cast<std::size_t>(j)] = static_cast<double>(j) / static_cast<double>(num_bins);
+    edges.front() = -1e-6;
+    edges.back() = 1.0 + 1e-6;
+    std::vector<double> mass(static_cast<std::size_t>(num_bins), 0.0);
+    const double inv_sqrt2 = 0.70710678118654752440084436210485;
+    std::vector<double> cdf(edges.size());
+    for (Eigen::Index q = 0; q < mu.rows(); ++q) {
+        const double m = static_cast<double>(mu(q, 0));
+        const double s = static_cast<double>(sigma(q, 0));
+        for (std::size_t j = 0; j < edges.size(); ++j)
+            cdf[j] = 0.5 * (1.0 + std::erf((edges[j] - m) / s * inv_sqrt2));
+        for (std::size_t j = 0; j + 1 < edges.size(); ++j) mass[j] += cdf[j + 1] - cdf[j];
+    }
+    double total = 0.0;
+    for (double v : mass) total += v;
+    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> p(num_bins);
+    for (Eigen::Index j = 0; j < num_bins; ++j)
+        p[j] = total > 0.0 ? static_cast<Scalar>(mass[static_cast<std::size_t>(j)] / total)
+                           : Scalar(0);
+    return p;
+}
+
+/// The unbounded continuous long-term memory of one stream.
+///
+/// State: the coefficients B (N × e) of x̄(t) = Bᵀψ(t), or nothing before the first chunk.
+/// update() with a chunk X (L × e):
+///  - first chunk: B ← G_firstᵀ X, the vectors at the midpoints (j + ½)/L;
+///  - later chunks: the old memory is read at M sorted points s (X_past = Ψ(s) B, M × e),
+///    placed at τ·i/M, the new chunk at τ + (1 − τ)·j/L, and B ← G_infᵀ [X_past; X]:
+///    the past is compressed into [0, τ], the chunk fills (τ, 1].
+/// The M points are i/M (uniform), drawn from the sticky-memory histogram of the densities
+/// passed to observe() (sticky; left edges of the drawn bins, sorted), or the histogram's
+/// quantiles (i − ½)/M (stratified); update(X, points) takes them explicitly. Sticky and
+/// stratified fall back to uniform points while no densities with mass in [0, 1] have been
+/// observed. The memory costs N × e scalars whatever the length of the stream.
+///
+/// Chunks must have exactly L = chunk_length vectors (the operators are built for L).
+/// Odd L, which the reference cannot stream, uses the same position construction
+/// (unbounded_positions()).
+///
+/// \tparam Scalar_ float or double.
+template <typename Scalar_>
+class LongTermMemory {
+    static_assert(std::is_floating_point_v<Scalar_>, "LongTermMemory needs float or double");
+
+public:
+    using Scalar = Scalar_;
+    using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    using Index = Eigen::Index;
+
+    /// @param dim e ≥ 1, width of the memory vectors.
+    /// @param chunk_length L ≥ 1, vectors per chunk.
+    /// @param params validated; num_basis, widths, ridge_lambda, tau, num_samples, num_bins,
+    ///        sampling, reset_after_tokens and seed are used.
+    LongTermMemory(Index dim, Index chunk_length, const LongTermParams& params)
+        : params_(validated(params, dim, chunk_length)),
+          dim_(dim),
+          length_(chunk_length),
+          basis_(GaussianBasis<Scalar>::default_family(params.num_basis, params.widths)),
+          first_(RidgeFit<Scalar>::single_chunk(basis_, chunk_length, params.ridge_lambda)),
+          inf_(RidgeFit<Scalar>::unbounded(basis_, chunk_length, params.num_samples, params.tau,
+                                           params.ridge_lambda)),
+          rng_(params.seed) {
+        const Index m = params.num_samples;
+        uniform_points_.resize(m);
+        for (Index i = 0; i < m; ++i)
+            uniform_points_[i] =
+                static_cast<Scalar>(static_cast<double>(i + 1) / static_cast<double>(m));
+        uniform_psi_ = basis_.evaluate(uniform_points_);
+        reset();
+    }
+
+    Index dim() const { return dim_; }
+    Index chunk_length() const { return length_; }
+    Index num_basis() const { return basis_.size(); }
+    Index num_samples() const { return params_.num_samples; }
+    const LongTermParams& params() const { return params_; }
+    const GaussianBasis<Scalar>& basis() const { return basis_; }
+    /// Single-chunk operator (L × N), used for the first chunk.
+    const RidgeFit<Scalar>& first_fit() const { return first_; }
+    /// Unbounded-memory operator ((M + L) × N).
+    const RidgeFit<Scalar>& unbounded_fit() const { return inf_; }
+
+    /// True before the first chunk and after reset().
+    bool empty() const { return empty_; }
+    /// B, N × e (zeros while empty()).
+    const Matrix& coefficients() const { return B_; }
+    /// Tokens stored since the last reset.
+    Index tokens_stored() const { return tokens_; }
+
+    /// Points at which the old memory was read by the last update (M; empty for a first
+    /// chunk) and the values read there (M × e).
+    const Vector& last_sample_points() const { return last_points_; }
+    const Matrix& last_past() const { return last_past_; }
+
+    /// Stores a chunk. @param X L × e, finite.
+    /// @throws infinityformer::invalid_argument (memory unchanged).
+    void update(const Eigen::Ref<const Matrix>& X) {
+        check_chunk("LongTermMemory::update", X);
+        maybe_reset();
+        if (empty_) {
+            store(X, nullptr);
+        } else {
+            Vector points = next_sample_points();
+            store(X, &points);
+        }
+    }
+
+    /// Stores a chunk, reading the old memory at the given points instead of choosing them
+    /// (replay, tests). The points are ignored for a first chunk.
+    /// @param X L × e. @param sample_points M finite points.
+    void update(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>& sample_points) {
+        constexpr const char* where = "LongTermMemory::update";
+        check_chunk(where, X);
+        detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
+        maybe_reset();
+        Vector points = sample_points;
+        store(X, empty_ ? nullptr : &points);
+    }
+
+    /// Records the attention densities of the last chunk's queries (all heads), from which
+    /// sticky and stratified sampling build their histogram at the next update.
+    /// @param mu n means. @param sigma_sq n variances > 0.
+    void observe(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq) {
+        constexpr const char* where = "LongTermMemory::observe";
+        detail::check_finite(where, "mu", mu);
+        detail::check_shape(where, "sigma_sq", sigma_sq, mu.size(), 1);
+        detail::check_finite(where, "sigma_sq", sigma_sq);
+        for (Index q = 0; q < sigma_sq.size(); ++q)
+            detail::require(sigma_sq[q] > Scalar(0), where, "sigma_sq[", q, "] is ", sigma_sq[q],
+                            ", expected > 0");
+        obs_mu_ = mu;
+        obs_sigma_ = sigma_sq.cwiseSqrt();
+    }
+
+    /// Histogram of the observed densities over num_bins bins (zeros if none observed).
+    Vector histogram() const {
+        if (obs_mu_.size() == 0) return Vector::Zero(params_.num_bins);
+        return sticky_histogram<Scalar>(obs_mu_, obs_sigma_, params_.num_bins);
+    }
+
+    /// The M points the next update would read the memory at; for sticky sampling this
+    /// draws from the generator (so it advances it).
+    Vector next_sample_points() {
+        if (params_.sampling == Sampling::uniform) return uniform_points_;
+        const Vector p = histogram();
+        if (!(p.sum() > Scalar(0))) return uniform_points_;
+        const Index m = params_.num_samples;
+        const Index d = params_.num_bins;
+        std::vector<double> cdf(static_cast<std::size_t>(d + 1), 0.0);
+        for (Index j = 0; j < d; ++j)
+            cdf[static_cast<std::size_t>(j + 1)] =
+                cdf[static_cast<std::size_t>(j)] + static_cast<double>(p[j]);
+        const double total = cdf.back();
+        Vector out(m);
+        for (Index i = 0; i < m; ++i) {
+            const double u = params_.sampling == Sampling::sticky
+                                 ? rng_.uniform() * total
+                                 : (static_cast<double>(i) + 0.5) / static_cast<double>(m) * total;
+            // Bin j with cdf[j] <= u < cdf[j+1], skipping empty bins.
+            auto it = std::upper_bound(cdf.begin() + 1, cdf.end(), u);
+            Index j = std::min<Index>(static_cast<Index>(it - cdf.begin()) - 1, d - 1);
+            while (j > 0 && p[j] <= Scalar(0)) --j;
+            double point = static_cast<double>(j) / static_cast<double>(d);
+            if (params_.sampling == Sampling::stratified && p[j] > Scalar(0)) {
+                const double frac =
+                    (u - cdf[static_cast<std::size_t>(j)]) / static_cast<double>(p[j]);
+                point += std::clamp(frac, 0.0, 1.0) / static_cast<double>(d);
+            }
+            out[i] = static_cast<Scalar>(point);
+        }
+        std::sort(out.data(), out.data() + m);
+        return out;
+    }
+
+    /// The continuous memory at T positions: x̄(t) = Bᵀψ(t), returned as T × e rows.
+    Matrix evaluate(const Eigen::Ref<const Vector>& t) const {
+        const Matrix psi = basis_.evaluate(t);
+        return psi * B_;
+    }
+
+    /// Forgets everything stored (and the observed densities); the generator continues.
+    void reset() {
+        empty_ = true;
+        B_.setZero(num_basis(), dim_);
+        tokens_ = 0;
+        obs_mu_.resize(0);
+        obs_sigma_.resize(0);
+        last_points_.resize(0);
+        last_past_.resize(0, dim_);
+    }
+
+    /// Re-seeds the sticky-sampling generator.
+    void seed(std::uint64_t s) { rng_.seed(s); }
+
+private:
+    static const LongTermParams& validated(const LongTermParams& p, Index dim, Index length) {
+        constexpr const char* where = "LongTermMemory::LongTermMemory";
+        p.validate();
+        detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
+        detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
+        return p;
+    }
+
+    void check_chunk(const char* where, const Eigen::Ref<const Matrix>& X) const {
+        detail::check_matrix(where, "X", X, length_, dim_);
+    }
+
+    void maybe_reset() {
+        if (params_.reset_after_tokens > 0 && tokens_ >= params_.reset_after_tokens) reset();
+    }
+
+    // points == nullptr: first chunk.
+    void store(const Eigen::Ref<const Matrix>& X, const Vector* points) {
+        if (points == nullptr) {
+            B_.noalias() = first_.G().transpose() * X;
+            last_points_.resize(0);
+            last_past_.resize(0, dim_);
+        } else {
+            const Index m = params_.num_samples;
+            last_points_ = *points;
+            if (params_.sampling == Sampling::uniform && *points == uniform_points_)
+                last_past_.noalias() = uniform_psi_ * B_;
+            else
+                last_past_.noalias() = basis_.evaluate(*points) * B_;
+            const Matrix& G = inf_.G();
+            Matrix B_new(num_basis(), dim_);
+            B_new.noalias() = G.topRows(m).transpose() * last_past_;
+            B_new.noalias() += G.bottomRows(length_).transpose() * X;
+            B_.swap(B_new);
+        }
+        empty_ = false;
+        tokens_ += length_;
+    }
+
+    LongTermParams params_;
+    Index dim_;
+    Index length_;
+    GaussianBasis<Scalar> basis_;
+    RidgeFit<Scalar> first_;
+    RidgeFit<Scalar> inf_;
+    detail::Random rng_;
+    Vector uniform_points_;
+    Matrix uniform_psi_;
+    bool empty_ = true;
+    Matrix B_;
+    Index tokens_ = 0;
+    Vector obs_mu_, obs_sigma_;
+    Vector last_points_;
+    Matrix last_past_;
+};
+
+using LongTermMemoryd = LongTermMemory<double>;
+using LongTermMemoryf = LongTermMemory<float>;
+
+}  // namespace infinityformer
