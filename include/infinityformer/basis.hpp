@@ -157,6 +157,41 @@ public:
         return out;
     }
 
+    /// Gradient of L = Σ_{q,k} dr(q,k) · E[ψ_k](μ_q, σ²_q) with respect to μ and σ², in the
+    /// direct form (no cancellation, unlike the route through the natural parameters):
+    ///   ∂L/∂μ_q  = Σ_k dr_qk r_qk (c_k − μ_q)/v_qk
+    ///   ∂L/∂σ²_q = Σ_k dr_qk r_qk ((μ_q − c_k)²/v_qk² − 1/v_qk)/2,   v_qk = σ²_q + s_k².
+    /// @param mu Q. @param sigma_sq Q, ≥ 0. @param dr Q × N upstream gradient.
+    /// @param dmu Q. @param dsigma_sq Q.
+    void expect_psi_backward(const Eigen::Ref<const Vector>& mu,
+                             const Eigen::Ref<const Vector>& sigma_sq,
+                             const Eigen::Ref<const Matrix>& dr, Eigen::Ref<Vector> dmu,
+                             Eigen::Ref<Vector> dsigma_sq) const {
+        constexpr const char* where = "GaussianBasis::expect_psi_backward";
+        check_densities(where, mu, sigma_sq, dr, "dr");
+        detail::check_finite(where, "dr", dr);
+        detail::check_shape(where, "dmu", dmu, mu.size(), 1);
+        detail::check_shape(where, "dsigma_sq", dsigma_sq, mu.size(), 1);
+        using std::exp;
+        using std::sqrt;
+        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        dmu.setZero();
+        dsigma_sq.setZero();
+        for (Index k = 0; k < size(); ++k) {
+            const Scalar c = centers_[k];
+            const Scalar s2 = widths_[k] * widths_[k];
+            for (Index q = 0; q < mu.size(); ++q) {
+                const Scalar v = sigma_sq[q] + s2;
+                const Scalar d = mu[q] - c;
+                const Scalar w =
+                    dr(q, k) * inv_sqrt_2pi / sqrt(v) * exp(Scalar(-0.5) * (d / v) * d);
+                if (w == Scalar(0)) continue;
+                dmu[q] -= w * d / v;
+                dsigma_sq[q] += Scalar(0.5) * w * ((d / v) * (d / v) - Scalar(1) / v);
+            }
+        }
+    }
+
     /// E[ψ] without argument checks, for the library's inner loops (inputs already
     /// validated): out(q, k) = N(μ_q; c_k, σ²_q + s_k²).
     template <typename MuT, typename SigT, typename OutT>
@@ -180,14 +215,15 @@ public:
 private:
     template <typename Out>
     void check_densities(const char* where, const Eigen::Ref<const Vector>& mu,
-                         const Eigen::Ref<const Vector>& sigma_sq, const Out& out) const {
+                         const Eigen::Ref<const Vector>& sigma_sq, const Out& out,
+                         const char* out_name = "out") const {
         detail::check_finite(where, "mu", mu);
         detail::check_shape(where, "sigma_sq", sigma_sq, mu.size(), 1);
         detail::check_finite(where, "sigma_sq", sigma_sq);
         for (Index q = 0; q < sigma_sq.size(); ++q)
             detail::require(sigma_sq[q] >= Scalar(0), where, "sigma_sq[", q, "] is ", sigma_sq[q],
                             ", expected >= 0");
-        detail::check_shape(where, "out", out, mu.size(), size());
+        detail::check_shape(where, out_name, out, mu.size(), size());
     }
 
     // moment 0: E[ψ]; 1: E[tψ]; 2: E[t²ψ].

@@ -1,0 +1,438 @@
+// Conformance against golden data computed by the authors' reference implementation
+// (tests/data/golden/README.md). Shared by the Catch2 suite and the golden_check runner.
+//
+// Every shape and parameter comes from the case's meta.txt and the arrays' headers, so any
+// set of cases of these kinds can be checked.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <infinityformer/infinityformer.hpp>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace golden {
+
+using Matrix = Eigen::MatrixXd;
+using Vector = Eigen::VectorXd;
+using Index = Eigen::Index;
+
+/// One case directory: meta.txt and NAME.txt arrays.
+class Case {
+public:
+    explicit Case(std::filesystem::path dir) : dir_(std::move(dir)) {
+        std::ifstream in(dir_ / "meta.txt");
+        if (!in) throw std::runtime_error("cannot open " + (dir_ / "meta.txt").string());
+        std::string line;
+        while (std::getline(in, line)) {
+            const auto eq = line.find(" = ");
+            if (eq == std::string::npos) continue;
+            meta_[line.substr(0, eq)] = line.substr(eq + 3);
+        }
+    }
+
+    const std::filesystem::path& dir() const { return dir_; }
+    bool has_meta(const std::string& key) const { return meta_.count(key) != 0; }
+    std::string str(const std::string& key) const {
+        auto it = meta_.find(key);
+        if (it == meta_.end()) throw std::runtime_error("meta.txt has no key '" + key + "'");
+        return it->second;
+    }
+    double num(const std::string& key) const { return std::stod(str(key)); }
+    Index integer(const std::string& key) const { return std::stol(str(key)); }
+
+    bool has(const std::string& name) const {
+        return std::filesystem::exists(dir_ / (name + ".txt"));
+    }
+    Matrix array(const std::string& name) const {
+        const auto path = dir_ / (name + ".txt");
+        std::ifstream in(path);
+        if (!in) throw std::runtime_error("cannot open " + path.string());
+        Index rows = 0, cols = 0;
+        if (!(in >> rows >> cols) || rows < 0 || cols < 0)
+            throw std::runtime_error("bad header in " + path.string());
+        Matrix m(rows, cols);
+        std::string tok;
+        for (Index i = 0; i < rows; ++i)
+            for (Index j = 0; j < cols; ++j) {
+                if (!(in >> tok)) throw std::runtime_error("truncated " + path.string());
+                m(i, j) = std::strtod(tok.c_str(), nullptr);
+            }
+        return m;
+    }
+
+    /// The basis widths width_0 … width_{W−1}.
+    std::vector<double> widths() const {
+        std::vector<double> w;
+        for (Index j = 0; j < integer("num_widths"); ++j)
+            w.push_back(num("width_" + std::to_string(j)));
+        return w;
+    }
+
+private:
+    std::filesystem::path dir_;
+    std::map<std::string, std::string> meta_;
+};
+
+/// err_i = |a_i − g_i| / max(|g_i|, φ·max_j|g_j|, 1e-280); returns max_i err_i.
+inline double max_rel_err(const Matrix& a, const Matrix& g, double phi) {
+    const double scale = phi * g.cwiseAbs().maxCoeff();
+    double worst = 0.0;
+    for (Index j = 0; j < g.cols(); ++j)
+        for (Index i = 0; i < g.rows(); ++i) {
+            const double den = std::max({std::abs(g(i, j)), scale, 1e-280});
+            const double e = std::abs(a(i, j) - g(i, j)) / den;
+            if (!(e <= worst)) worst = e;  // NaN propagates as a failure
+        }
+    return worst;
+}
+
+struct ArrayResult {
+    std::string name;
+    double err;
+    double rtol;
+    bool pass;
+};
+
+enum class Status { passed, failed, skipped };
+
+struct CaseResult {
+    std::string dir;
+    std::string kind;
+    Status status = Status::passed;
+    std::string message;  // why it failed or was skipped
+    std::vector<ArrayResult> arrays;
+
+    /// The largest error over all arrays and the array it belongs to.
+    const ArrayResult* worst() const {
+        const ArrayResult* w = nullptr;
+        for (const auto& a : arrays)
+            if (!w || !(a.err <= w->err)) w = &a;
+        return w;
+    }
+};
+
+/// Compares results with a case's arrays and records the outcome.
+class Checker {
+public:
+    Checker(const Case& c, CaseResult& r) : case_(c), res_(r) {}
+
+    void compare(const std::string& name, const Matrix& actual, double rtol, double phi) {
+        const Matrix g = case_.array(name);
+        if (g.rows() != actual.rows() || g.cols() != actual.cols()) {
+            fail(name + ": shape " + std::to_string(actual.rows()) + "x" +
+                 std::to_string(actual.cols()) + ", expected " + std::to_string(g.rows()) + "x" +
+                 std::to_string(g.cols()));
+            res_.arrays.push_back({name, INFINITY, rtol, false});
+            return;
+        }
+        const double err = g.size() == 0 ? 0.0 : max_rel_err(actual, g, phi);
+        const bool ok = err <= rtol;
+        res_.arrays.push_back({name, err, rtol, ok});
+        if (!ok) {
+            std::ostringstream os;
+            os.precision(3);
+            os << name << ": err " << err << " > rtol " << rtol;
+            fail(os.str());
+        }
+    }
+    void compare(const std::string& name, const Vector& actual, double rtol, double phi) {
+        compare(name, Matrix(actual), rtol, phi);
+    }
+    void compare(const std::string& name, const std::vector<double>& actual, double rtol,
+                 double phi) {
+        compare(name, Matrix(Eigen::Map<const Vector>(actual.data(), Index(actual.size()))), rtol,
+                phi);
+    }
+    /// A meta value that must equal what the implementation derives.
+    void expect_meta(const std::string& key, Index actual) {
+        if (!case_.has_meta(key)) return;
+        if (case_.integer(key) != actual)
+            fail("meta " + key + " = " + case_.str(key) + ", implementation has " +
+                 std::to_string(actual));
+    }
+
+    void fail(const std::string& why) {
+        res_.status = Status::failed;
+        if (!res_.message.empty()) res_.message += "; ";
+        res_.message += why;
+    }
+
+private:
+    const Case& case_;
+    CaseResult& res_;
+};
+
+// Tolerances of golden README §5.
+constexpr double kExact = 1e-9;   // closed forms, positions (φ = 0)
+constexpr double kSolve = 1e-9;   // linear solves and pipelines (φ = 1e-3)
+constexpr double kOutput = 1e-8;  // streamed outputs (φ = 1e-3)
+constexpr double kPhi = 1e-3;
+
+inline infinityformer::LongTermParams params_from(const Case& c) {
+    infinityformer::LongTermParams p = c.str("version") == "lm"
+                                           ? infinityformer::LongTermParams::lm()
+                                           : infinityformer::LongTermParams::sorting();
+    p.gate = false;
+    p.num_basis = c.integer("num_basis");
+    p.widths = c.widths();
+    if (c.has_meta("ridge_penalty")) p.ridge_lambda = c.num("ridge_penalty");
+    if (c.has_meta("tau")) p.tau = c.num("tau");
+    if (c.has_meta("num_samples")) p.num_samples = c.integer("num_samples");
+    if (c.has_meta("num_bins")) p.num_bins = c.integer("num_bins");
+    if (c.has_meta("sigma_sq_min")) p.sigma_sq_min = c.num("sigma_sq_min");
+    if (c.has_meta("kl_sigma_0")) p.kl_sigma_0 = c.num("kl_sigma_0");
+    if (c.has_meta("kl_mu_term")) p.kl_mu_term = c.integer("kl_mu_term") != 0;
+    if (c.has_meta("kl_mu_0")) p.kl_mu_0 = c.num("kl_mu_0");
+    return p;
+}
+
+inline infinityformer::GaussianBasis<double> basis_from(const Case& c) {
+    return infinityformer::GaussianBasis<double>::default_family(c.integer("num_basis"),
+                                                                 c.widths());
+}
+
+inline void check_basis_arrays(Checker& ck, const infinityformer::GaussianBasis<double>& basis) {
+    ck.compare("centers", basis.centers(), kExact, 0.0);
+    ck.compare("widths", basis.widths(), kExact, 0.0);
+}
+
+inline infinityformer::ContinuousAttention<double>::Weights attention_weights_from(const Case& c) {
+    infinityformer::ContinuousAttention<double>::Weights w;
+    w.proj_key = c.array("proj_key_weight");
+    w.proj_value = c.array("proj_value_weight");
+    w.attn_out = c.array("attn_out_weight");
+    w.mu = c.array("mu_weight").transpose();
+    w.sigma = c.array("sigma_weight").transpose();
+    return w;
+}
+
+inline void check_basis_gaussian(const Case& c, Checker& ck) {
+    const auto basis = basis_from(c);
+    check_basis_arrays(ck, basis);
+    const Vector t = c.array("t");
+    ck.compare("psi", basis.evaluate(t), kExact, 0.0);
+    const Vector mu = c.array("mu"), s2 = c.array("sigma_sq");
+    ck.compare("E_psi", basis.expect_psi(mu, s2), kExact, 0.0);
+    ck.compare("E_t_psi", basis.expect_t_psi(mu, s2), kExact, 0.0);
+    ck.compare("E_t2_psi", basis.expect_t2_psi(mu, s2), kExact, 0.0);
+}
+
+inline void check_continuous_softmax_grad(const Case& c, Checker& ck) {
+    const auto basis = basis_from(c);
+    check_basis_arrays(ck, basis);
+    const Vector mu = c.array("mu"), s2 = c.array("sigma_sq");
+    const Matrix dr = c.array("dr");
+    const Index q = mu.size();
+    Matrix theta(q, 2);
+    theta.col(0) = mu.cwiseQuotient(s2);
+    theta.col(1) = (-0.5 * s2.cwiseInverse());
+    ck.compare("theta", theta, kExact, 0.0);
+    const Matrix r = basis.expect_psi(mu, s2);
+    ck.compare("r", r, kExact, 0.0);
+
+    // Exact derivatives: the library's direct form.
+    Vector dmu(q), ds2(q);
+    basis.expect_psi_backward(mu, s2, dr, dmu, ds2);
+    ck.compare("grad_mu_exact", dmu, kExact, 0.0);
+    ck.compare("grad_sigma_sq_exact", ds2, kExact, 0.0);
+    Matrix gt_exact(q, 2);
+    gt_exact.col(0) = s2.cwiseProduct(dmu);
+    gt_exact.col(1) =
+        2.0 * mu.cwiseProduct(s2).cwiseProduct(dmu) + 2.0 * s2.cwiseProduct(s2).cwiseProduct(ds2);
+    ck.compare("grad_theta_exact", gt_exact, kExact, 0.0);
+
+    // The reference's route: covariance form w.r.t. θ, then through θ(μ, σ²) (README §3.3).
+    const Matrix et = basis.expect_t_psi(mu, s2), et2 = basis.expect_t2_psi(mu, s2);
+    Matrix g(q, 2);
+    for (Index i = 0; i < q; ++i) {
+        g(i, 0) = (dr.row(i).array() * (et.row(i).array() - mu[i] * r.row(i).array())).sum();
+        g(i, 1) =
+            (dr.row(i).array() * (et2.row(i).array() - (mu[i] * mu[i] + s2[i]) * r.row(i).array()))
+                .sum();
+    }
+    ck.compare("grad_theta", g, kExact, 0.0);
+    const Vector gmu = g.col(0).cwiseQuotient(s2);
+    const Vector gs2 =
+        (-mu.cwiseProduct(g.col(0)) + 0.5 * g.col(1)).cwiseQuotient(s2.cwiseProduct(s2));
+    ck.compare("grad_mu", gmu, kExact, 0.0);
+    ck.compare("grad_sigma_sq", gs2, 1e-4, 0.0);  // README §5: the θ route loses digits
+}
+
+inline void check_ridge_fit(const Case& c, Checker& ck) {
+    const auto basis = basis_from(c);
+    check_basis_arrays(ck, basis);
+    const Index len = c.integer("length");
+    const auto fit =
+        infinityformer::RidgeFit<double>::single_chunk(basis, len, c.num("ridge_penalty"));
+    ck.expect_meta("num_positions", Index(fit.positions().all.size()));
+    ck.expect_meta("pad_left", fit.positions().first_kept);
+    ck.expect_meta("first_kept_row", fit.positions().first_kept);
+    ck.expect_meta("pad_right", Index(fit.positions().all.size()) - fit.positions().first_kept -
+                                    fit.positions().num_kept);
+    ck.compare("positions", fit.positions().all, kExact, 0.0);
+    ck.compare("G", fit.G(), kSolve, kPhi);
+    ck.compare("B", fit.fit(c.array("X")), kSolve, kPhi);
+}
+
+inline void check_ltm_single(const Case& c, Checker& ck) {
+    const auto basis = basis_from(c);
+    check_basis_arrays(ck, basis);
+    const auto params = params_from(c);
+    const Index e = c.integer("num_heads") * c.integer("head_size");
+    const auto fit = infinityformer::RidgeFit<double>::single_chunk(basis, c.integer("length"),
+                                                                    params.ridge_lambda);
+    ck.compare("G", fit.G(), kSolve, kPhi);
+    const Matrix B = fit.fit(c.array("k"));
+    ck.compare("B", B, kSolve, kPhi);
+    infinityformer::ContinuousAttention<double> attn(basis, e, c.integer("num_heads"),
+                                                     c.integer("d_model"), params);
+    attn.set_weights(attention_weights_from(c));
+    const Matrix out = attn.forward(B, c.array("q"));
+    const auto& t = attn.last();
+    ck.compare("keys", t.keys, kSolve, kPhi);
+    ck.compare("values", t.values, kSolve, kPhi);
+    ck.compare("scores", t.scores, kSolve, kPhi);
+    ck.compare("mu", t.mu, kSolve, kPhi);
+    ck.compare("sigma_sq", t.sigma_sq, kSolve, kPhi);
+    ck.compare("r", t.r, kSolve, kPhi);
+    ck.compare("context", t.context, kSolve, kPhi);
+    ck.compare("output", out, kSolve, kPhi);
+    ck.compare("kl_reg", t.kl_reg, kSolve, kPhi);
+}
+
+/// The stream kinds: uniform, sticky and gated (and the forward part of ltm_grad and
+/// ltm_weights, which share the layout).
+inline void check_stream(const Case& c, Checker& ck, bool sticky, bool gated) {
+    auto params = params_from(c);
+    params.sampling = sticky ? infinityformer::Sampling::sticky : infinityformer::Sampling::uniform;
+    params.gate = gated;
+    const Index heads = c.integer("num_heads");
+    const Index e = heads * c.integer("head_size");
+    const Index len = c.integer("length");
+    infinityformer::LongTermAttention<double> ltm(e, heads, len, params, c.integer("d_model"));
+    ltm.attention().set_weights(attention_weights_from(c));
+    if (gated) {
+        infinityformer::MemoryGate<double>::Weights gw;
+        for (int j = 0; j < 3; ++j)
+            gw.taps[std::size_t(j)] = c.array("mask_weight_" + std::to_string(j));
+        gw.bias = c.array("mask_bias");
+        ltm.gate().set_weights(gw);
+    }
+    const auto& mem = ltm.memory();
+    check_basis_arrays(ck, mem.basis());
+    ck.compare("positions_first", mem.first_fit().positions().all, kExact, 0.0);
+    ck.compare("G_first", mem.first_fit().G(), kSolve, kPhi);
+    const auto& inf_pos = mem.unbounded_fit().positions();
+    ck.expect_meta("inf_num_positions", Index(inf_pos.all.size()));
+    ck.expect_meta("inf_pad_left", inf_pos.first_kept);
+    ck.expect_meta("inf_first_kept_row", inf_pos.first_kept);
+    ck.expect_meta("inf_pad_right",
+                   Index(inf_pos.all.size()) - inf_pos.first_kept - inf_pos.num_kept);
+    ck.compare("positions_inf", inf_pos.all, kExact, 0.0);
+    ck.compare("G_inf", mem.unbounded_fit().G(), kSolve, kPhi);
+    if (!sticky) {
+        infinityformer::LongTermMemory<double> probe(e, len, params);
+        const Vector points = probe.next_sample_points();
+        ck.compare("sample_points", points, kExact, 0.0);
+        ck.compare("samples_psi", mem.basis().evaluate(points), kSolve, kPhi);
+    }
+    const Index chunks = c.integer("num_chunks");
+    for (Index j = 0; j < chunks; ++j) {
+        const std::string p = "c" + std::to_string(j) + "_";
+        const Matrix k = c.array(p + "k"), q = c.array(p + "q");
+        Matrix out;
+        if (sticky && j >= 1) {
+            ck.compare(p + "hist", ltm.memory().histogram(), kSolve, kPhi);
+            out = ltm.forward(k, q, c.array(p + "ts"));
+        } else {
+            out = ltm.forward(k, q);
+        }
+        if (gated) {
+            ck.compare(p + "gate", ltm.last_gate(), kSolve, kPhi);
+            ck.compare(p + "k_gated", ltm.last_gated(), kSolve, kPhi);
+        }
+        if (j >= 1) ck.compare(p + "X_past", mem.last_past(), kSolve, kPhi);
+        ck.compare(p + "B", mem.coefficients(), kSolve, kPhi);
+        const auto& t = ltm.attention().last();
+        ck.compare(p + "mu", t.mu, kSolve, kPhi);
+        ck.compare(p + "sigma_sq", t.sigma_sq, kSolve, kPhi);
+        ck.compare(p + "kl_reg", t.kl_reg, kSolve, kPhi);
+        ck.compare(p + "output", out, kOutput, kPhi);
+    }
+}
+
+inline void check_sticky_histogram(const Case& c, Checker& ck) {
+    const Index bins = c.integer("num_bins");
+    Vector edges(bins + 1);
+    for (Index j = 0; j <= bins; ++j) edges[j] = double(j) / double(bins);
+    edges[0] = c.num("edge_first");
+    edges[bins] = c.num("edge_last");
+    ck.compare("edges", edges, kExact, 0.0);
+    const Vector mu = c.array("mu"), sigma = c.array("sigma");
+    ck.compare("p", infinityformer::sticky_histogram<double>(mu, sigma, bins), kExact, 1e-5);
+}
+
+/// Checks one case directory; never throws (errors become a failed result).
+inline CaseResult check_case(const std::filesystem::path& dir) {
+    CaseResult res;
+    res.dir = dir.string();
+    try {
+        const Case c(dir);
+        res.kind = c.str("kind");
+        Checker ck(c, res);
+        const std::string& k = res.kind;
+        if (k == "basis_gaussian")
+            check_basis_gaussian(c, ck);
+        else if (k == "continuous_softmax_grad")
+            check_continuous_softmax_grad(c, ck);
+        else if (k == "ridge_fit")
+            check_ridge_fit(c, ck);
+        else if (k == "ltm_single")
+            check_ltm_single(c, ck);
+        else if (k == "ltm_stream_uniform")
+            check_stream(c, ck, false, false);
+        else if (k == "ltm_stream_sticky")
+            check_stream(c, ck, true, false);
+        else if (k == "ltm_stream_gated")
+            check_stream(c, ck, true, true);
+        else if (k == "sticky_histogram")
+            check_sticky_histogram(c, ck);
+        else if (k == "ltm_grad") {
+            res.status = Status::skipped;
+            res.message = "training gradients are not implemented yet";
+        } else if (k == "ltm_weights") {
+            res.status = Status::skipped;
+            res.message = "safetensors weight import is not implemented yet";
+        } else {
+            res.status = Status::failed;
+            res.message = "unknown kind '" + k + "'";
+        }
+    } catch (const std::exception& ex) {
+        res.status = Status::failed;
+        res.message += std::string(res.message.empty() ? "" : "; ") + "exception: " + ex.what();
+    }
+    return res;
+}
+
+/// Every directory under root (root included) that holds a meta.txt, sorted.
+inline std::vector<std::filesystem::path> find_cases(const std::filesystem::path& root) {
+    std::vector<std::filesystem::path> out;
+    if (std::filesystem::exists(root / "meta.txt")) out.push_back(root);
+    if (std::filesystem::is_directory(root))
+        for (const auto& entry : std::filesystem::recursive_directory_iterator(root))
+            if (entry.is_directory() && std::filesystem::exists(entry.path() / "meta.txt"))
+                out.push_back(entry.path());
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+}  // namespace golden
