@@ -25,9 +25,13 @@ namespace infinityformer {
 ///   long-term:  LongTermAttention over the memory of chunks 0…c−2, with the short-term
 ///     attention's projected queries Q (as the authors do), output width d;
 ///   Y = short-term + long-term.
-/// After the call, chunk c−1 leaves the short-term window and enters the long-term memory
-/// (through the gate if params.gate), so every token is seen by exactly one of the two
-/// attentions. Cost per chunk: O(L²d + L·N·d + N·d²) whatever the length of the stream.
+/// After the call, chunk c−1 has left the short-term window; it is stored in the long-term
+/// memory (through the gate if params.gate) at the start of the next forward(), just before
+/// the long-term attention that first reads it, so every token is seen by exactly one of the
+/// two attentions and the gate and the fit belong to the chunk whose output they affect (as
+/// in the reference, where the layer receives the previous segment's states and updates
+/// its memory before attending). Cost per chunk: O(L²d + L·N·d + N·d²) whatever the length
+/// of the stream.
 ///
 /// \tparam Scalar_ float or double.
 template <typename Scalar_>
@@ -56,6 +60,7 @@ public:
           ltm_(d_model, num_heads, chunk_length, params, d_model) {
         init_short_term_weights(params.seed + 2);
         prev_.resize(0, d_);
+        pending_.resize(0, d_);
     }
 
     Index d_model() const { return d_; }
@@ -119,8 +124,11 @@ public:
             context.middleCols(h * dh, dh).noalias() = scores * v.middleCols(h * dh, dh);
         }
         Matrix y = context * stw_.out.transpose();
+        // Nothing below may throw once the memory changes: check what attend() would.
+        detail::check_finite("InfinityFormerLayer::forward", "projected queries X W_Q^T", q);
+        if (pending_.rows() > 0) ltm_.update(pending_);  // chunk c−2, out of the window
         if (!ltm_.memory().empty()) y += ltm_.attend(q);
-        if (lp > 0) ltm_.update(prev_);  // chunk c−1 leaves the short-term window
+        pending_.swap(prev_);  // chunk c−1 leaves the window: stored at the next call
         prev_ = X;
         return y;
     }
@@ -128,6 +136,7 @@ public:
     /// Starts a new stream: forgets the short-term window and the long-term memory.
     void reset() {
         prev_.resize(0, d_);
+        pending_.resize(0, d_);
         ltm_.reset();
     }
 
@@ -137,7 +146,8 @@ private:
     Index length_;
     LongTermAttention<Scalar> ltm_;
     ShortTermWeights stw_;
-    Matrix prev_;
+    Matrix prev_;     // chunk c−1: the short-term window's past
+    Matrix pending_;  // chunk c−2: to be stored in the memory at the next forward()
 };
 
 using InfinityFormerLayerd = InfinityFormerLayer<double>;
