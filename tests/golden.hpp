@@ -362,12 +362,76 @@ inline void check_stream(const Case& c, Checker& ck, bool sticky, bool gated) {
         }
         if (j >= 1) ck.compare(p + "X_past", mem.last_past(), kSolve, kPhi);
         ck.compare(p + "B", mem.coefficients(), kSolve, kPhi);
-        const auto& t = ltm.attention().last();
+        const auto& t = ltm.last_attention();
         ck.compare(p + "mu", t.mu, kSolve, kPhi);
         ck.compare(p + "sigma_sq", t.sigma_sq, kSolve, kPhi);
         ck.compare(p + "kl_reg", t.kl_reg, kSolve, kPhi);
         ck.compare(p + "output", out, kOutput, kPhi);
     }
+}
+
+/// ltm_grad: chunk 0 forward, chunk 1 forward and backward (golden README §3.10).
+inline void check_ltm_grad(const Case& c, Checker& ck) {
+    auto params = params_from(c);
+    params.sampling = infinityformer::Sampling::sticky;
+    params.gate = true;
+    const Index heads = c.integer("num_heads");
+    const Index e = heads * c.integer("head_size");
+    infinityformer::LongTermAttention<double> ltm(e, heads, c.integer("length"), params,
+                                                  c.integer("d_model"));
+    ltm.attention().set_weights(attention_weights_from(c));
+    infinityformer::MemoryGate<double>::Weights gw;
+    for (int j = 0; j < 3; ++j)
+        gw.taps[std::size_t(j)] = c.array("mask_weight_" + std::to_string(j));
+    gw.bias = c.array("mask_bias");
+    ltm.gate().set_weights(gw);
+    const auto& mem = ltm.memory();
+    ck.compare("G_first", mem.first_fit().G(), kSolve, kPhi);
+    ck.compare("G_inf", mem.unbounded_fit().G(), kSolve, kPhi);
+
+    ltm.forward(c.array("c0_k"), c.array("c0_q"));
+    ck.compare("c0_B", mem.coefficients(), kSolve, kPhi);
+    ck.compare("c0_mu", ltm.last_attention().mu, kSolve, kPhi);
+    ck.compare("c0_sigma_sq", ltm.last_attention().sigma_sq, kSolve, kPhi);
+    ck.compare("c1_hist", mem.histogram(), kSolve, kPhi);
+
+    const Matrix k1 = c.array("c1_k"), q1 = c.array("c1_q"), dout = c.array("dout");
+    const Matrix out = ltm.forward(k1, q1, c.array("c1_ts"));
+    const auto& t = ltm.last_attention();
+    ck.compare("c1_gate", ltm.last_gate(), kSolve, kPhi);
+    ck.compare("c1_k_gated", ltm.last_gated(), kSolve, kPhi);
+    ck.compare("c1_X_past", mem.last_past(), kSolve, kPhi);
+    ck.compare("c1_B", mem.coefficients(), kSolve, kPhi);
+    ck.compare("c1_mu", t.mu, kSolve, kPhi);
+    ck.compare("c1_sigma_sq", t.sigma_sq, kSolve, kPhi);
+    ck.compare("c1_kl_reg", t.kl_reg, kSolve, kPhi);
+    ck.compare("c1_output", out, kOutput, kPhi);
+
+    const double kl_weight = c.num("kl_weight");
+    Matrix loss(1, 1);
+    loss(0, 0) = (out.array() * dout.array()).sum() + kl_weight * t.kl_reg.sum();
+    ck.compare("loss", loss, kExact, 0.0);
+
+    constexpr double kGrad = 1e-7;  // README §5
+    ltm.zero_grad();
+    Matrix dq(q1.rows(), e), dk(k1.rows(), e);
+    ltm.backward(dout, kl_weight, dq, dk);
+    const auto& ga = ltm.attention().gradients();
+    const auto& gg = ltm.gate().gradients();
+    ck.compare("grad_proj_key_weight", ga.proj_key, kGrad, kPhi);
+    ck.compare("grad_proj_value_weight", ga.proj_value, kGrad, kPhi);
+    ck.compare("grad_attn_out_weight", ga.attn_out, kGrad, kPhi);
+    ck.compare("grad_mu_weight", Matrix(ga.mu.transpose()), kGrad, kPhi);
+    ck.compare("grad_sigma_weight", Matrix(ga.sigma.transpose()), kGrad, kPhi);
+    for (int j = 0; j < 3; ++j)
+        ck.compare("grad_mask_weight_" + std::to_string(j), gg.taps[std::size_t(j)], kGrad, kPhi);
+    ck.compare("grad_mask_bias", gg.bias, kGrad, kPhi);
+    ck.compare("grad_c1_q", dq, kGrad, kPhi);
+    ck.compare("grad_c1_k", dk, kGrad, kPhi);
+    ck.compare("grad_c1_k_gated", ltm.last_grad_gated(), kGrad, kPhi);
+    ck.compare("grad_c1_B", ltm.last_grad_B(), kGrad, kPhi);
+    ck.compare("grad_c1_mu", ltm.last_grad_mu(), kGrad, kPhi);
+    ck.compare("grad_c1_sigma_sq", ltm.last_grad_sigma_sq(), kGrad, kPhi);
 }
 
 inline void check_sticky_histogram(const Case& c, Checker& ck) {
@@ -406,10 +470,9 @@ inline CaseResult check_case(const std::filesystem::path& dir) {
             check_stream(c, ck, true, true);
         else if (k == "sticky_histogram")
             check_sticky_histogram(c, ck);
-        else if (k == "ltm_grad") {
-            res.status = Status::skipped;
-            res.message = "training gradients are not implemented yet";
-        } else if (k == "ltm_weights") {
+        else if (k == "ltm_grad")
+            check_ltm_grad(c, ck);
+        else if (k == "ltm_weights") {
             res.status = Status::skipped;
             res.message = "safetensors weight import is not implemented yet";
         } else {

@@ -172,6 +172,16 @@ public:
         detail::check_finite(where, "dr", dr);
         detail::check_shape(where, "dmu", dmu, mu.size(), 1);
         detail::check_shape(where, "dsigma_sq", dsigma_sq, mu.size(), 1);
+        expect_psi_backward_unchecked(mu, sigma_sq, dr, dmu, dsigma_sq);
+    }
+
+    /// expect_psi_backward() without argument checks (inputs already validated).
+    template <typename MuT, typename SigT, typename DrT, typename DmuT, typename DsT>
+    void expect_psi_backward_unchecked(const Eigen::MatrixBase<MuT>& mu,
+                                       const Eigen::MatrixBase<SigT>& sigma_sq,
+                                       const Eigen::MatrixBase<DrT>& dr,
+                                       Eigen::MatrixBase<DmuT>& dmu,
+                                       Eigen::MatrixBase<DsT>& dsigma_sq) const {
         using std::exp;
         using std::sqrt;
         const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);

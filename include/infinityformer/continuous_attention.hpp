@@ -6,11 +6,14 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "basis.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
+#include "parameters.hpp"
 #include "params.hpp"
 
 namespace infinityformer {
@@ -79,6 +82,8 @@ public:
         Matrix context;   ///< Q × e
         Matrix output;    ///< Q × d_model
         Vector kl_reg;    ///< H·Q
+        Matrix B;         ///< the memory attended to, N × e (for the backward pass)
+        Matrix queries;   ///< Q × e (for the backward pass)
     };
 
     /// @param basis the memory's basis (N functions).
@@ -164,6 +169,13 @@ public:
     /// Intermediate values of the last forward().
     const Trace& last() const { return trace_; }
 
+    /// forward() into a caller-owned trace, without the checks: for modules that keep one
+    /// trace per stream and checked their inputs already.
+    void forward_unchecked(const Eigen::Ref<const Matrix>& B,
+                           const Eigen::Ref<const Matrix>& queries, Trace& t) const {
+        compute(B, queries, t);
+    }
+
     /// KL(N(μ, σ²) ‖ N(μ₀, σ₀²)) with this object's constants.
     Scalar kl(Scalar mu, Scalar sigma_sq) const {
         using std::log;
@@ -176,6 +188,115 @@ public:
 
     Scalar sigma_sq_min() const { return sigma_sq_min_; }
 
+    /// Gradients accumulated by backward(), laid out as the weights.
+    const Weights& gradients() const { return grads_; }
+    /// Sets every gradient to zero (keeps the buffers).
+    void zero_grad() {
+        grads_.proj_key.setZero(dim_, dim_);
+        grads_.proj_value.setZero(dim_, dim_);
+        grads_.attn_out.setZero(d_model_, dim_);
+        grads_.mu.setZero(num_basis());
+        grads_.sigma.setZero(num_basis());
+    }
+
+    /// Backward pass of the last forward() for the loss
+    ///   ℓ = Σ output ⊙ dout + kl_weight · Σ kl_reg:
+    /// accumulates ∂ℓ/∂weights into gradients() and writes ∂ℓ/∂queries and ∂ℓ/∂B.
+    /// ∂r/∂(μ, σ²) uses the direct form; no gradient passes the σ² clamp where it is active
+    /// (softplus(w_σ·s) < σ²_min).
+    /// @param dout Q × d_model. @param kl_weight ≥ 0. @param dqueries Q × e. @param dB N × e.
+    /// @throws infinityformer::logic_error without a forward();
+    ///         infinityformer::invalid_argument on shapes or non-finite input (nothing changed).
+    void backward(const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
+                  Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dB) {
+        constexpr const char* where = "ContinuousAttention::backward";
+        if (trace_.queries.rows() == 0)
+            throw infinityformer::logic_error(
+                detail::concat("[infinityformer] ", where,
+                               ": no forward() to differentiate, expected a call "
+                               "to forward() first"));
+        const Index nq = trace_.queries.rows();
+        detail::check_matrix(where, "dout", dout, nq, d_model_);
+        detail::require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0),
+                        where, "kl_weight is ", kl_weight, ", expected a finite value >= 0");
+        detail::check_shape(where, "dqueries", dqueries, nq, dim_);
+        detail::check_shape(where, "dB", dB, num_basis(), dim_);
+        backward_unchecked(trace_, dout, kl_weight, dqueries, dB);
+    }
+
+    /// backward() without the checks, for composite modules that checked already.
+    void backward_unchecked(const Trace& t, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
+                            Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dB) {
+        if (grads_.mu.size() != num_basis()) zero_grad();
+        const Index nq = t.queries.rows();
+        const Index dh = head_size();
+        const Index n = num_basis();
+        const Index hq = heads_ * nq;
+        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
+        Work& w = work_;
+        grads_.attn_out.noalias() += dout.transpose() * t.context;
+        w.dcontext.noalias() = dout * weights_.attn_out;
+        w.dr.resize(hq, n);
+        w.dV.resize(n, dim_);
+        w.dK.resize(n, dim_);
+        for (Index h = 0; h < heads_; ++h) {
+            const auto dc = w.dcontext.middleCols(h * dh, dh);
+            w.dr.middleRows(h * nq, nq).noalias() =
+                dc * t.values.middleCols(h * dh, dh).transpose();
+            w.dV.middleCols(h * dh, dh).noalias() = t.r.middleRows(h * nq, nq).transpose() * dc;
+        }
+        w.dmu.resize(hq);
+        w.dsigma_sq.resize(hq);
+        basis_.expect_psi_backward_unchecked(t.mu, t.sigma_sq, w.dr, w.dmu, w.dsigma_sq);
+        const Scalar s0sq = kl_sigma_0_ * kl_sigma_0_;
+        w.da_mu.resize(hq);
+        w.da_sigma.resize(hq);
+        for (Index i = 0; i < hq; ++i) {
+            Scalar dmu = w.dmu[i];
+            if (kl_mu_term_) dmu += kl_weight * (t.mu[i] - kl_mu_0_) / s0sq;
+            const Scalar ds2 = w.dsigma_sq[i] + kl_weight * Scalar(0.5) *
+                                                    (Scalar(1) / s0sq - Scalar(1) / t.sigma_sq[i]);
+            w.dmu[i] = dmu;
+            w.dsigma_sq[i] = ds2;
+            w.da_mu[i] = dmu * t.mu[i] * (Scalar(1) - t.mu[i]);
+            const Scalar a = t.a_sigma[i];
+            const bool clamped = detail::softplus(a) < sigma_sq_min_;
+            const Scalar dsp = a > Scalar(20) ? Scalar(1) : detail::sigmoid(a);
+            w.da_sigma[i] = clamped ? Scalar(0) : ds2 * dsp;
+        }
+        grads_.mu.noalias() += t.scores.transpose() * w.da_mu;
+        grads_.sigma.noalias() += t.scores.transpose() * w.da_sigma;
+        w.dS.noalias() = w.da_mu * weights_.mu.transpose();
+        w.dS.noalias() += w.da_sigma * weights_.sigma.transpose();
+        for (Index h = 0; h < heads_; ++h) {
+            const auto dSh = w.dS.middleRows(h * nq, nq);
+            dqueries.middleCols(h * dh, dh).noalias() = scale * dSh * t.keys.middleCols(h * dh, dh);
+            w.dK.middleCols(h * dh, dh).noalias() =
+                scale * dSh.transpose() * t.queries.middleCols(h * dh, dh);
+        }
+        grads_.proj_key.noalias() += w.dK.transpose() * t.B;
+        grads_.proj_value.noalias() += w.dV.transpose() * t.B;
+        dB.noalias() = w.dK * weights_.proj_key;
+        dB.noalias() += w.dV * weights_.proj_value;
+    }
+
+    /// Appends the named weights and gradients (the reference's names, after `prefix`).
+    void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix = "") {
+        if (grads_.mu.size() != num_basis()) zero_grad();
+        detail::append_parameter(out, prefix + "proj_key.weight", weights_.proj_key,
+                                 grads_.proj_key);
+        detail::append_parameter(out, prefix + "proj_value.weight", weights_.proj_value,
+                                 grads_.proj_value);
+        detail::append_parameter(out, prefix + "attn_out.weight", weights_.attn_out,
+                                 grads_.attn_out);
+        detail::append_parameter(out, prefix + "mu.weight", weights_.mu, grads_.mu);
+        detail::append_parameter(out, prefix + "sigma.weight", weights_.sigma, grads_.sigma);
+    }
+
+    /// ∂ℓ/∂μ and ∂ℓ/∂σ² (KL terms included) of the last backward(), H·Q each.
+    const Vector& last_grad_mu() const { return work_.dmu; }
+    const Vector& last_grad_sigma_sq() const { return work_.dsigma_sq; }
+
 private:
     void check_inputs(const char* where, const Eigen::Ref<const Matrix>& B,
                       const Eigen::Ref<const Matrix>& queries) const {
@@ -187,10 +308,16 @@ private:
     }
 
     void compute(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries) {
+        compute(B, queries, trace_);
+    }
+
+    void compute(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries,
+                 Trace& t) const {
         const Index nq = queries.rows();
         const Index dh = head_size();
         const Index n = num_basis();
-        Trace& t = trace_;
+        t.B = B;
+        t.queries = queries;
         t.keys.noalias() = B * weights_.proj_key.transpose();
         t.values.noalias() = B * weights_.proj_value.transpose();
         t.scores.resize(heads_ * nq, n);
@@ -226,8 +353,15 @@ private:
     Scalar kl_sigma_0_{};
     bool kl_mu_term_ = false;
     Scalar kl_mu_0_{};
+    struct Work {
+        Matrix dcontext, dr, dV, dK, dS;
+        Vector dmu, dsigma_sq, da_mu, da_sigma;
+    };
+
     Weights weights_;
+    Weights grads_;
     Trace trace_;
+    Work work_;
 };
 
 using ContinuousAttentiond = ContinuousAttention<double>;

@@ -7,11 +7,14 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "continuous_attention.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
+#include "parameters.hpp"
 
 namespace infinityformer {
 
@@ -91,9 +94,65 @@ public:
         gated = gate.cwiseProduct(X);
     }
 
+    /// Gradients accumulated by backward(), laid out as the weights.
+    const Weights& gradients() const { return grads_; }
+    void zero_grad() {
+        for (auto& tap : grads_.taps) tap.setZero(dim_, dim_);
+        grads_.bias.setZero(dim_);
+    }
+
+    /// Appends the named weights and gradients: `prefix`weight.0/1/2 (tap j is the reference's
+    /// mask_net.weight[:, :, j]) and `prefix`bias.
+    void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix = "") {
+        if (grads_.bias.size() != dim_) zero_grad();
+        for (int j = 0; j < 3; ++j)
+            detail::append_parameter(out, prefix + "weight." + std::to_string(j),
+                                     weights_.taps[static_cast<std::size_t>(j)],
+                                     grads_.taps[static_cast<std::size_t>(j)]);
+        detail::append_parameter(out, prefix + "bias", weights_.bias, grads_.bias);
+    }
+
+    /// Backward of forward(X) → (gate, gated): accumulates ∂ℓ/∂W_j and ∂ℓ/∂b into
+    /// gradients() and writes ∂ℓ/∂X, given ∂ℓ/∂gated.
+    ///   dA = dX̃ ⊙ X ⊙ g ⊙ (1 − g);  db = Σ_t dA_t;  dW_j = Σ_t dA_t x_{t+j−1}ᵀ
+    ///   dx_t = g_t ⊙ dx̃_t + W₀ᵀ dA_{t+1} + W₁ᵀ dA_t + W₂ᵀ dA_{t−1}
+    /// @param X L × e (the forward's input). @param gate L × e (the forward's g).
+    /// @param dgated L × e. @param dX L × e.
+    void backward(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& gate,
+                  const Eigen::Ref<const Matrix>& dgated, Eigen::Ref<Matrix> dX) {
+        constexpr const char* where = "MemoryGate::backward";
+        detail::require(X.rows() >= 1, where, "X has 0 rows, expected at least 1");
+        detail::check_matrix(where, "X", X, X.rows(), dim_);
+        detail::check_matrix(where, "gate", gate, X.rows(), dim_);
+        detail::check_matrix(where, "dgated", dgated, X.rows(), dim_);
+        detail::check_shape(where, "dX", dX, X.rows(), dim_);
+        backward_unchecked(X, gate, dgated, dX);
+    }
+
+    /// backward() without the checks.
+    void backward_unchecked(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& gate,
+                            const Eigen::Ref<const Matrix>& dgated, Eigen::Ref<Matrix> dX) {
+        if (grads_.bias.size() != dim_) zero_grad();
+        const Index l = X.rows();
+        dA_ = dgated.cwiseProduct(X).cwiseProduct(
+            gate.cwiseProduct((Scalar(1) - gate.array()).matrix()));
+        grads_.bias.noalias() += dA_.colwise().sum().transpose();
+        grads_.taps[1].noalias() += dA_.transpose() * X;
+        dX = gate.cwiseProduct(dgated);
+        dX.noalias() += dA_ * weights_.taps[1];
+        if (l > 1) {
+            grads_.taps[0].noalias() += dA_.bottomRows(l - 1).transpose() * X.topRows(l - 1);
+            grads_.taps[2].noalias() += dA_.topRows(l - 1).transpose() * X.bottomRows(l - 1);
+            dX.topRows(l - 1).noalias() += dA_.bottomRows(l - 1) * weights_.taps[0];
+            dX.bottomRows(l - 1).noalias() += dA_.topRows(l - 1) * weights_.taps[2];
+        }
+    }
+
 private:
     Index dim_;
     Weights weights_;
+    Weights grads_;
+    Matrix dA_;
 };
 
 using MemoryGated = MemoryGate<double>;

@@ -9,6 +9,8 @@
 #include "layer.hpp"
 #include "long_term_attention.hpp"
 #include "memory.hpp"
+#include "optim.hpp"
+#include "parameters.hpp"
 #include "params.hpp"
 #include "ridge.hpp"
 #include "version.hpp"

@@ -8,10 +8,12 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "long_term_attention.hpp"
+#include "parameters.hpp"
 #include "params.hpp"
 
 namespace infinityformer {
@@ -59,8 +61,8 @@ public:
           length_(chunk_length),
           ltm_(d_model, num_heads, chunk_length, params, d_model) {
         init_short_term_weights(params.seed + 2);
-        prev_.resize(0, d_);
-        pending_.resize(0, d_);
+        streams_.resize(1);
+        zero_short_term_grad();
     }
 
     Index d_model() const { return d_; }
@@ -94,60 +96,176 @@ public:
         stw_ = std::move(w);
     }
 
-    /// Processes the next chunk. @param X L × d, finite. @return L × d.
+    /// Number of independent streams (default 1); see LongTermAttention::set_num_streams().
+    Index num_streams() const { return static_cast<Index>(streams_.size()); }
+    /// Adds or removes streams; new streams start empty, existing ones keep their state.
+    void set_num_streams(Index n) {
+        ltm_.set_num_streams(n);  // checks n
+        streams_.resize(static_cast<std::size_t>(n));
+    }
+
+    /// Processes the next chunk of a stream. @param X L × d, finite. @return L × d.
     /// @throws infinityformer::invalid_argument (state unchanged).
-    Matrix forward(const Eigen::Ref<const Matrix>& X) {
-        detail::check_matrix("InfinityFormerLayer::forward", "X", X, length_, d_);
+    Matrix forward(const Eigen::Ref<const Matrix>& X, Index stream = 0) {
+        constexpr const char* where = "InfinityFormerLayer::forward";
+        Stream& s = state(where, stream);
+        detail::check_matrix(where, "X", X, length_, d_);
         const Index l = length_;
-        const Index lp = prev_.rows();
+        const Index lp = s.prev.rows();
         const Index dh = head_size();
-        Matrix q = X * stw_.query.transpose();
-        Matrix kv_in(lp + l, d_);
-        kv_in.topRows(lp) = prev_;
-        kv_in.bottomRows(l) = X;
-        const Matrix k = kv_in * stw_.key.transpose();
-        const Matrix v = kv_in * stw_.value.transpose();
-        Matrix context(l, d_);
-        Matrix scores(l, lp + l);
+        s.x = X;
+        s.q.noalias() = X * stw_.query.transpose();
+        s.kv_in.resize(lp + l, d_);
+        if (lp > 0) s.kv_in.topRows(lp) = s.prev;
+        s.kv_in.bottomRows(l) = X;
+        s.k.noalias() = s.kv_in * stw_.key.transpose();
+        s.v.noalias() = s.kv_in * stw_.value.transpose();
+        s.context.resize(l, d_);
+        s.probs.resize(heads_ * l, lp + l);
         const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
         for (Index h = 0; h < heads_; ++h) {
-            scores.noalias() =
-                scale * q.middleCols(h * dh, dh) * k.middleCols(h * dh, dh).transpose();
+            auto a = s.probs.middleRows(h * l, l);
+            a.noalias() =
+                scale * s.q.middleCols(h * dh, dh) * s.k.middleCols(h * dh, dh).transpose();
             for (Index i = 0; i < l; ++i) {
                 const Index visible = lp + i + 1;  // causal: previous chunk + tokens 0…i
-                auto row = scores.row(i);
+                auto row = a.row(i);
                 const Scalar mx = row.head(visible).maxCoeff();
                 row.head(visible) = (row.head(visible).array() - mx).exp();
                 row.head(visible) /= row.head(visible).sum();
                 row.tail(lp + l - visible).setZero();
             }
-            context.middleCols(h * dh, dh).noalias() = scores * v.middleCols(h * dh, dh);
+            s.context.middleCols(h * dh, dh).noalias() = a * s.v.middleCols(h * dh, dh);
         }
-        Matrix y = context * stw_.out.transpose();
+        Matrix y = s.context * stw_.out.transpose();
         // Nothing below may throw once the memory changes: check what attend() would.
-        detail::check_finite("InfinityFormerLayer::forward", "projected queries X W_Q^T", q);
-        if (pending_.rows() > 0) ltm_.update(pending_);  // chunk c−2, out of the window
-        if (!ltm_.memory().empty()) y += ltm_.attend(q);
-        pending_.swap(prev_);  // chunk c−1 leaves the window: stored at the next call
-        prev_ = X;
+        detail::check_finite(where, "projected queries X W_Q^T", s.q);
+        if (s.pending.rows() > 0) ltm_.update(s.pending, stream);  // chunk c−2
+        s.long_term = !ltm_.memory(stream).empty();
+        if (s.long_term) y += ltm_.attend(s.q, stream);
+        s.pending.swap(s.prev);  // chunk c−1 leaves the window: stored at the next call
+        s.prev = X;
+        s.has_trace = true;
         return y;
     }
 
-    /// Starts a new stream: forgets the short-term window and the long-term memory.
-    void reset() {
-        prev_.resize(0, d_);
-        pending_.resize(0, d_);
-        ltm_.reset();
+    /// Backward of the stream's last forward() for ℓ = Σ Y ⊙ dY + kl_weight · Σ KL (the
+    /// long-term attention's regulariser): accumulates the gradients of every weight
+    /// (short-term, long-term, gate) and returns ∂ℓ/∂X of that chunk.
+    ///
+    /// Truncated back-propagation, as the authors train: the previous chunk in the
+    /// short-term window and the memory of older chunks are constants. The chunk stored in
+    /// the memory during this forward() (chunk c−2) gives gradients to the gate's weights
+    /// through the fit, but not to chunk c−2's inputs.
+    /// @param dY L × d. @param kl_weight ≥ 0. @param dX L × d, receives ∂ℓ/∂X.
+    /// @throws infinityformer::logic_error without a forward(); invalid_argument on shapes.
+    void backward(const Eigen::Ref<const Matrix>& dY, Scalar kl_weight, Eigen::Ref<Matrix> dX,
+                  Index stream = 0) {
+        constexpr const char* where = "InfinityFormerLayer::backward";
+        Stream& s = state(where, stream);
+        if (!s.has_trace)
+            throw infinityformer::logic_error(detail::concat(
+                "[infinityformer] ", where,
+                ": no forward() to differentiate, expected a call to forward() first"));
+        detail::check_matrix(where, "dY", dY, length_, d_);
+        detail::require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0),
+                        where, "kl_weight is ", kl_weight, ", expected a finite value >= 0");
+        detail::check_shape(where, "dX", dX, length_, d_);
+        if (grads_.query.rows() != d_) zero_short_term_grad();
+        const Index l = length_;
+        const Index n_kv = s.kv_in.rows();
+        const Index dh = head_size();
+        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
+        grads_.out.noalias() += dY.transpose() * s.context;
+        s.dcontext.noalias() = dY * stw_.out;
+        s.dq.resize(l, d_);
+        s.dk.resize(n_kv, d_);
+        s.dv.resize(n_kv, d_);
+        for (Index h = 0; h < heads_; ++h) {
+            const auto a = s.probs.middleRows(h * l, l);
+            const auto dc = s.dcontext.middleCols(h * dh, dh);
+            s.dprobs.noalias() = dc * s.v.middleCols(h * dh, dh).transpose();
+            s.dv.middleCols(h * dh, dh).noalias() = a.transpose() * dc;
+            // softmax backward: dS = A ⊙ (dA − rowsum(dA ⊙ A)); masked entries have A = 0
+            const Vector dot = s.dprobs.cwiseProduct(a).rowwise().sum();
+            s.dprobs = a.cwiseProduct((s.dprobs.colwise() - dot));
+            s.dq.middleCols(h * dh, dh).noalias() = scale * s.dprobs * s.k.middleCols(h * dh, dh);
+            s.dk.middleCols(h * dh, dh).noalias() =
+                scale * s.dprobs.transpose() * s.q.middleCols(h * dh, dh);
+        }
+        if (s.long_term) {
+            s.dq_long.resize(l, d_);
+            s.dx_stored.resize(l, d_);
+            ltm_.backward(dY, kl_weight, s.dq_long, s.dx_stored, stream);
+            s.dq += s.dq_long;  // chunk c−2's own gradient (s.dx_stored) is not propagated
+        }
+        grads_.query.noalias() += s.dq.transpose() * s.x;
+        grads_.key.noalias() += s.dk.transpose() * s.kv_in;
+        grads_.value.noalias() += s.dv.transpose() * s.kv_in;
+        dX.noalias() = s.dq * stw_.query;
+        dX.noalias() += s.dk.bottomRows(l) * stw_.key;
+        dX.noalias() += s.dv.bottomRows(l) * stw_.value;
+    }
+
+    /// Short-term gradients accumulated by backward() (layout of ShortTermWeights).
+    const ShortTermWeights& short_term_gradients() const { return grads_; }
+
+    /// Sets every accumulated gradient (short-term, long-term, gate) to zero.
+    void zero_grad() {
+        zero_short_term_grad();
+        ltm_.zero_grad();
+    }
+
+    /// Named weights with their gradients: short_term.{query,key,value,out}.weight and
+    /// long_term.* (LongTermAttention::parameters()).
+    std::vector<Parameter<Scalar>> parameters() {
+        if (grads_.query.rows() != d_) zero_short_term_grad();
+        std::vector<Parameter<Scalar>> out;
+        detail::append_parameter(out, "short_term.query.weight", stw_.query, grads_.query);
+        detail::append_parameter(out, "short_term.key.weight", stw_.key, grads_.key);
+        detail::append_parameter(out, "short_term.value.weight", stw_.value, grads_.value);
+        detail::append_parameter(out, "short_term.out.weight", stw_.out, grads_.out);
+        for (auto& p : ltm_.parameters("long_term.")) out.push_back(std::move(p));
+        return out;
+    }
+
+    /// Starts a new document on a stream: forgets its window and its long-term memory.
+    void reset(Index stream = 0) {
+        Stream& s = state("InfinityFormerLayer::reset", stream);
+        s = Stream{};
+        ltm_.reset(stream);
     }
 
 private:
+    struct Stream {
+        Matrix prev;     // chunk c−1: the short-term window's past
+        Matrix pending;  // chunk c−2: to be stored in the memory at the next forward()
+        // forward trace
+        Matrix x, q, kv_in, k, v, probs, context;
+        bool long_term = false;
+        bool has_trace = false;
+        // backward work
+        Matrix dcontext, dprobs, dq, dk, dv, dq_long, dx_stored;
+    };
+
+    Stream& state(const char* where, Index stream) {
+        detail::require(stream >= 0 && stream < num_streams(), where, "stream is ", stream,
+                        ", expected 0 <= stream < ", num_streams());
+        return streams_[static_cast<std::size_t>(stream)];
+    }
+
+    void zero_short_term_grad() {
+        for (Matrix* m : {&grads_.query, &grads_.key, &grads_.value, &grads_.out})
+            m->setZero(d_, d_);
+    }
+
     Index d_;
     Index heads_;
     Index length_;
     LongTermAttention<Scalar> ltm_;
     ShortTermWeights stw_;
-    Matrix prev_;     // chunk c−1: the short-term window's past
-    Matrix pending_;  // chunk c−2: to be stored in the memory at the next forward()
+    ShortTermWeights grads_;
+    std::vector<Stream> streams_;
 };
 
 using InfinityFormerLayerd = InfinityFormerLayer<double>;

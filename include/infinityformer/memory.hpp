@@ -221,6 +221,29 @@ public:
         return out;
     }
 
+    /// Backward of the last update's fit: ∂ℓ/∂X = G_new ∂ℓ/∂B, with G_new the rows of the
+    /// operator that multiplied the new chunk (G_first for a first chunk, the last L rows of
+    /// G_inf otherwise). The old memory is a constant (truncated back-propagation).
+    /// @param dB N × e. @param dX L × e.
+    /// @throws infinityformer::logic_error before any update.
+    void backward(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
+        constexpr const char* where = "LongTermMemory::backward";
+        if (empty_)
+            throw infinityformer::logic_error(
+                detail::concat("[infinityformer] ", where,
+                               ": no update() to differentiate, expected a call "
+                               "to update() first"));
+        detail::check_matrix(where, "dB", dB, num_basis(), dim_);
+        detail::check_shape(where, "dX", dX, length_, dim_);
+        backward_unchecked(dB, dX);
+    }
+    void backward_unchecked(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
+        if (last_points_.size() == 0)
+            dX.noalias() = first_.G() * dB;
+        else
+            dX.noalias() = inf_.G().bottomRows(length_) * dB;
+    }
+
     /// The continuous memory at T positions: x̄(t) = Bᵀψ(t), returned as T × e rows.
     Matrix evaluate(const Eigen::Ref<const Vector>& t) const {
         const Matrix psi = basis_.evaluate(t);

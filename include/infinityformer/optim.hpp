@@ -1,0 +1,126 @@
+/// @file optim.hpp
+/// @brief The Adam optimiser (Kingma & Ba 2015) with optional decoupled weight decay
+/// (AdamW, Loshchilov & Hutter 2019) and global gradient-norm clipping.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "errors.hpp"
+#include "parameters.hpp"
+
+namespace infinityformer {
+
+/// Hyper-parameters of Adam; defaults are the usual ones (PyTorch's torch.optim.Adam).
+struct AdamOptions {
+    double learning_rate = 1e-3;  ///< step size α > 0
+    double beta1 = 0.9;           ///< decay of the first moment, in [0, 1)
+    double beta2 = 0.999;         ///< decay of the second moment, in [0, 1)
+    double epsilon = 1e-8;        ///< added to √v̂, > 0
+    double weight_decay = 0.0;    ///< decoupled decay: w ← w − α·λ·w (AdamW), ≥ 0
+    double clip_norm = 0.0;       ///< if > 0, gradients are scaled so that their global L2
+                                  ///< norm is at most clip_norm; 0 = no clipping
+
+    /// @throws infinityformer::invalid_argument naming the field out of range.
+    void validate() const {
+        constexpr const char* where = "AdamOptions::validate";
+        detail::require(std::isfinite(learning_rate) && learning_rate > 0.0, where,
+                        "learning_rate is ", learning_rate, ", expected > 0");
+        detail::require(beta1 >= 0.0 && beta1 < 1.0, where, "beta1 is ", beta1,
+                        ", expected 0 <= beta1 < 1");
+        detail::require(beta2 >= 0.0 && beta2 < 1.0, where, "beta2 is ", beta2,
+                        ", expected 0 <= beta2 < 1");
+        detail::require(std::isfinite(epsilon) && epsilon > 0.0, where, "epsilon is ", epsilon,
+                        ", expected > 0");
+        detail::require(std::isfinite(weight_decay) && weight_decay >= 0.0, where,
+                        "weight_decay is ", weight_decay, ", expected >= 0");
+        detail::require(std::isfinite(clip_norm) && clip_norm >= 0.0, where, "clip_norm is ",
+                        clip_norm, ", expected >= 0 (0 = no clipping)");
+    }
+};
+
+/// Adam over a list of Parameter views (e.g. InfinityFormerLayer::parameters()).
+/// The moment buffers are allocated once, in the constructor; step() allocates nothing.
+///
+/// \tparam Scalar_ float or double.
+template <typename Scalar_>
+class Adam {
+    static_assert(std::is_floating_point_v<Scalar_>, "Adam needs float or double");
+
+public:
+    using Scalar = Scalar_;
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+    explicit Adam(std::vector<Parameter<Scalar>> parameters, const AdamOptions& options = {})
+        : params_(std::move(parameters)), opt_(checked(options)) {
+        for (const auto& p : params_) {
+            m_.push_back(Matrix::Zero(p.rows, p.cols));
+            v_.push_back(Matrix::Zero(p.rows, p.cols));
+        }
+    }
+
+    const AdamOptions& options() const { return opt_; }
+    /// Changes the options (e.g. a learning-rate schedule); the moments are kept.
+    void set_options(const AdamOptions& options) { opt_ = checked(options); }
+    const std::vector<Parameter<Scalar>>& parameters() const { return params_; }
+    long steps() const { return t_; }
+    /// Global L2 norm of the gradients seen by the last step(), before clipping.
+    double last_grad_norm() const { return last_norm_; }
+
+    /// One update of every parameter from its gradient. Gradients are left as they are
+    /// (call zero_grad() before accumulating the next ones).
+    /// @throws infinityformer::runtime_error if a gradient is not finite (nothing updated).
+    void step() {
+        double sq = 0.0;
+        for (const auto& p : params_) {
+            const double n = static_cast<double>(p.gradient().squaredNorm());
+            if (!std::isfinite(n))
+                throw infinityformer::runtime_error(detail::concat(
+                    "[infinityformer] Adam::step: gradient of ", p.name,
+                    " is not finite, expected finite gradients; no parameter was updated"));
+            sq += n;
+        }
+        last_norm_ = std::sqrt(sq);
+        const double clip = (opt_.clip_norm > 0.0 && last_norm_ > opt_.clip_norm)
+                                ? opt_.clip_norm / last_norm_
+                                : 1.0;
+        ++t_;
+        const double bc1 = 1.0 - std::pow(opt_.beta1, static_cast<double>(t_));
+        const double bc2 = 1.0 - std::pow(opt_.beta2, static_cast<double>(t_));
+        const auto b1 = static_cast<Scalar>(opt_.beta1), b2 = static_cast<Scalar>(opt_.beta2);
+        const auto step = static_cast<Scalar>(opt_.learning_rate / bc1);
+        const auto inv_sqrt_bc2 = static_cast<Scalar>(1.0 / std::sqrt(bc2));
+        const auto eps = static_cast<Scalar>(opt_.epsilon);
+        const auto decay = static_cast<Scalar>(opt_.learning_rate * opt_.weight_decay);
+        const auto c = static_cast<Scalar>(clip);
+        for (std::size_t i = 0; i < params_.size(); ++i) {
+            auto w = params_[i].values();
+            const auto g = params_[i].gradient();
+            m_[i] = b1 * m_[i] + (Scalar(1) - b1) * c * g;
+            v_[i] = b2 * v_[i] + (Scalar(1) - b2) * (c * g).cwiseAbs2();
+            if (decay > Scalar(0)) w -= decay * w;
+            w.array() -= step * m_[i].array() / (v_[i].array().sqrt() * inv_sqrt_bc2 + eps);
+        }
+    }
+
+    /// Sets every parameter's gradient to zero.
+    void zero_grad() {
+        for (auto& p : params_) p.gradient().setZero();
+    }
+
+private:
+    static const AdamOptions& checked(const AdamOptions& o) {
+        o.validate();
+        return o;
+    }
+
+    std::vector<Parameter<Scalar>> params_;
+    AdamOptions opt_;
+    std::vector<Matrix> m_, v_;
+    long t_ = 0;
+    double last_norm_ = 0.0;
+};
+
+}  // namespace infinityformer
