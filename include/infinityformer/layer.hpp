@@ -107,9 +107,18 @@ public:
     /// Processes the next chunk of a stream. @param X L × d, finite. @return L × d.
     /// @throws infinityformer::invalid_argument (state unchanged).
     Matrix forward(const Eigen::Ref<const Matrix>& X, Index stream = 0) {
+        Matrix Y(length_, d_);
+        forward(X, Y, stream);
+        return Y;
+    }
+
+    /// forward() into caller storage Y (L × d): no allocation once the stream is in its
+    /// steady state (from its fourth chunk on).
+    void forward(const Eigen::Ref<const Matrix>& X, Eigen::Ref<Matrix> Y, Index stream = 0) {
         constexpr const char* where = "InfinityFormerLayer::forward";
         Stream& s = state(where, stream);
         detail::check_matrix(where, "X", X, length_, d_);
+        detail::check_shape(where, "Y", Y, length_, d_);
         const Index l = length_;
         const Index lp = s.prev.rows();
         const Index dh = head_size();
@@ -137,16 +146,19 @@ public:
             }
             s.context.middleCols(h * dh, dh).noalias() = a * s.v.middleCols(h * dh, dh);
         }
-        Matrix y = s.context * stw_.out.transpose();
         // Nothing below may throw once the memory changes: check what attend() would.
         detail::check_finite(where, "projected queries X W_Q^T", s.q);
         if (s.pending.rows() > 0) ltm_.update(s.pending, stream);  // chunk c−2
         s.long_term = !ltm_.memory(stream).empty();
-        if (s.long_term) y += ltm_.attend(s.q, stream);
+        if (s.long_term) {
+            s.y_long.resize(length_, d_);
+            ltm_.attend(s.q, s.y_long, stream);
+        }
+        Y.noalias() = s.context * stw_.out.transpose();
+        if (s.long_term) Y += s.y_long;
         s.pending.swap(s.prev);  // chunk c−1 leaves the window: stored at the next call
-        s.prev = X;
+        s.prev = s.x;            // (not X: Y may alias it)
         s.has_trace = true;
-        return y;
     }
 
     /// Backward of the stream's last forward() for ℓ = Σ Y ⊙ dY + kl_weight · Σ KL (the
@@ -187,8 +199,8 @@ public:
             s.dprobs.noalias() = dc * s.v.middleCols(h * dh, dh).transpose();
             s.dv.middleCols(h * dh, dh).noalias() = a.transpose() * dc;
             // softmax backward: dS = A ⊙ (dA − rowsum(dA ⊙ A)); masked entries have A = 0
-            const Vector dot = s.dprobs.cwiseProduct(a).rowwise().sum();
-            s.dprobs = a.cwiseProduct((s.dprobs.colwise() - dot));
+            s.dot.noalias() = s.dprobs.cwiseProduct(a).rowwise().sum();
+            s.dprobs = a.cwiseProduct((s.dprobs.colwise() - s.dot));
             s.dq.middleCols(h * dh, dh).noalias() = scale * s.dprobs * s.k.middleCols(h * dh, dh);
             s.dk.middleCols(h * dh, dh).noalias() =
                 scale * s.dprobs.transpose() * s.q.middleCols(h * dh, dh);
@@ -245,7 +257,9 @@ private:
         bool long_term = false;
         bool has_trace = false;
         // backward work
+        Matrix y_long;
         Matrix dcontext, dprobs, dq, dk, dv, dq_long, dx_stored;
+        Vector dot;
     };
 
     Stream& state(const char* where, Index stream) {

@@ -133,18 +133,12 @@ public:
     /// records the densities for the next sticky sampling.
     /// @throws infinityformer::logic_error if nothing has been stored yet.
     Matrix attend(const Eigen::Ref<const Matrix>& queries, Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::attend";
-        Stream& s = state(where, stream);
-        if (s.memory.empty())
-            throw infinityformer::logic_error(detail::concat(
-                "[infinityformer] ", where,
-                ": the memory is empty, expected at least one update() before attend()"));
-        check_queries(where, queries);
-        attention_.forward_unchecked(s.memory.coefficients(), queries, s.trace);
-        s.memory.observe(s.trace.mu, s.trace.sigma_sq);
-        s.attended_update = s.updated;
-        s.updated = false;
-        return s.trace.output;
+        return attend_impl(queries, stream).output;
+    }
+    /// attend() into caller storage (q × d_model); no allocation in a steady stream.
+    void attend(const Eigen::Ref<const Matrix>& queries, Eigen::Ref<Matrix> out, Index stream = 0) {
+        detail::check_shape("LongTermAttention::attend", "out", out, queries.rows(), d_model());
+        out = attend_impl(queries, stream).output;
     }
 
     /// update(X) then attend(queries).
@@ -275,6 +269,22 @@ private:
         detail::require(queries.cols() == dim(), where, "queries has ", queries.cols(),
                         " cols, expected ", dim());
         detail::check_finite(where, "queries", queries);
+    }
+
+    const typename ContinuousAttention<Scalar>::Trace& attend_impl(
+        const Eigen::Ref<const Matrix>& queries, Index stream) {
+        constexpr const char* where = "LongTermAttention::attend";
+        Stream& s = state(where, stream);
+        if (s.memory.empty())
+            throw infinityformer::logic_error(detail::concat(
+                "[infinityformer] ", where,
+                ": the memory is empty, expected at least one update() before attend()"));
+        check_queries(where, queries);
+        attention_.forward_unchecked(s.memory.coefficients(), queries, s.trace);
+        s.memory.observe(s.trace.mu, s.trace.sigma_sq);
+        s.attended_update = s.updated;
+        s.updated = false;
+        return s.trace;
     }
 
     void update_impl(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points,

@@ -19,6 +19,42 @@
 
 namespace infinityformer {
 
+namespace detail {
+
+/// The sticky-memory histogram into `p` (D), with `mass` and `cdf` as workspace (resized to
+/// D and D + 1; no allocation once they have that size). Inputs already validated.
+/// Computed in double whatever Scalar is: tail bins are differences of Φ near 0 or 1.
+template <typename DerivedMu, typename DerivedSigma, typename DerivedP>
+void histogram_into(const Eigen::MatrixBase<DerivedMu>& mu,
+                    const Eigen::MatrixBase<DerivedSigma>& sigma, Eigen::Index num_bins,
+                    std::vector<double>& mass, std::vector<double>& cdf,
+                    Eigen::MatrixBase<DerivedP>& p) {
+    using Scalar = typename DerivedP::Scalar;
+    const auto d = static_cast<std::size_t>(num_bins);
+    mass.assign(d, 0.0);
+    cdf.resize(d + 1);
+    const double inv_sqrt2 = 0.70710678118654752440084436210485;
+    for (Eigen::Index q = 0; q < mu.rows(); ++q) {
+        const double m = static_cast<double>(mu(q, 0));
+        const double s = static_cast<double>(sigma(q, 0));
+        for (std::size_t j = 0; j <= d; ++j) {
+            // Edges −1e-6, 1/D, …, (D−1)/D, 1 + 1e-6 (the reference's nudged ends).
+            const double edge = j == 0   ? -1e-6
+                                : j == d ? 1.0 + 1e-6
+                                         : static_cast<double>(j) / static_cast<double>(d);
+            cdf[j] = 0.5 * (1.0 + std::erf((edge - m) / s * inv_sqrt2));
+        }
+        for (std::size_t j = 0; j < d; ++j) mass[j] += cdf[j + 1] - cdf[j];
+    }
+    double total = 0.0;
+    for (double v : mass) total += v;
+    for (std::size_t j = 0; j < d; ++j)
+        p(static_cast<Eigen::Index>(j), 0) =
+            total > 0.0 ? static_cast<Scalar>(mass[j] / total) : Scalar(0);
+}
+
+}  // namespace detail
+
 /// Sticky-memory histogram (∞-former §3.3, golden README §3.8): the mass of every density
 /// N(μ_q, σ_q²) in each of D bins of [0, 1], summed over all densities, then normalised once.
 /// Edges: −1e-6, 1/D, …, (D−1)/D, 1 + 1e-6 (the reference's nudged ends).
@@ -42,28 +78,9 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> sticky_histogram(
     for (Eigen::Index q = 0; q < sigma.rows(); ++q)
         detail::require(sigma(q, 0) > 0, where, "sigma[", q, "] is ", sigma(q, 0),
                         ", expected > 0");
-    // Computed in double whatever Scalar is: tail bins are differences of Φ near 0 or 1.
-    std::vector<double> edges(static_cast<std::size_t>(num_bins + 1));
-    for (Eigen::Index j = 0; j <= num_bins; ++j)
-        edges[static_cast<std::size_t>(j)] = static_cast<double>(j) / static_cast<double>(num_bins);
-    edges.front() = -1e-6;
-    edges.back() = 1.0 + 1e-6;
-    std::vector<double> mass(static_cast<std::size_t>(num_bins), 0.0);
-    const double inv_sqrt2 = 0.70710678118654752440084436210485;
-    std::vector<double> cdf(edges.size());
-    for (Eigen::Index q = 0; q < mu.rows(); ++q) {
-        const double m = static_cast<double>(mu(q, 0));
-        const double s = static_cast<double>(sigma(q, 0));
-        for (std::size_t j = 0; j < edges.size(); ++j)
-            cdf[j] = 0.5 * (1.0 + std::erf((edges[j] - m) / s * inv_sqrt2));
-        for (std::size_t j = 0; j + 1 < edges.size(); ++j) mass[j] += cdf[j + 1] - cdf[j];
-    }
-    double total = 0.0;
-    for (double v : mass) total += v;
     Eigen::Matrix<Scalar, Eigen::Dynamic, 1> p(num_bins);
-    for (Eigen::Index j = 0; j < num_bins; ++j)
-        p[j] = total > 0.0 ? static_cast<Scalar>(mass[static_cast<std::size_t>(j)] / total)
-                           : Scalar(0);
+    std::vector<double> mass, cdf;
+    detail::histogram_into(mu, sigma, num_bins, mass, cdf, p);
     return p;
 }
 
@@ -149,7 +166,8 @@ public:
         if (empty_) {
             store(X, nullptr);
         } else {
-            Vector points = next_sample_points();
+            choose_points(points_);
+            const Eigen::Ref<const Vector> points(points_);
             store(X, &points);
         }
     }
@@ -162,8 +180,7 @@ public:
         check_chunk(where, X);
         detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
         maybe_reset();
-        Vector points = sample_points;
-        store(X, empty_ ? nullptr : &points);
+        store(X, empty_ ? nullptr : &sample_points);
     }
 
     /// Records the attention densities of the last chunk's queries (all heads), from which
@@ -183,41 +200,21 @@ public:
 
     /// Histogram of the observed densities over num_bins bins (zeros if none observed).
     Vector histogram() const {
-        if (obs_mu_.size() == 0) return Vector::Zero(params_.num_bins);
-        return sticky_histogram<Scalar>(obs_mu_, obs_sigma_, params_.num_bins);
+        Vector p(params_.num_bins);
+        if (obs_mu_.size() == 0) {
+            p.setZero();
+        } else {
+            std::vector<double> mass, cdf;
+            detail::histogram_into(obs_mu_, obs_sigma_, params_.num_bins, mass, cdf, p);
+        }
+        return p;
     }
 
     /// The M points the next update would read the memory at; for sticky sampling this
     /// draws from the generator (so it advances it).
     Vector next_sample_points() {
-        if (params_.sampling == Sampling::uniform) return uniform_points_;
-        const Vector p = histogram();
-        if (!(p.sum() > Scalar(0))) return uniform_points_;
-        const Index m = params_.num_samples;
-        const Index d = params_.num_bins;
-        std::vector<double> cdf(static_cast<std::size_t>(d + 1), 0.0);
-        for (Index j = 0; j < d; ++j)
-            cdf[static_cast<std::size_t>(j + 1)] =
-                cdf[static_cast<std::size_t>(j)] + static_cast<double>(p[j]);
-        const double total = cdf.back();
-        Vector out(m);
-        for (Index i = 0; i < m; ++i) {
-            const double u = params_.sampling == Sampling::sticky
-                                 ? rng_.uniform() * total
-                                 : (static_cast<double>(i) + 0.5) / static_cast<double>(m) * total;
-            // Bin j with cdf[j] <= u < cdf[j+1], skipping empty bins.
-            auto it = std::upper_bound(cdf.begin() + 1, cdf.end(), u);
-            Index j = std::min<Index>(static_cast<Index>(it - cdf.begin()) - 1, d - 1);
-            while (j > 0 && p[j] <= Scalar(0)) --j;
-            double point = static_cast<double>(j) / static_cast<double>(d);
-            if (params_.sampling == Sampling::stratified && p[j] > Scalar(0)) {
-                const double frac =
-                    (u - cdf[static_cast<std::size_t>(j)]) / static_cast<double>(p[j]);
-                point += std::clamp(frac, 0.0, 1.0) / static_cast<double>(d);
-            }
-            out[i] = static_cast<Scalar>(point);
-        }
-        std::sort(out.data(), out.data() + m);
+        Vector out(params_.num_samples);
+        choose_points(out);
         return out;
     }
 
@@ -277,12 +274,53 @@ private:
         detail::check_matrix(where, "X", X, length_, dim_);
     }
 
+    // The M points for the next update, into `out` (M); workspace members, no allocation
+    // once they have their sizes.
+    void choose_points(Vector& out) {
+        const Index m = params_.num_samples;
+        const Index d = params_.num_bins;
+        out.resize(m);
+        if (params_.sampling == Sampling::uniform || obs_mu_.size() == 0) {
+            out = uniform_points_;
+            return;
+        }
+        hist_.resize(d);
+        detail::histogram_into(obs_mu_, obs_sigma_, d, mass_, cdf_, hist_);
+        const Vector& p = hist_;
+        if (!(p.sum() > Scalar(0))) {
+            out = uniform_points_;
+            return;
+        }
+        cdf_[0] = 0.0;
+        for (Index j = 0; j < d; ++j)
+            cdf_[static_cast<std::size_t>(j + 1)] =
+                cdf_[static_cast<std::size_t>(j)] + static_cast<double>(p[j]);
+        const double total = cdf_.back();
+        for (Index i = 0; i < m; ++i) {
+            const double u = params_.sampling == Sampling::sticky
+                                 ? rng_.uniform() * total
+                                 : (static_cast<double>(i) + 0.5) / static_cast<double>(m) * total;
+            // Bin j with cdf[j] <= u < cdf[j+1] (never an empty bin).
+            auto it = std::upper_bound(cdf_.begin() + 1, cdf_.end(), u);
+            Index j = std::min<Index>(static_cast<Index>(it - cdf_.begin()) - 1, d - 1);
+            while (j > 0 && p[j] <= Scalar(0)) --j;
+            double point = static_cast<double>(j) / static_cast<double>(d);
+            if (params_.sampling == Sampling::stratified && p[j] > Scalar(0)) {
+                const double frac =
+                    (u - cdf_[static_cast<std::size_t>(j)]) / static_cast<double>(p[j]);
+                point += std::clamp(frac, 0.0, 1.0) / static_cast<double>(d);
+            }
+            out[i] = static_cast<Scalar>(point);
+        }
+        std::sort(out.data(), out.data() + m);
+    }
+
     void maybe_reset() {
         if (params_.reset_after_tokens > 0 && tokens_ >= params_.reset_after_tokens) reset();
     }
 
     // points == nullptr: first chunk.
-    void store(const Eigen::Ref<const Matrix>& X, const Vector* points) {
+    void store(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points) {
         if (points == nullptr) {
             B_.noalias() = first_.G().transpose() * X;
             last_points_.resize(0);
@@ -290,15 +328,18 @@ private:
         } else {
             const Index m = params_.num_samples;
             last_points_ = *points;
-            if (params_.sampling == Sampling::uniform && *points == uniform_points_)
+            if (params_.sampling == Sampling::uniform && last_points_ == uniform_points_) {
                 last_past_.noalias() = uniform_psi_ * B_;
-            else
-                last_past_.noalias() = basis_.evaluate(*points) * B_;
+            } else {
+                psi_.resize(m, num_basis());
+                basis_.evaluate(last_points_, psi_);
+                last_past_.noalias() = psi_ * B_;
+            }
             const Matrix& G = inf_.G();
-            Matrix B_new(num_basis(), dim_);
-            B_new.noalias() = G.topRows(m).transpose() * last_past_;
-            B_new.noalias() += G.bottomRows(length_).transpose() * X;
-            B_.swap(B_new);
+            B_new_.resize(num_basis(), dim_);
+            B_new_.noalias() = G.topRows(m).transpose() * last_past_;
+            B_new_.noalias() += G.bottomRows(length_).transpose() * X;
+            B_.swap(B_new_);
         }
         empty_ = false;
         tokens_ += length_;
@@ -319,6 +360,10 @@ private:
     Vector obs_mu_, obs_sigma_;
     Vector last_points_;
     Matrix last_past_;
+    // workspace of update(): no allocation once sized
+    Vector points_, hist_;
+    Matrix psi_, B_new_;
+    std::vector<double> mass_, cdf_;
 };
 
 using LongTermMemoryd = LongTermMemory<double>;
