@@ -122,8 +122,12 @@ public:
         const Index l = length_;
         const Index lp = s.prev.rows();
         const Index dh = head_size();
+        // Checked before anything of the stream changes: the queries the long-term
+        // attention will read (X is finite, but X W_Qᵀ may overflow).
+        s.q_next.noalias() = X * stw_.query.transpose();
+        detail::check_finite(where, "projected queries X W_Q^T", s.q_next);
+        s.q.swap(s.q_next);
         s.x = X;
-        s.q.noalias() = X * stw_.query.transpose();
         s.kv_in.resize(lp + l, d_);
         if (lp > 0) s.kv_in.topRows(lp) = s.prev;
         s.kv_in.bottomRows(l) = X;
@@ -146,8 +150,6 @@ public:
             }
             s.context.middleCols(h * dh, dh).noalias() = a * s.v.middleCols(h * dh, dh);
         }
-        // Nothing below may throw once the memory changes: check what attend() would.
-        detail::check_finite(where, "projected queries X W_Q^T", s.q);
         if (s.pending.rows() > 0) ltm_.update(s.pending, stream);  // chunk c−2
         s.long_term = !ltm_.memory(stream).empty();
         if (s.long_term) {
@@ -254,6 +256,7 @@ private:
         Matrix pending;  // chunk c−2: to be stored in the memory at the next forward()
         // forward trace
         Matrix x, q, kv_in, k, v, probs, context;
+        Matrix q_next;  // the next queries, checked before the trace changes
         bool long_term = false;
         bool has_trace = false;
         // backward work

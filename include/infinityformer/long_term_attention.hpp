@@ -28,7 +28,8 @@ namespace infinityformer {
 /// (ContinuousAttention), (4) records the queries' densities for the next sticky sampling.
 /// The steps are also available apart: update() and attend().
 ///
-/// backward(dout) differentiates the last attend() of a stream, for the loss
+/// backward(dout) differentiates the last attend() of a stream (refused once an update()
+/// has followed it), for the loss
 /// ℓ = Σ output ⊙ dout + kl_weight · Σ KL: the weights' gradients accumulate (over calls,
 /// chunks and streams, until zero_grad()), ∂ℓ/∂Q is returned, and, if an update() preceded
 /// that attend(), ∂ℓ/∂X of the chunk stored by it, through the fit and the gate. The memory
@@ -166,10 +167,13 @@ public:
                   Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX, Index stream = 0) {
         constexpr const char* where = "LongTermAttention::backward";
         Stream& s = state(where, stream);
-        if (s.trace.queries.rows() == 0)
+        if (!s.differentiable)
             throw infinityformer::logic_error(detail::concat(
                 "[infinityformer] ", where,
-                ": no attend() to differentiate, expected a forward() or attend() first"));
+                s.trace.queries.rows() == 0
+                    ? ": no attend() to differentiate, expected a forward() or attend() first"
+                    : ": the memory changed (update()) since the last attend(), expected "
+                      "backward() before the next update()"));
         const Index nq = s.trace.queries.rows();
         detail::check_matrix(where, "dout", dout, nq, d_model());
         detail::require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0),
@@ -227,7 +231,7 @@ public:
         s.memory.reset();
         s.gate.resize(0, dim());
         s.gated.resize(0, dim());
-        s.updated = s.attended_update = false;
+        s.updated = s.attended_update = s.differentiable = false;
         s.trace = typename ContinuousAttention<Scalar>::Trace{};
     }
 
@@ -238,6 +242,7 @@ private:
         Matrix input, gate, gated;     // last update: raw chunk, g, g ⊙ X (gate only)
         bool updated = false;          // an update since the last attend
         bool attended_update = false;  // the last attend read a memory updated just before
+        bool differentiable = false;   // an attend() and no update() since
         typename ContinuousAttention<Scalar>::Trace trace;
         Matrix dB, dgated;  // backward work
     };
@@ -284,6 +289,7 @@ private:
         s.memory.observe(s.trace.mu, s.trace.sigma_sq);
         s.attended_update = s.updated;
         s.updated = false;
+        s.differentiable = true;
         return s.trace;
     }
 
@@ -308,6 +314,7 @@ private:
                 s.memory.update(X);
         }
         s.updated = true;
+        s.differentiable = false;  // the last attend()'s fit and gate state are gone
     }
 
     ContinuousAttention<Scalar> attention_;

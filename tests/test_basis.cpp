@@ -1,0 +1,331 @@
+// Properties of the Gaussian basis (basis.hpp): the default family's layout, normalisation
+// of ψ, and the closed-form expectations E[{1, t, t²} ψ] against numerical quadrature of the
+// defining integrals; numerical safety at extreme μ and σ²; float vs double; the direct-form
+// gradient of E[ψ] against finite differences.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <infinityformer/basis.hpp>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using Eigen::Index;
+using infinityformer::GaussianBasis;
+
+constexpr double kPi = 3.14159265358979323846264338327950288;
+
+// log N(t; m, v)
+double log_normal_pdf(double t, double m, double v) {
+    const double d = t - m;
+    return -0.5 * d * d / v - 0.5 * std::log(2.0 * kPi * v);
+}
+
+struct Moments {
+    double m0 = 0, m1 = 0, m2 = 0;  // ∫ p ψ {1, t, t²}
+    double abs1 = 0;                // ∫ p ψ |t|, the scale of m1's quadrature error
+};
+
+// ∫ N(t; μ, σ²) {1, t, t²} N(t; c, s²) dt by composite Simpson on the overlap of the two
+// densities' ±40-standard-deviation windows. Outside a window the corresponding factor is
+// below e^-800 (times ≤ 40), which underflows in double, so nothing representable is lost;
+// inside, 8000 intervals give ≥ 70 points per standard deviation of the product. Measured
+// agreement with the closed forms: ≤ 8.2e-14 relative; the tests allow 1e-11.
+Moments quadrature(double mu, double sigma_sq, double c, double s) {
+    const double sd = std::sqrt(sigma_sq);
+    const double a = std::max(c - 40.0 * s, mu - 40.0 * sd);
+    const double b = std::min(c + 40.0 * s, mu + 40.0 * sd);
+    Moments m;
+    if (!(a < b)) return m;
+    const int n = 8000;
+    const double h = (b - a) / n;
+    for (int i = 0; i <= n; ++i) {
+        const double t = a + h * i;
+        const double w = (i == 0 || i == n) ? 1.0 : (i % 2 == 1 ? 4.0 : 2.0);
+        const double f = std::exp(log_normal_pdf(t, mu, sigma_sq) + log_normal_pdf(t, c, s * s));
+        m.m0 += w * f;
+        m.m1 += w * f * t;
+        m.m2 += w * f * t * t;
+        m.abs1 += w * f * std::abs(t);
+    }
+    m.m0 *= h / 3.0;
+    m.m1 *= h / 3.0;
+    m.m2 *= h / 3.0;
+    m.abs1 *= h / 3.0;
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("basis: default_family centres, widths and centre-major order", "[basis]") {
+    const std::vector<double> widths = {0.01, 0.05, 0.2};
+    for (Index k_centres : {1, 2, 3, 5, 16, 171}) {
+        const Index n = k_centres * 3;
+        const auto b = GaussianBasis<double>::default_family(n, widths);
+        REQUIRE(b.size() == n);
+        for (Index i = 0; i < k_centres; ++i)
+            for (Index j = 0; j < 3; ++j) {
+                const Index k = i * 3 + j;
+                const double expected =
+                    k_centres == 1 ? 0.0
+                                   : static_cast<double>(i) / static_cast<double>(k_centres - 1);
+                INFO("K = " << k_centres << ", i = " << i << ", j = " << j);
+                CHECK(std::abs(b.centers()[k] - expected) <= 4e-16);
+                CHECK(b.widths()[k] == widths[static_cast<std::size_t>(j)]);
+            }
+        // Both ends of linspace(0, 1, K) are exact.
+        CHECK(b.centers()[0] == 0.0);
+        if (k_centres > 1) CHECK(b.centers()[n - 1] == 1.0);
+        // Centres are non-decreasing in k (centre-major).
+        for (Index k = 1; k < n; ++k) CHECK(b.centers()[k] >= b.centers()[k - 1]);
+    }
+}
+
+TEMPLATE_TEST_CASE("basis: psi is a normalised Gaussian density", "[basis]", float, double) {
+    using B = GaussianBasis<TestType>;
+    using V = typename B::Vector;
+    const auto b = B::default_family(12, {0.005, 0.05});
+    const double tol = std::is_same_v<TestType, float> ? 1e-5 : 1e-12;
+    for (Index k = 0; k < b.size(); ++k) {
+        const double c = static_cast<double>(b.centers()[k]);
+        const double s = static_cast<double>(b.widths()[k]);
+        // Simpson over c ± 12 s (the mass beyond is 2e-33).
+        const int n = 2000;
+        V t(n + 1);
+        for (int i = 0; i <= n; ++i) t[i] = static_cast<TestType>(c - 12 * s + 24 * s * i / n);
+        const auto psi = b.evaluate(t);
+        REQUIRE(psi.rows() == n + 1);
+        REQUIRE(psi.cols() == b.size());
+        double integral = 0;
+        for (int i = 0; i <= n; ++i) {
+            const double w = (i == 0 || i == n) ? 1.0 : (i % 2 == 1 ? 4.0 : 2.0);
+            integral += w * static_cast<double>(psi(i, k));
+        }
+        integral *= (24 * s / n) / 3.0;
+        INFO("k = " << k);
+        CHECK(std::abs(integral - 1.0) <= (std::is_same_v<TestType, float> ? 1e-4 : 1e-10));
+        // Peak 1/(s√(2π)) at the centre, e^{-1/2} of it one width away, symmetric.
+        V p(3);
+        p << static_cast<TestType>(c), static_cast<TestType>(c + s), static_cast<TestType>(c - s);
+        const auto at = b.evaluate(p);
+        const double peak = 1.0 / (s * std::sqrt(2 * kPi));
+        CHECK(std::abs(at(0, k) / peak - 1.0) <= tol);
+        CHECK(std::abs(at(1, k) / at(0, k) - std::exp(-0.5)) <= 10 * tol);
+        CHECK(std::abs(at(2, k) / at(1, k) - 1.0) <= 10 * tol);
+    }
+}
+
+TEST_CASE("basis: expectations equal quadrature of the defining integrals", "[basis]") {
+    using B = GaussianBasis<double>;
+    const std::vector<double> mus = {-2.0, -0.5, -0.05, 0.0, 0.2, 0.5, 0.77, 1.0, 1.1, 1.6, 3.0};
+    const std::vector<double> sigmas = {1e-6, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 2.0};
+    Eigen::VectorXd mu(static_cast<Index>(mus.size() * sigmas.size()));
+    Eigen::VectorXd sig(mu.size());
+    Index q = 0;
+    for (double m : mus)
+        for (double s2 : sigmas) {
+            mu[q] = m;
+            sig[q] = s2;
+            ++q;
+        }
+    for (const auto& widths : {std::vector<double>{0.01, 0.05}, std::vector<double>{0.005, 0.2}}) {
+        const auto b = B::default_family(10, widths);
+        const Eigen::MatrixXd e0 = b.expect_psi(mu, sig);
+        const Eigen::MatrixXd e1 = b.expect_t_psi(mu, sig);
+        const Eigen::MatrixXd e2 = b.expect_t2_psi(mu, sig);
+        // The out-parameter overloads write the same values.
+        Eigen::MatrixXd o0(mu.size(), b.size()), o1(mu.size(), b.size()), o2(mu.size(), b.size());
+        b.expect_psi(mu, sig, o0);
+        b.expect_t_psi(mu, sig, o1);
+        b.expect_t2_psi(mu, sig, o2);
+        CHECK(o0 == e0);
+        CHECK(o1 == e1);
+        CHECK(o2 == e2);
+        double worst = 0;
+        Index nonzero = 0;
+        for (Index i = 0; i < mu.size(); ++i)
+            for (Index k = 0; k < b.size(); ++k) {
+                const Moments m = quadrature(mu[i], sig[i], b.centers()[k], b.widths()[k]);
+                // Quadrature error scale: ∫|integrand| (= the value itself for 1 and t²).
+                const double tiny = 1e-280;  // values below carry few significant digits
+                const double err0 = std::abs(e0(i, k) - m.m0) / std::max(m.m0, tiny);
+                const double err1 = std::abs(e1(i, k) - m.m1) / std::max(m.abs1, tiny);
+                const double err2 = std::abs(e2(i, k) - m.m2) / std::max(m.m2, tiny);
+                worst = std::max({worst, err0, err1, err2});
+                if (m.m0 > 1e-200) ++nonzero;
+                INFO("mu = " << mu[i] << ", sigma_sq = " << sig[i] << ", k = " << k
+                             << ": E = " << e0(i, k) << " vs " << m.m0 << ", E[t] = " << e1(i, k)
+                             << " vs " << m.m1 << ", E[t2] = " << e2(i, k) << " vs " << m.m2);
+                REQUIRE(err0 <= 1e-11);
+                REQUIRE(err1 <= 1e-11);
+                REQUIRE(err2 <= 1e-11);
+            }
+        // The comparison is not vacuous: most entries are far from underflow.
+        CHECK(nonzero > mu.size() * b.size() / 2);
+        INFO("worst relative error " << worst);
+        CHECK(worst < 1e-11);
+    }
+}
+
+TEST_CASE("basis: a zero-variance density gives psi at the mean", "[basis]") {
+    // N(μ, 0) is a point mass at μ: E[{1, t, t²} ψ_k] = {1, μ, μ²} ψ_k(μ).
+    const auto b = GaussianBasis<double>::default_family(8, {0.01, 0.05});
+    Eigen::VectorXd mu(5), sig = Eigen::VectorXd::Zero(5);
+    mu << -0.03, 0.0, 0.31, 0.66, 1.02;
+    const Eigen::MatrixXd psi = b.evaluate(mu);
+    const Eigen::MatrixXd e0 = b.expect_psi(mu, sig);
+    const Eigen::MatrixXd e1 = b.expect_t_psi(mu, sig);
+    const Eigen::MatrixXd e2 = b.expect_t2_psi(mu, sig);
+    for (Index i = 0; i < mu.size(); ++i)
+        for (Index k = 0; k < b.size(); ++k) {
+            // Values below 1e-280 compare absolutely. exp(x) has condition number |x|: the
+            // two routes round the exponent x = −(μ−c)²/(2s²) differently, so the relative
+            // tolerance grows with |x| = |ln ψ| + O(1).
+            const double scale = std::max(psi(i, k), 1e-280);
+            const double tol = 1e-15 * (10 + std::abs(std::log(scale))) * scale;
+            INFO("mu = " << mu[i] << ", k = " << k << ", psi = " << psi(i, k));
+            CHECK(std::abs(e0(i, k) - psi(i, k)) <= tol);
+            CHECK(std::abs(e1(i, k) - mu[i] * psi(i, k)) <= tol);
+            CHECK(std::abs(e2(i, k) - mu[i] * mu[i] * psi(i, k)) <= tol);
+        }
+}
+
+TEMPLATE_TEST_CASE("basis: expectations are finite at extreme mu and sigma_sq", "[basis]", float,
+                   double) {
+    using B = GaussianBasis<TestType>;
+    using V = typename B::Vector;
+    const bool is_double = std::is_same_v<TestType, double>;
+    std::vector<double> mus = {0.0, 0.5, 1.0, -0.7, 2.0, 1e3, -1e3, 1e30, -1e30};
+    if (is_double) {
+        mus.push_back(1e300);
+        mus.push_back(-1e300);
+    }
+    const std::vector<double> sigmas = {0.0, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 10.0};
+    V mu(static_cast<Index>(mus.size() * sigmas.size())), sig(mu.size());
+    Index q = 0;
+    for (double m : mus)
+        for (double s2 : sigmas) {
+            mu[q] = static_cast<TestType>(m);
+            sig[q] = static_cast<TestType>(s2);
+            ++q;
+        }
+    for (const auto& widths : {std::vector<double>{0.01, 0.05}, std::vector<double>{0.005, 0.01}}) {
+        const auto b = B::default_family(16, widths);
+        const auto e0 = b.expect_psi(mu, sig);
+        const auto e1 = b.expect_t_psi(mu, sig);
+        const auto e2 = b.expect_t2_psi(mu, sig);
+        for (Index i = 0; i < mu.size(); ++i)
+            for (Index k = 0; k < b.size(); ++k) {
+                INFO("mu = " << mu[i] << ", sigma_sq = " << sig[i] << ", k = " << k);
+                REQUIRE(std::isfinite(e0(i, k)));
+                REQUIRE(std::isfinite(e1(i, k)));
+                REQUIRE(std::isfinite(e2(i, k)));
+                REQUIRE(e0(i, k) >= 0);
+                REQUIRE(e2(i, k) >= 0);  // ∫ p t² ψ ≥ 0
+                // Cauchy–Schwarz: E[tψ]² ≤ E[ψ] E[t²ψ] (E[ψ]E[t²ψ] − E[tψ]² = E[ψ]² ṽ).
+                // Checked where E[ψ] is a normal number (subnormals carry few digits).
+                const double a0 = e0(i, k), a1 = e1(i, k), a2 = e2(i, k);
+                if (a0 >= 1e3 * static_cast<double>(std::numeric_limits<TestType>::min()))
+                    REQUIRE(a1 * a1 <= a0 * a2 * (1 + 1e-5));
+                // |μ − c| ≥ 999 with σ² + s² ≤ 10.0025: the exponent is below −4.9e4, so
+                // every expectation underflows to exactly 0.
+                if (std::abs(static_cast<double>(mu[i])) >= 1e3) {
+                    REQUIRE(e0(i, k) == 0);
+                    REQUIRE(e1(i, k) == 0);
+                    REQUIRE(e2(i, k) == 0);
+                }
+            }
+        // ψ itself at extreme positions: 0, never NaN.
+        V t(4);
+        t << static_cast<TestType>(1e30), static_cast<TestType>(-1e30),
+            static_cast<TestType>(is_double ? 1e300 : 3e38), std::numeric_limits<TestType>::max();
+        const auto psi = b.evaluate(t);
+        for (Index i = 0; i < psi.size(); ++i) REQUIRE(psi(i) == 0);
+    }
+}
+
+TEST_CASE("basis: float expectations agree with double to ~1e-4", "[basis]") {
+    const std::vector<double> widths = {0.01, 0.05};
+    const auto bd = GaussianBasis<double>::default_family(24, widths);
+    const auto bf = GaussianBasis<float>::default_family(24, widths);
+    // Float-representable inputs, so both types see the same densities.
+    const std::vector<float> mus = {-0.25f, 0.0f, 0.125f, 0.3f, 0.5f, 0.71f, 1.0f, 1.2f};
+    const std::vector<float> sigmas = {1e-6f, 1e-4f, 1e-3f, 0.01f, 0.25f, 2.0f};
+    Eigen::VectorXf muf(static_cast<Index>(mus.size() * sigmas.size())), sigf(muf.size());
+    Index q = 0;
+    for (float m : mus)
+        for (float s2 : sigmas) {
+            muf[q] = m;
+            sigf[q] = s2;
+            ++q;
+        }
+    const Eigen::VectorXd mud = muf.cast<double>(), sigd = sigf.cast<double>();
+    const Eigen::MatrixXd d[3] = {bd.expect_psi(mud, sigd), bd.expect_t_psi(mud, sigd),
+                                  bd.expect_t2_psi(mud, sigd)};
+    const Eigen::MatrixXd f[3] = {bf.expect_psi(muf, sigf).cast<double>(),
+                                  bf.expect_t_psi(muf, sigf).cast<double>(),
+                                  bf.expect_t2_psi(muf, sigf).cast<double>()};
+    double worst = 0;
+    Index compared = 0;
+    for (int m = 0; m < 3; ++m)
+        for (Index i = 0; i < muf.size(); ++i) {
+            const double row_max = d[m].row(i).cwiseAbs().maxCoeff();
+            for (Index k = 0; k < bd.size(); ++k) {
+                const double g = d[m](i, k);
+                // "Not tiny": within 1e-3 of the row's largest and far from float underflow.
+                if (std::abs(g) < 1e-3 * row_max || std::abs(g) < 1e-30) continue;
+                ++compared;
+                const double err = std::abs(f[m](i, k) - g) / std::abs(g);
+                worst = std::max(worst, err);
+                INFO("moment " << m << ", mu = " << muf[i] << ", sigma_sq = " << sigf[i]
+                               << ", k = " << k);
+                CHECK(err <= 1e-4);
+            }
+        }
+    CHECK(compared > 200);
+    INFO("worst float/double relative difference " << worst);
+    CHECK(worst > 0);  // float really is a different computation
+}
+
+TEST_CASE("basis: expect_psi_backward equals finite differences of expect_psi", "[basis]") {
+    using B = GaussianBasis<double>;
+    const auto b = B::default_family(12, {0.01, 0.05});
+    Eigen::VectorXd mu(6), sig(6);
+    mu << 0.0, 0.21, 0.5, 0.93, 1.15, -0.2;
+    sig << 1e-4, 3e-3, 0.02, 1e-3, 0.3, 0.05;
+    Eigen::MatrixXd dr(6, 12);
+    std::uint64_t state = 12345;
+    for (Index i = 0; i < dr.size(); ++i) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        dr(i) = static_cast<double>(state >> 11) * 0x1.0p-53 * 2.0 - 1.0;
+    }
+    Eigen::VectorXd dmu(6), dsig(6);
+    b.expect_psi_backward(mu, sig, dr, dmu, dsig);
+    auto loss = [&](const Eigen::VectorXd& m, const Eigen::VectorXd& s) {
+        return (dr.array() * b.expect_psi(m, s).array()).sum();
+    };
+    for (Index q = 0; q < mu.size(); ++q) {
+        // Central differences, step relative to the density's scale.
+        const double hm = 1e-6 * std::sqrt(sig[q] + 1e-4);
+        const double hs = 1e-6 * sig[q];
+        Eigen::VectorXd mp = mu, mm = mu, sp = sig, sm = sig;
+        mp[q] += hm;
+        mm[q] -= hm;
+        sp[q] += hs;
+        sm[q] -= hs;
+        const double fd_mu = (loss(mp, sig) - loss(mm, sig)) / (2 * hm);
+        const double fd_sig = (loss(mu, sp) - loss(mu, sm)) / (2 * hs);
+        // Natural scales: Σ_k |dr r| / √v and Σ_k |dr r| / v.
+        const Eigen::MatrixXd r = b.expect_psi(mu, sig);
+        double scale_mu = 0, scale_sig = 0;
+        for (Index k = 0; k < b.size(); ++k) {
+            const double v = sig[q] + b.widths()[k] * b.widths()[k];
+            scale_mu += std::abs(dr(q, k) * r(q, k)) / std::sqrt(v);
+            scale_sig += std::abs(dr(q, k) * r(q, k)) / v;
+        }
+        INFO("q = " << q << ": dmu " << dmu[q] << " vs " << fd_mu << ", dsigma_sq " << dsig[q]
+                    << " vs " << fd_sig);
+        CHECK(std::abs(dmu[q] - fd_mu) <= 1e-6 * scale_mu);
+        CHECK(std::abs(dsig[q] - fd_sig) <= 1e-6 * scale_sig);
+    }
+}

@@ -1,0 +1,289 @@
+// Properties of the ridge-regression fit (ridge.hpp): the authors' position layouts, exact
+// recovery of a signal in the span of the basis, G against an independent solve of the
+// normal equations, stationarity of the ridge objective, operator sharing, float vs double.
+#include <Eigen/Dense>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <infinityformer/ridge.hpp>
+#include <random>
+#include <vector>
+
+namespace {
+
+using namespace infinityformer;
+using Eigen::Index;
+using Eigen::MatrixXd;
+using Eigen::VectorXd;
+
+constexpr double kPi = 3.14159265358979323846264338327950288;
+
+// Portable seeded normals (std::normal_distribution differs between standard libraries).
+struct Normal {
+    std::mt19937_64 engine;
+    explicit Normal(std::uint64_t seed) : engine(seed) {}
+    double operator()() {
+        const double u1 = 1.0 - static_cast<double>(engine() >> 11) * 0x1.0p-53;
+        const double u2 = static_cast<double>(engine() >> 11) * 0x1.0p-53;
+        return std::sqrt(-2.0 * std::log(u1)) * std::cos(2 * kPi * u2);
+    }
+    MatrixXd matrix(Index r, Index c) {
+        MatrixXd m(r, c);
+        for (Index i = 0; i < m.size(); ++i) m(i) = (*this)();
+        return m;
+    }
+};
+
+// F[k, p] = ψ_k(t_p), written out here (not through GaussianBasis::evaluate).
+MatrixXd design(const VectorXd& centres, const VectorXd& widths, const std::vector<double>& t) {
+    MatrixXd f(centres.size(), static_cast<Index>(t.size()));
+    for (Index k = 0; k < f.rows(); ++k)
+        for (Index p = 0; p < f.cols(); ++p) {
+            const double z = (t[static_cast<std::size_t>(p)] - centres[k]) / widths[k];
+            f(k, p) = std::exp(-0.5 * z * z) / (widths[k] * std::sqrt(2 * kPi));
+        }
+    return f;
+}
+
+// G of the normal equations, solved by a rank-revealing QR (no Cholesky, no shared code):
+// G = rows [first, first + n) of Fᵀ (F Fᵀ + λI)⁻¹.
+MatrixXd normal_equations_G(const MatrixXd& f, Index first, Index n, double lambda) {
+    const MatrixXd a = f * f.transpose() + lambda * MatrixXd::Identity(f.rows(), f.rows());
+    const MatrixXd gt = a.colPivHouseholderQr().solve(f.middleCols(first, n));
+    return gt.transpose();
+}
+
+double max_abs(const MatrixXd& m) { return m.cwiseAbs().maxCoeff(); }
+
+}  // namespace
+
+TEST_CASE("ridge: single_chunk_positions are midpoints with floor(L/2) pads per side", "[ridge]") {
+    for (Index l = 1; l <= 41; ++l) {
+        const FitPositions pos = single_chunk_positions(l);
+        const Index a = l / 2;
+        INFO("L = " << l);
+        REQUIRE(static_cast<Index>(pos.all.size()) == l + 2 * a);
+        REQUIRE(pos.first_kept == a);
+        REQUIRE(pos.num_kept == l);
+        for (Index p = 0; p < l + 2 * a; ++p) {
+            // t_p = (p − a + ½)/L: midpoints (j + ½)/L for p = a + j, the same grid beyond.
+            const double expected = (static_cast<double>(p - a) + 0.5) / static_cast<double>(l);
+            CHECK(std::abs(pos.all[static_cast<std::size_t>(p)] - expected) <= 1e-14);
+        }
+        // Pads lie outside [0, 1], real positions inside.
+        for (Index p = 0; p < a; ++p) CHECK(pos.all[static_cast<std::size_t>(p)] < 0.0);
+        for (Index p = a + l; p < l + 2 * a; ++p) CHECK(pos.all[static_cast<std::size_t>(p)] > 1.0);
+    }
+}
+
+TEST_CASE("ridge: unbounded_positions layout", "[ridge]") {
+    for (double tau : {0.25, 0.5, 0.75}) {
+        for (Index l = 1; l < 60; ++l) {
+            for (Index m = 1; m < 60; ++m) {
+                const FitPositions pos = unbounded_positions(l, m, tau);
+                const Index p = m + l;
+                const auto total = static_cast<Index>(pos.all.size());
+                INFO("tau = " << tau << ", L = " << l << ", M = " << m);
+                REQUIRE(pos.num_kept == p);
+                REQUIRE(pos.first_kept >= 0);
+                REQUIRE(pos.first_kept + p <= total);
+                const Index n_left = pos.first_kept;
+                const Index n_right = total - pos.first_kept - p;
+                // Real positions: τ i/M, then τ + (1 − τ) j/L; the last ones exactly τ and 1.
+                for (Index i = 1; i <= m; ++i) {
+                    const double got = pos.all[static_cast<std::size_t>(n_left + i - 1)];
+                    REQUIRE(std::abs(got - tau * static_cast<double>(i) / m) <= 1e-15);
+                }
+                REQUIRE(pos.all[static_cast<std::size_t>(n_left + m - 1)] == tau);
+                for (Index j = 1; j <= l; ++j) {
+                    const double got = pos.all[static_cast<std::size_t>(n_left + m + j - 1)];
+                    REQUIRE(std::abs(got - (tau + (1 - tau) * static_cast<double>(j) / l)) <=
+                            1e-15);
+                }
+                REQUIRE(pos.all[static_cast<std::size_t>(n_left + p - 1)] == 1.0);
+                // Pads: < 0 on the left, > 1 on the right, ascending, on the grid
+                // linspace(−½ + s, 3/2 − s, 2P), s = 1/(2L + M) (golden README Q4).
+                const double s = 1.0 / static_cast<double>(2 * l + m);
+                const double h = (2.0 - 2.0 * s) / static_cast<double>(2 * p - 1);
+                for (Index q = 0; q < n_left; ++q) {
+                    const double got = pos.all[static_cast<std::size_t>(q)];
+                    REQUIRE(got < 0.0);
+                    REQUIRE(std::abs(got - (-0.5 + s + h * static_cast<double>(q))) <= 1e-14);
+                }
+                for (Index q = 0; q < n_right; ++q) {
+                    const double got = pos.all[static_cast<std::size_t>(n_left + p + q)];
+                    REQUIRE(got > 1.0);
+                    const double expected = 1.5 - s - h * static_cast<double>(n_right - 1 - q);
+                    REQUIRE(std::abs(got - expected) <= 1e-14);
+                }
+                // The grid has 2P points: those in [0, 1] number 2P − n_left − n_right.
+                Index inside = 0;
+                for (Index q = 0; q < 2 * p; ++q) {
+                    const double g = -0.5 + s + h * static_cast<double>(q);
+                    if (g >= 0.0 && g <= 1.0) ++inside;
+                }
+                REQUIRE(inside == 2 * p - n_left - n_right);
+                for (Index q = 1; q < total; ++q)
+                    REQUIRE(pos.all[static_cast<std::size_t>(q)] >
+                            pos.all[static_cast<std::size_t>(q - 1)]);
+                // For even L the reference keeps rows ⌊P/2⌋…: the left pads must number
+                // exactly ⌊(M + L)/2⌋ (and so do the right ones).
+                if (l % 2 == 0) {
+                    REQUIRE(n_left == p / 2);
+                    REQUIRE(n_right == p / 2);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("ridge: a signal in the span of the basis is recovered exactly", "[ridge]") {
+    // 8 basis functions, centres spread over [0, 1] with a width that keeps F Fᵀ well
+    // conditioned; 40 real positions over [−0.1, 1.1]; no padding; λ = 1e-10.
+    const Index n = 8, p = 40, d = 5;
+    VectorXd c(n), w = VectorXd::Constant(n, 0.1);
+    for (Index k = 0; k < n; ++k) c[k] = static_cast<double>(k) / static_cast<double>(n - 1);
+    const GaussianBasis<double> basis(c, w);
+    FitPositions pos;
+    for (Index q = 0; q < p; ++q) pos.all.push_back(-0.1 + 1.2 * static_cast<double>(q) / (p - 1));
+    pos.first_kept = 0;
+    pos.num_kept = p;
+    const MatrixXd f = design(c, w, pos.all);
+    // The premise: F Fᵀ is well conditioned, so λ = 1e-10 biases B by ≤ λ/σ_min ≪ 1e-6.
+    const Eigen::JacobiSVD<MatrixXd> svd(f * f.transpose());
+    const double sigma_min = svd.singularValues().minCoeff();
+    const double cond = svd.singularValues().maxCoeff() / sigma_min;
+    INFO("cond(F F^T) = " << cond << ", sigma_min = " << sigma_min);
+    REQUIRE(cond < 1e6);
+    REQUIRE(1e-10 / sigma_min < 1e-8);
+
+    const RidgeFit<double> fit(basis, pos, 1e-10);
+    REQUIRE(fit.num_rows() == p);
+    REQUIRE(fit.num_basis() == n);
+    Normal rng(7);
+    const MatrixXd b0 = rng.matrix(n, d);
+    const MatrixXd x = f.transpose() * b0;  // P × d: the signal Bᵀψ(t) at the positions
+    const MatrixXd b = fit.fit(x);
+    INFO("relative error " << max_abs(b - b0) / max_abs(b0));
+    CHECK(max_abs(b - b0) <= 1e-6 * max_abs(b0));
+    // fit(Y, B) writes the same, and equals Gᵀ Y.
+    MatrixXd b2(n, d);
+    fit.fit(x, b2);
+    CHECK(b2 == b);
+    CHECK(max_abs(b - fit.G().transpose() * x) <= 1e-14 * max_abs(b));
+}
+
+TEST_CASE("ridge: G equals an independent solve of the normal equations", "[ridge]") {
+    struct Config {
+        Index n;
+        std::vector<double> widths;
+        double lambda;
+        FitPositions pos;
+        const char* what;
+    };
+    const std::vector<Config> configs = {
+        {16, {0.01, 0.05}, 1.0, single_chunk_positions(8), "single chunk, L = 8"},
+        {16, {0.01, 0.05}, 1.0, single_chunk_positions(7), "single chunk, L = 7"},
+        {24, {0.005, 0.01}, 0.5, single_chunk_positions(12), "single chunk, lm widths"},
+        {16, {0.01, 0.05}, 1.0, unbounded_positions(8, 8, 0.75), "unbounded L = 8, M = 8"},
+        {32, {0.01, 0.05}, 1.0, unbounded_positions(6, 13, 0.5), "unbounded L = 6, M = 13"},
+        {24, {0.005, 0.01}, 0.5, unbounded_positions(7, 10, 0.5), "unbounded L = 7 (odd)"},
+    };
+    for (const auto& cfg : configs) {
+        INFO(cfg.what);
+        const auto basis = GaussianBasis<double>::default_family(cfg.n, cfg.widths);
+        const RidgeFit<double> fit(basis, cfg.pos, cfg.lambda);
+        // Centres i/(K−1), centre-major, written out independently.
+        const Index w = static_cast<Index>(cfg.widths.size()), k_c = cfg.n / w;
+        VectorXd c(cfg.n), s(cfg.n);
+        for (Index i = 0; i < k_c; ++i)
+            for (Index j = 0; j < w; ++j) {
+                c[i * w + j] = static_cast<double>(i) / static_cast<double>(k_c - 1);
+                s[i * w + j] = cfg.widths[static_cast<std::size_t>(j)];
+            }
+        const MatrixXd f = design(c, s, cfg.pos.all);
+        const MatrixXd g_ref =
+            normal_equations_G(f, cfg.pos.first_kept, cfg.pos.num_kept, cfg.lambda);
+        REQUIRE(fit.G().rows() == cfg.pos.num_kept);
+        REQUIRE(fit.G().cols() == cfg.n);
+        const double err = max_abs(fit.G() - g_ref) / max_abs(g_ref);
+        INFO("max |G - G_ref| / max |G_ref| = " << err);
+        CHECK(err <= 1e-10);
+    }
+}
+
+TEST_CASE("ridge: the fit is a stationary point of the padded ridge objective", "[ridge]") {
+    // B minimises ‖Fᵀ B − Y_padded‖² + λ‖B‖² (zero targets at the pads), so its gradient
+    // F (Fᵀ B − Y_padded) + λ B vanishes.
+    const auto basis = GaussianBasis<double>::default_family(20, {0.01, 0.05});
+    Normal rng(11);
+    for (const FitPositions& pos : {single_chunk_positions(9), unbounded_positions(10, 6, 0.75)}) {
+        for (double lambda : {0.5, 1.0, 3.0}) {
+            const RidgeFit<double> fit(basis, pos, lambda);
+            const MatrixXd y = rng.matrix(pos.num_kept, 3);
+            const MatrixXd b = fit.fit(y);
+            MatrixXd y_pad = MatrixXd::Zero(static_cast<Index>(pos.all.size()), 3);
+            y_pad.middleRows(pos.first_kept, pos.num_kept) = y;
+            const MatrixXd f = design(basis.centers(), basis.widths(), pos.all);
+            const MatrixXd grad = f * (f.transpose() * b - y_pad) + lambda * b;
+            // Scale: the two terms of the gradient separately.
+            const double scale = max_abs(f * y_pad) + lambda * max_abs(b);
+            INFO("lambda = " << lambda << ", |grad| / scale = " << max_abs(grad) / scale);
+            CHECK(max_abs(grad) <= 1e-11 * scale);
+            // And the fit is not trivial: it explains part of the signal.
+            CHECK((f.transpose() * b - y_pad).norm() < y_pad.norm());
+        }
+    }
+}
+
+TEST_CASE("ridge: operators are cached per configuration", "[ridge]") {
+    const auto basis = GaussianBasis<double>::default_family(16, {0.01, 0.05});
+    const auto a = RidgeFit<double>::unbounded(basis, 8, 8, 0.75, 1.0);
+    const auto b = RidgeFit<double>::unbounded(basis, 8, 8, 0.75, 1.0);
+    CHECK(&a.G() == &b.G());
+    const auto b2 = RidgeFit<double>(basis, unbounded_positions(8, 8, 0.75), 1.0);
+    CHECK(&a.G() == &b2.G());
+    // Any difference in the configuration gives another operator.
+    const auto c = RidgeFit<double>::unbounded(basis, 8, 8, 0.75, 0.5);
+    const auto d = RidgeFit<double>::unbounded(basis, 8, 8, 0.5, 1.0);
+    const auto e = RidgeFit<double>::unbounded(basis, 8, 9, 0.75, 1.0);
+    const auto other = GaussianBasis<double>::default_family(16, {0.01, 0.06});
+    const auto f = RidgeFit<double>::unbounded(other, 8, 8, 0.75, 1.0);
+    for (const auto* x : {&c, &d, &e, &f}) CHECK(&x->G() != &a.G());
+    CHECK(c.G() != a.G());
+    // Single-chunk: copies and equal configurations share.
+    const auto s1 = RidgeFit<double>::single_chunk(basis, 6, 1.0);
+    const auto s2 = RidgeFit<double>::single_chunk(basis, 6, 1.0);
+    const auto s3 = s1;
+    CHECK(&s1.G() == &s2.G());
+    CHECK(&s1.G() == &s3.G());
+}
+
+TEST_CASE("ridge: float G agrees with double G", "[ridge]") {
+    const std::vector<double> widths = {0.01, 0.05};
+    const auto bd = GaussianBasis<double>::default_family(32, widths);
+    const auto bf = GaussianBasis<float>::default_family(32, widths);
+    // The float basis's centres are the double ones rounded (i/31 is not a float).
+    const GaussianBasis<double> bd_of_f(bf.centers().cast<double>(), bf.widths().cast<double>());
+    for (const FitPositions& pos :
+         {single_chunk_positions(10), unbounded_positions(10, 12, 0.75)}) {
+        const RidgeFit<double> gd(bd, pos, 1.0);
+        const RidgeFit<double> gd_of_f(bd_of_f, pos, 1.0);
+        const RidgeFit<float> gf(bf, pos, 1.0);
+        // G is computed in double and rounded: for the same (float) centres and widths the
+        // float operator is the double one to within float rounding (2⁻²⁴ ≈ 6e-8 relative).
+        const double err_same = max_abs(gf.G().cast<double>() - gd_of_f.G()) / max_abs(gd_of_f.G());
+        INFO("same basis: max |G_f - G_d| / max |G_d| = " << err_same);
+        CHECK(err_same <= 1.2e-7);
+        // Against the double family, rounding the centres to float (δc ≈ 1e-9, amplified by
+        // ∂ψ/∂c ~ 1/s and the conditioning of F Fᵀ + λI) adds a few 1e-6 (measured 3e-6).
+        const double err = max_abs(gf.G().cast<double>() - gd.G()) / max_abs(gd.G());
+        INFO("double family: max |G_f - G_d| / max |G_d| = " << err);
+        CHECK(err <= 1e-5);
+        // And a float fit of a float signal agrees as well.
+        Normal rng(3);
+        const MatrixXd y = rng.matrix(pos.num_kept, 4);
+        const MatrixXd b_d = gd.fit(y);
+        const MatrixXd b_f = gf.fit(y.cast<float>()).cast<double>();
+        CHECK(max_abs(b_f - b_d) <= 1e-5 * max_abs(b_d));
+    }
+}
