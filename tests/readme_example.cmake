@@ -1,4 +1,5 @@
 # Checks that the first ```cpp block of README.md is byte-identical to examples/quickstart.cpp.
+# With -DLANG=c++ the first ```c++ block is compared instead (the README's training loop).
 #
 #   cmake -DREADME=<path>/README.md -DEXAMPLE=<path>/examples/quickstart.cpp
 #         [-DOUTPUT=<file to write the README's block to on a mismatch>]
@@ -22,7 +23,10 @@ file(READ "${README}" _readme)
 file(READ "${EXAMPLE}" _example)
 
 # Start of the first line that is exactly "```cpp".
-set(_fence "```cpp\n")
+if(NOT DEFINED LANG)
+    set(LANG cpp)
+endif()
+set(_fence "```${LANG}\n")
 string(LENGTH "${_fence}" _fence_length)
 string(SUBSTRING "${_readme}" 0 ${_fence_length} _head)
 if(_head STREQUAL _fence)
@@ -30,8 +34,8 @@ if(_head STREQUAL _fence)
 else()
     string(FIND "${_readme}" "\n${_fence}" _open)
     if(_open EQUAL -1)
-        message(FATAL_ERROR "README example check: ${README} has no ```cpp block; its first "
-                            "```cpp block must be a copy of ${EXAMPLE}")
+        message(FATAL_ERROR "README example check: ${README} has no ```${LANG} block; its first "
+                            "```${LANG} block must be a copy of ${EXAMPLE}")
     endif()
     math(EXPR _open "${_open} + 1")
 endif()
@@ -45,7 +49,7 @@ if(_rest_head STREQUAL "```")
 else()
     string(FIND "${_rest}" "\n```" _close)
     if(_close EQUAL -1)
-        message(FATAL_ERROR "README example check: the first ```cpp block of ${README} is not "
+        message(FATAL_ERROR "README example check: the first ```${LANG} block of ${README} is not "
                             "closed by a ``` line")
     endif()
     math(EXPR _length "${_close} + 1")
@@ -53,7 +57,7 @@ else()
 endif()
 
 if(_block STREQUAL _example)
-    message(STATUS "README example check: the first ```cpp block of README.md equals "
+    message(STATUS "README example check: the first ```${LANG} block of README.md equals "
                    "examples/quickstart.cpp")
     return()
 endif()
@@ -91,9 +95,9 @@ if(DEFINED OUTPUT)
     set(_saved "\n  The README's block was written to ${OUTPUT}: diff ${OUTPUT} ${EXAMPLE}")
 endif()
 message(FATAL_ERROR
-    "README example check: the first ```cpp block of ${README} differs from ${EXAMPLE}.\n"
+    "README example check: the first ```${LANG} block of ${README} differs from ${EXAMPLE}.\n"
     "  first difference at line ${_line} of the block:\n"
     "    README:   [${_la}]\n"
     "    example:  [${_lb}]\n"
-    "  Copy examples/quickstart.cpp into the README's first ```cpp block (or the other way "
+    "  Copy examples/quickstart.cpp into the README's first ```${LANG} block (or the other way "
     "round) so that they are byte-identical.${_saved}")
