@@ -8,12 +8,14 @@
 #include <limits>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using Eigen::Index;
 using infinityformer::GaussianBasis;
 
-constexpr double kPi = 3.14159265358979323846264338327950288;
+using testutil::kPi;
 
 // log N(t; m, v)
 double log_normal_pdf(double t, double m, double v) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using namespace infinityformer;
@@ -20,23 +22,9 @@ using Eigen::VectorXd;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kPi = 3.14159265358979323846264338327950288;
+using testutil::kPi;
 
-struct Normal {
-    std::mt19937_64 engine;
-    explicit Normal(std::uint64_t seed) : engine(seed) {}
-    double uniform() { return static_cast<double>(engine() >> 11) * 0x1.0p-53; }
-    double operator()() {
-        const double u1 = 1.0 - uniform();
-        const double u2 = uniform();
-        return std::sqrt(-2.0 * std::log(u1)) * std::cos(2 * kPi * u2);
-    }
-    MatrixXd matrix(Index r, Index c) {
-        MatrixXd m(r, c);
-        for (Index i = 0; i < m.size(); ++i) m(i) = (*this)();
-        return m;
-    }
-};
+using testutil::Normal;
 
 MatrixXd with(MatrixXd m, Index i, Index j, double v) {
     m(i, j) = v;

@@ -8,6 +8,8 @@
 #include <random>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using namespace infinityformer;
@@ -15,23 +17,10 @@ using Eigen::Index;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
 
-constexpr double kPi = 3.14159265358979323846264338327950288;
+using testutil::kPi;
 
 // Portable seeded normals (std::normal_distribution differs between standard libraries).
-struct Normal {
-    std::mt19937_64 engine;
-    explicit Normal(std::uint64_t seed) : engine(seed) {}
-    double operator()() {
-        const double u1 = 1.0 - static_cast<double>(engine() >> 11) * 0x1.0p-53;
-        const double u2 = static_cast<double>(engine() >> 11) * 0x1.0p-53;
-        return std::sqrt(-2.0 * std::log(u1)) * std::cos(2 * kPi * u2);
-    }
-    MatrixXd matrix(Index r, Index c) {
-        MatrixXd m(r, c);
-        for (Index i = 0; i < m.size(); ++i) m(i) = (*this)();
-        return m;
-    }
-};
+using testutil::Normal;
 
 // F[k, p] = ψ_k(t_p), written out here (not through GaussianBasis::evaluate).
 MatrixXd design(const VectorXd& centres, const VectorXd& widths, const std::vector<double>& t) {
@@ -52,7 +41,7 @@ MatrixXd normal_equations_G(const MatrixXd& f, Index first, Index n, double lamb
     return gt.transpose();
 }
 
-double max_abs(const MatrixXd& m) { return m.cwiseAbs().maxCoeff(); }
+using testutil::max_abs;
 
 }  // namespace
 
