@@ -217,8 +217,7 @@ public:
                                "to forward() first"));
         const Index nq = trace_.queries.rows();
         detail::check_matrix(where, "dout", dout, nq, d_model_);
-        detail::require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0),
-                        where, "kl_weight is ", kl_weight, ", expected a finite value >= 0");
+        detail::check_kl_weight(where, kl_weight);
         detail::check_shape(where, "dqueries", dqueries, nq, dim_);
         detail::check_shape(where, "dB", dB, num_basis(), dim_);
         backward_unchecked(trace_, dout, kl_weight, dqueries, dB);

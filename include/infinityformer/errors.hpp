@@ -74,6 +74,13 @@ void check_finite(const char* where, const char* name, const Eigen::DenseBase<De
         }
 }
 
+/// The weight of the KL regulariser in a loss: finite and >= 0.
+template <typename Scalar>
+void check_kl_weight(const char* where, Scalar kl_weight) {
+    require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0), where,
+            "kl_weight is ", kl_weight, ", expected a finite value >= 0");
+}
+
 /// Shape and finiteness together.
 template <typename Derived>
 void check_matrix(const char* where, const char* name, const Eigen::DenseBase<Derived>& m,

@@ -182,8 +182,7 @@ public:
                 "[infinityformer] ", where,
                 ": no forward() to differentiate, expected a call to forward() first"));
         detail::check_matrix(where, "dY", dY, length_, d_);
-        detail::require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0),
-                        where, "kl_weight is ", kl_weight, ", expected a finite value >= 0");
+        detail::check_kl_weight(where, kl_weight);
         detail::check_shape(where, "dX", dX, length_, d_);
         if (grads_.query.rows() != d_) zero_short_term_grad();
         const Index l = length_;

@@ -176,8 +176,7 @@ public:
                       "backward() before the next update()"));
         const Index nq = s.trace.queries.rows();
         detail::check_matrix(where, "dout", dout, nq, d_model());
-        detail::require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0),
-                        where, "kl_weight is ", kl_weight, ", expected a finite value >= 0");
+        detail::check_kl_weight(where, kl_weight);
         detail::check_shape(where, "dqueries", dqueries, nq, dim());
         detail::check_shape(where, "dX", dX, chunk_length(), dim());
         s.dB.resize(attention_.num_basis(), dim());
