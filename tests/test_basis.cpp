@@ -331,3 +331,69 @@ TEST_CASE("basis: expect_psi_backward equals finite differences of expect_psi", 
         CHECK(std::abs(dsig[q] - fd_sig) <= 1e-6 * scale_sig);
     }
 }
+
+TEMPLATE_TEST_CASE("basis: row expectations skip only terms below eps/N of the row", "[basis]",
+                   float, double) {
+    using B = GaussianBasis<TestType>;
+    using RowM = Eigen::Matrix<TestType, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using V = typename B::Vector;
+    const double eps = std::numeric_limits<TestType>::epsilon();
+    const std::vector<double> mus{-0.3, 0.0, 0.37, 0.5, 0.999, 1.0, 1.4};
+    const std::vector<double> sigmas{0.0, 1e-6, 1e-4, 1e-2, 0.5, 5.0};
+    for (const auto& widths : {std::vector<double>{0.01, 0.05}, std::vector<double>{0.005, 0.01}}) {
+        const B basis = B::default_family(512, widths);
+        const Index n = basis.size();
+        V mu(static_cast<Index>(mus.size() * sigmas.size())), s2(mu.size());
+        Index q = 0;
+        for (double m : mus)
+            for (double s : sigmas) {
+                mu[q] = static_cast<TestType>(m);
+                s2[q++] = static_cast<TestType>(s);
+            }
+        RowM r(mu.size(), n);
+        basis.expect_psi_rows_unchecked(mu, s2, r);
+        Index skipped_rows = 0;
+        for (Index i = 0; i < mu.size(); ++i) {
+            double total = 0, err = 0, bound = 0;
+            Index zeros = 0;
+            for (Index k = 0; k < n; ++k) {
+                const double v =
+                    static_cast<double>(s2[i]) +
+                    static_cast<double>(basis.widths()[k]) * static_cast<double>(basis.widths()[k]);
+                const double d =
+                    static_cast<double>(mu[i]) - static_cast<double>(basis.centers()[k]);
+                const double arg = -0.5 * d * d / v;
+                const double exact = std::exp(arg) / std::sqrt(2 * kPi * v);
+                total += exact;
+                // exp(x(1 + δ)) = exp(x)·(1 + xδ): an exponent rounded in Scalar costs |x|·ε.
+                bound += (8 + std::abs(arg)) * eps * exact;
+                err += std::abs(static_cast<double>(r(i, k)) - exact);
+                if (r(i, k) == TestType(0) && exact > 0) ++zeros;
+            }
+            INFO("mu " << mu[i] << ", sigma_sq " << s2[i] << ", zeros " << zeros << ", err " << err
+                       << ", total " << total);
+            // Dropped terms < eps·Σr; each kept term within a few roundings of its exponent
+            // (plus the denormal range, which the row flushes to 0).
+            CHECK(err <= eps * total + bound +
+                             static_cast<double>(n) * std::numeric_limits<TestType>::min());
+            if (zeros >= 10) ++skipped_rows;
+        }
+        // The window does drop terms that are not zero in double (narrow densities).
+        INFO("rows with >= 10 dropped terms: " << skipped_rows);
+        CHECK(skipped_rows >= 6);
+        // An unsorted basis (no window) gives the same rows.
+        V c = basis.centers(), w = basis.widths();
+        std::swap(c[0], c[n - 1]);
+        std::swap(w[0], w[n - 1]);
+        const B shuffled(c, w);
+        RowM r2(mu.size(), n);
+        shuffled.expect_psi_rows_unchecked(mu, s2, r2);
+        std::swap(c[0], c[n - 1]);
+        for (Index i = 0; i < mu.size(); ++i) {
+            const double scale = static_cast<double>(r.row(i).sum());
+            const TestType d0 = r2(i, n - 1) - r(i, 0), d1 = r2(i, 0) - r(i, n - 1);
+            CHECK(std::abs(static_cast<double>(d0)) <= 2 * eps * scale);
+            CHECK(std::abs(static_cast<double>(d1)) <= 2 * eps * scale);
+        }
+    }
+}

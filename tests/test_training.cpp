@@ -407,7 +407,7 @@ TEST_CASE("training: no gradient passes an active sigma_sq clamp", "[training][f
     // ln(1/0.3) ≈ 1.2), so ℓ does not change at all and its FD derivative is 0.
     const auto ps = attention_views(s.att);
     REQUIRE(ps[4].name == "sigma.weight");
-    const double step = 1e-2 / base.last().scores.cwiseAbs().maxCoeff();
+    const double step = 1e-2 / base.scores(s.B, s.Q).cwiseAbs().maxCoeff();
     for (Index k = 0; k < c.n; ++k) {
         auto loss = [&](double h) {
             ContinuousAttentiond m = s.att;
@@ -627,8 +627,8 @@ LtaSetup lta_setup(const LtaCase& c) {
     probe.forward(s.X, s.Q);
     const auto& w = probe.attention().weights();
     for (const auto& p : c.placed)
-        place_query(probe.last_attention().keys, w.mu, w.sigma, c.heads, s.Q, p,
-                    c.params.sigma_sq_min, rng);
+        place_query(probe.attention().keys(probe.memory().coefficients()), w.mu, w.sigma, c.heads,
+                    s.Q, p, c.params.sigma_sq_min, rng);
     return s;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -52,6 +53,10 @@ public:
         for (Index k = 0; k < widths.size(); ++k)
             detail::require(widths[k] > Scalar(0), where, "widths[", k, "] is ", widths[k],
                             ", expected > 0");
+        widths_sq_ = widths_.array().square();
+        min_width_sq_ = widths_sq_.minCoeff();
+        max_width_sq_ = widths_sq_.maxCoeff();
+        sorted_ = std::is_sorted(centers_.data(), centers_.data() + centers_.size());
     }
 
     /// The authors' family: K = num_basis / widths.size() centres i/(K−1) (both 0 and 1
@@ -222,6 +227,71 @@ public:
         }
     }
 
+    /// E[ψ] for Q densities into the rows of `out` (Q × N, best row-major), vectorised along
+    /// the basis and skipping terms that cannot matter. Inputs already validated.
+    ///
+    /// The bound: for density q let R be one computed term (at the centre nearest μ) and
+    /// T = (ε/N)·R, ε the Scalar's machine epsilon. Every term with r_k < T is set to 0, so the
+    /// mass dropped from the row is below N·T = ε·R ≤ ε·Σ_k r_k: less than one rounding of the
+    /// row's sum. Since r_k ≤ n̄·exp(−½ d_k²/v̄) with n̄ = 1/√(2π(σ² + min s²)),
+    /// v̄ = σ² + max s² and d_k = c_k − μ, this holds for every centre farther from μ than
+    /// ρ = √(2 v̄ ln(n̄/T)). When the centres are sorted (as in default_family()) those are the
+    /// two ends of the row; only the window of centres within ρ of μ is evaluated.
+    template <typename MuT, typename SigT, typename OutT>
+    void expect_psi_rows_unchecked(const Eigen::MatrixBase<MuT>& mu,
+                                   const Eigen::MatrixBase<SigT>& sigma_sq,
+                                   Eigen::MatrixBase<OutT>& out) const {
+        using std::exp;
+        using std::log;
+        using std::sqrt;
+        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        const Index n = size();
+        const Scalar* c = centers_.data();
+        const Scalar eps_over_n = std::numeric_limits<Scalar>::epsilon() / static_cast<Scalar>(n);
+        for (Index q = 0; q < mu.size(); ++q) {
+            const Scalar m = mu[q];
+            const Scalar sg = sigma_sq[q];
+            Index a = 0, b = n;
+            if (sorted_ && n > 1) {
+                const Index j = std::min<Index>(std::lower_bound(c, c + n, m) - c, n - 1);
+                Scalar r_ref = 0;
+                for (Index k = std::max<Index>(j - 1, 0); k <= j; ++k) {
+                    const Scalar v = sg + widths_sq_[k];
+                    const Scalar d = c[k] - m;
+                    r_ref = std::max(r_ref, inv_sqrt_2pi / sqrt(v) * exp(Scalar(-0.5) * d * d / v));
+                }
+                if (r_ref > Scalar(0)) {
+                    const Scalar threshold = eps_over_n * r_ref;
+                    const Scalar n_bar = inv_sqrt_2pi / sqrt(sg + min_width_sq_);
+                    // n̄ ≥ r_ref > T, so the logarithm is positive; 1.001 covers its rounding.
+                    const Scalar rho = Scalar(1.001) * sqrt(Scalar(2) * (sg + max_width_sq_) *
+                                                            log(n_bar / threshold));
+                    a = std::lower_bound(c, c + n, m - rho) - c;
+                    b = std::upper_bound(c, c + n, m + rho) - c;
+                }
+            }
+            auto row = out.row(q);
+            row.head(a).setZero();
+            row.tail(n - b).setZero();
+            const Index len = b - a;
+            if (len <= 0) continue;
+            const auto v = widths_sq_.segment(a, len).array() + sg;
+            const auto d = centers_.segment(a, len).array() - m;
+            // The exponent first, then its exponential. A vectorised exp clamps its argument
+            // instead of underflowing, so arguments below ln(smallest normal) are set to
+            // exactly 0 afterwards (Eigen 3.4's select() would not vectorise).
+            auto seg = row.segment(a, len).transpose().array();
+            seg = Scalar(-0.5) * d.square() / v;
+            const bool underflow = seg.minCoeff() < log_min_;
+            seg = seg.exp() * v.rsqrt() * inv_sqrt_2pi;
+            if (underflow)
+                for (Index k = a; k < b; ++k) {
+                    const Scalar dk = c[k] - m;
+                    if (Scalar(-0.5) * dk * dk / (sg + widths_sq_[k]) < log_min_) row[k] = 0;
+                }
+        }
+    }
+
 private:
     template <typename Out>
     void check_densities(const char* where, const Eigen::Ref<const Vector>& mu,
@@ -268,6 +338,11 @@ private:
 
     Vector centers_;
     Vector widths_;
+    Vector widths_sq_;
+    Scalar min_width_sq_{};
+    Scalar max_width_sq_{};
+    bool sorted_ = false;
+    static inline const Scalar log_min_ = std::log(std::numeric_limits<Scalar>::min());
 };
 
 using GaussianBasisd = GaussianBasis<double>;

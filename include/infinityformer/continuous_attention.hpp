@@ -69,21 +69,31 @@ public:
         Vector sigma;       ///< w_σ, N
     };
 
+    /// Row-major storage for r, whose rows are computed one density at a time.
+    using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
     /// What the last forward() computed (kept for inspection and for the backward pass).
+    /// Neither the keys B W_Kᵀ nor the H·Q × N scores are formed: w_μ · s needs only
+    /// K_hᵀ w_μ = W_K,h (Bᵀ w_μ), one d_h-vector per head (keys() and scores() compute the
+    /// full matrices on demand).
     struct Trace {
-        Matrix keys;      ///< B W_Kᵀ, N × e
-        Matrix values;    ///< B W_Vᵀ, N × e
-        Matrix scores;    ///< H·Q × N
-        Vector a_mu;      ///< w_μ · s, H·Q
-        Vector a_sigma;   ///< w_σ · s, H·Q
-        Vector mu;        ///< H·Q
-        Vector sigma_sq;  ///< after the clamp, H·Q
-        Matrix r;         ///< E[ψ], H·Q × N
-        Matrix context;   ///< Q × e
-        Matrix output;    ///< Q × d_model
-        Vector kl_reg;    ///< H·Q
-        Matrix B;         ///< the memory attended to, N × e (for the backward pass)
-        Matrix queries;   ///< Q × e (for the backward pass)
+        Vector u_mu;       ///< Bᵀ w_μ, e
+        Vector u_sigma;    ///< Bᵀ w_σ, e
+        Vector key_mu;     ///< W_K Bᵀ w_μ, e: rows h·d_h … of head h hold K_hᵀ w_μ
+        Vector key_sigma;  ///< W_K Bᵀ w_σ, e
+        Matrix values;     ///< B W_Vᵀ, N × e, when the context was computed values-first
+                           ///< (empty when R_h B was formed first, see forward())
+        Vector a_mu;       ///< w_μ · s, H·Q
+        Vector a_sigma;    ///< w_σ · s, H·Q
+        Vector mu;         ///< H·Q
+        Vector sigma_sq;   ///< after the clamp, H·Q
+        RowMatrix r;       ///< E[ψ], H·Q × N
+        Matrix context;    ///< Q × e
+        Matrix output;     ///< Q × d_model
+        Vector kl_reg;     ///< H·Q
+        Matrix B;          ///< the memory attended to, N × e (for the backward pass)
+        Matrix queries;    ///< Q × e (for the backward pass)
+        Matrix rb;         ///< workspace: R_h B (Q × e) on the R·B-first route
     };
 
     /// @param basis the memory's basis (N functions).
@@ -169,6 +179,43 @@ public:
     /// Intermediate values of the last forward().
     const Trace& last() const { return trace_; }
 
+    /// The keys B W_Kᵀ (N × e), computed on demand (forward() never forms them).
+    Matrix keys(const Eigen::Ref<const Matrix>& B) const {
+        detail::check_matrix("ContinuousAttention::keys", "B", B, num_basis(), dim_);
+        return B * weights_.proj_key.transpose();
+    }
+    /// The values B W_Vᵀ (N × e), computed on demand.
+    Matrix values(const Eigen::Ref<const Matrix>& B) const {
+        detail::check_matrix("ContinuousAttention::values", "B", B, num_basis(), dim_);
+        return B * weights_.proj_value.transpose();
+    }
+    /// The scores s = K_h q / √d_h of every head and query, H·Q × N (row h·Q + i), computed
+    /// on demand; forward() uses w_μ · s = (K_hᵀ w_μ) · q / √d_h instead.
+    Matrix scores(const Eigen::Ref<const Matrix>& B,
+                  const Eigen::Ref<const Matrix>& queries) const {
+        check_inputs("ContinuousAttention::scores", B, queries);
+        const Index nq = queries.rows();
+        const Index dh = head_size();
+        const Matrix K = B * weights_.proj_key.transpose();
+        Matrix S(heads_ * nq, num_basis());
+        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
+        for (Index h = 0; h < heads_; ++h)
+            S.middleRows(h * nq, nq).noalias() =
+                scale * queries.middleCols(h * dh, dh) * K.middleCols(h * dh, dh).transpose();
+        return S;
+    }
+
+    /// True if forward() with Q queries computes the context as R_h (B W_V,hᵀ) (values
+    /// first); false if as (R_h B) W_V,hᵀ. The cheaper association by flop count:
+    /// N·e·e + H·Q·N·d_h against H·Q·N·e + H·Q·e·d_h (one query: R·B first is cheaper).
+    bool values_first(Index num_queries) const {
+        const double n = static_cast<double>(num_basis());
+        const double e = static_cast<double>(dim_);
+        const double hq = static_cast<double>(heads_) * static_cast<double>(num_queries);
+        const double dh = static_cast<double>(head_size());
+        return n * e * e + hq * n * dh <= hq * n * e + hq * e * dh;
+    }
+
     /// forward() into a caller-owned trace, without the checks: for modules that keep one
     /// trace per stream and checked their inputs already.
     void forward_unchecked(const Eigen::Ref<const Matrix>& B,
@@ -224,6 +271,8 @@ public:
     }
 
     /// backward() without the checks, for composite modules that checked already.
+    /// The score path is rank 2 per head: ∂ℓ/∂s_h = da_μ,h w_μᵀ + da_σ,h w_σᵀ, so the
+    /// gradients of the queries, of W_K and of B through the keys are outer products.
     void backward_unchecked(const Trace& t, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
                             Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dB) {
         if (grads_.mu.size() != num_basis()) zero_grad();
@@ -233,15 +282,18 @@ public:
         const Index hq = heads_ * nq;
         const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
         Work& w = work_;
+        const Matrix* values = &t.values;
+        if (t.values.rows() != n) {
+            w.values.noalias() = t.B * weights_.proj_value.transpose();
+            values = &w.values;
+        }
         grads_.attn_out.noalias() += dout.transpose() * t.context;
         w.dcontext.noalias() = dout * weights_.attn_out;
         w.dr.resize(hq, n);
         w.dV.resize(n, dim_);
-        w.dK.resize(n, dim_);
         for (Index h = 0; h < heads_; ++h) {
             const auto dc = w.dcontext.middleCols(h * dh, dh);
-            w.dr.middleRows(h * nq, nq).noalias() =
-                dc * t.values.middleCols(h * dh, dh).transpose();
+            w.dr.middleRows(h * nq, nq).noalias() = dc * values->middleCols(h * dh, dh).transpose();
             w.dV.middleCols(h * dh, dh).noalias() = t.r.middleRows(h * nq, nq).transpose() * dc;
         }
         w.dmu.resize(hq);
@@ -263,20 +315,32 @@ public:
             const Scalar dsp = a > Scalar(20) ? Scalar(1) : detail::sigmoid(a);
             w.da_sigma[i] = clamped ? Scalar(0) : ds2 * dsp;
         }
-        grads_.mu.noalias() += t.scores.transpose() * w.da_mu;
-        grads_.sigma.noalias() += t.scores.transpose() * w.da_sigma;
-        w.dS.noalias() = w.da_mu * weights_.mu.transpose();
-        w.dS.noalias() += w.da_sigma * weights_.sigma.transpose();
+        // g_μ,h = Q_hᵀ da_μ,h (stacked over heads: e), and the same for σ.
+        w.g_mu.resize(dim_);
+        w.g_sigma.resize(dim_);
         for (Index h = 0; h < heads_; ++h) {
-            const auto dSh = w.dS.middleRows(h * nq, nq);
-            dqueries.middleCols(h * dh, dh).noalias() = scale * dSh * t.keys.middleCols(h * dh, dh);
-            w.dK.middleCols(h * dh, dh).noalias() =
-                scale * dSh.transpose() * t.queries.middleCols(h * dh, dh);
+            const auto qh = t.queries.middleCols(h * dh, dh);
+            w.g_mu.segment(h * dh, dh).noalias() =
+                scale * qh.transpose() * w.da_mu.segment(h * nq, nq);
+            w.g_sigma.segment(h * dh, dh).noalias() =
+                scale * qh.transpose() * w.da_sigma.segment(h * nq, nq);
+            dqueries.middleCols(h * dh, dh).noalias() =
+                scale * w.da_mu.segment(h * nq, nq) * t.key_mu.segment(h * dh, dh).transpose();
+            dqueries.middleCols(h * dh, dh).noalias() +=
+                scale * w.da_sigma.segment(h * nq, nq) *
+                t.key_sigma.segment(h * dh, dh).transpose();
         }
-        grads_.proj_key.noalias() += w.dK.transpose() * t.B;
+        // ∂ℓ/∂w_μ = Σ_h S_hᵀ da_μ,h = B W_Kᵀ g_μ; ∂ℓ/∂K = w_μ g_μᵀ + w_σ g_σᵀ.
+        w.kg.noalias() = weights_.proj_key.transpose() * w.g_mu;
+        grads_.mu.noalias() += t.B * w.kg;
+        w.dB_row.noalias() = weights_.proj_key.transpose() * w.g_sigma;
+        grads_.sigma.noalias() += t.B * w.dB_row;
+        grads_.proj_key.noalias() += w.g_mu * t.u_mu.transpose();
+        grads_.proj_key.noalias() += w.g_sigma * t.u_sigma.transpose();
         grads_.proj_value.noalias() += w.dV.transpose() * t.B;
-        dB.noalias() = w.dK * weights_.proj_key;
-        dB.noalias() += w.dV * weights_.proj_value;
+        dB.noalias() = w.dV * weights_.proj_value;
+        dB.noalias() += weights_.mu * w.kg.transpose();
+        dB.noalias() += weights_.sigma * w.dB_row.transpose();
     }
 
     /// Appends the named weights and gradients (the reference's names, after `prefix`).
@@ -317,15 +381,19 @@ private:
         const Index n = num_basis();
         t.B = B;
         t.queries = queries;
-        t.keys.noalias() = B * weights_.proj_key.transpose();
-        t.values.noalias() = B * weights_.proj_value.transpose();
-        t.scores.resize(heads_ * nq, n);
+        // w · s_h,i = q_h,i · (K_hᵀ w) / √d_h with K_hᵀ w = W_K,h (Bᵀ w).
+        t.u_mu.noalias() = B.transpose() * weights_.mu;
+        t.u_sigma.noalias() = B.transpose() * weights_.sigma;
+        t.key_mu.noalias() = weights_.proj_key * t.u_mu;
+        t.key_sigma.noalias() = weights_.proj_key * t.u_sigma;
         const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
-        for (Index h = 0; h < heads_; ++h)
-            t.scores.middleRows(h * nq, nq).noalias() =
-                scale * queries.middleCols(h * dh, dh) * t.keys.middleCols(h * dh, dh).transpose();
-        t.a_mu.noalias() = t.scores * weights_.mu;
-        t.a_sigma.noalias() = t.scores * weights_.sigma;
+        t.a_mu.resize(heads_ * nq);
+        t.a_sigma.resize(heads_ * nq);
+        for (Index h = 0; h < heads_; ++h) {
+            const auto qh = queries.middleCols(h * dh, dh);
+            t.a_mu.segment(h * nq, nq).noalias() = scale * qh * t.key_mu.segment(h * dh, dh);
+            t.a_sigma.segment(h * nq, nq).noalias() = scale * qh * t.key_sigma.segment(h * dh, dh);
+        }
         t.mu.resize(heads_ * nq);
         t.sigma_sq.resize(heads_ * nq);
         t.kl_reg.resize(heads_ * nq);
@@ -336,11 +404,21 @@ private:
             t.kl_reg[i] = kl(t.mu[i], t.sigma_sq[i]);
         }
         t.r.resize(heads_ * nq, n);
-        basis_.expect_psi_unchecked(t.mu, t.sigma_sq, t.r);
+        basis_.expect_psi_rows_unchecked(t.mu, t.sigma_sq, t.r);
         t.context.resize(nq, dim_);
-        for (Index h = 0; h < heads_; ++h)
-            t.context.middleCols(h * dh, dh).noalias() =
-                t.r.middleRows(h * nq, nq) * t.values.middleCols(h * dh, dh);
+        if (values_first(nq)) {
+            t.values.noalias() = B * weights_.proj_value.transpose();
+            for (Index h = 0; h < heads_; ++h)
+                t.context.middleCols(h * dh, dh).noalias() =
+                    t.r.middleRows(h * nq, nq) * t.values.middleCols(h * dh, dh);
+        } else {
+            t.values.resize(0, dim_);
+            for (Index h = 0; h < heads_; ++h) {
+                t.rb.noalias() = t.r.middleRows(h * nq, nq) * B;
+                t.context.middleCols(h * dh, dh).noalias() =
+                    t.rb * weights_.proj_value.middleRows(h * dh, dh).transpose();
+            }
+        }
         t.output.noalias() = t.context * weights_.attn_out.transpose();
     }
 
@@ -353,8 +431,8 @@ private:
     bool kl_mu_term_ = false;
     Scalar kl_mu_0_{};
     struct Work {
-        Matrix dcontext, dr, dV, dK, dS;
-        Vector dmu, dsigma_sq, da_mu, da_sigma;
+        Matrix dcontext, dr, dV, values;
+        Vector dmu, dsigma_sq, da_mu, da_sigma, g_mu, g_sigma, kg, dB_row;
     };
 
     Weights weights_;
