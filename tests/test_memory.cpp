@@ -130,6 +130,11 @@ TEST_CASE("memory: explicit sample points are used as given and replay a sticky 
           "[memory]") {
     LongTermParams p = small_params(Sampling::sticky);
     p.seed = 99;
+    // D ≥ M reads the memory at the points; D < M at the D bin edges (another association
+    // of the same product, so equal to rounding only).
+    p.num_bins = GENERATE(16, 4);
+    CAPTURE(p.num_bins);
+    const double same = p.num_bins < p.num_samples ? 1e-13 : 0.0;
     LongTermMemory<double> sticky(4, 8, p);
     LongTermMemory<double> replay(4, 8, p);
     const auto basis = GaussianBasis<double>::default_family(16, p.widths);
@@ -158,7 +163,8 @@ TEST_CASE("memory: explicit sample points are used as given and replay a sticky 
         // Explicit points (any, unsorted) are used exactly as given.
         replay.update(x, pts);
         CHECK(replay.last_sample_points() == pts);
-        CHECK(max_abs(replay.coefficients() - sticky.coefficients()) == 0);
+        CHECK(max_abs(replay.coefficients() - sticky.coefficients()) <=
+              same * max_abs(sticky.coefficients()));
     }
     // Arbitrary points, including outside [0, 1] and unsorted.
     VectorXd odd(8);

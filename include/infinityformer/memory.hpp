@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -98,6 +99,13 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> sticky_histogram(
 /// stratified fall back to uniform points while no densities with mass in [0, 1] have been
 /// observed. The memory costs N × e scalars whatever the length of the stream.
 ///
+/// Cost per chunk: the old memory is never materialised at the M points when it need not
+/// be. With the uniform points the update is the fixed linear recurrence
+/// B ← A B + G_newᵀ X, A = G_pastᵀ Ψ(s) (N × N, built once, in double, at the first such
+/// update). With sticky points every point is a bin edge j/D, so
+/// G_pastᵀ Ψ(s) B = (G_pastᵀ S)(Ψ(edges) B), S the M × D selection of the drawn bins: two
+/// products with D instead of M rows. Other points take Ψ(s) B and then G_pastᵀ.
+///
 /// Chunks must have exactly L = chunk_length vectors (the operators are built for L).
 /// Odd L, which the reference cannot stream, uses the same position construction
 /// (unbounded_positions()).
@@ -131,7 +139,6 @@ public:
         for (Index i = 0; i < m; ++i)
             uniform_points_[i] =
                 static_cast<Scalar>(static_cast<double>(i + 1) / static_cast<double>(m));
-        uniform_psi_ = basis_.evaluate(uniform_points_);
         reset();
     }
 
@@ -154,9 +161,14 @@ public:
     Index tokens_stored() const { return tokens_; }
 
     /// Points at which the old memory was read by the last update (M; empty for a first
-    /// chunk) and the values read there (M × e).
+    /// chunk).
     const Vector& last_sample_points() const { return last_points_; }
-    const Matrix& last_past() const { return last_past_; }
+    /// The values of the old memory at those points (M × e; 0 × e for a first chunk),
+    /// computed on demand: the update itself does not always form them.
+    Matrix last_past() const {
+        if (last_points_.size() == 0) return Matrix(0, dim_);
+        return basis_.evaluate(last_points_) * B_prev_;
+    }
 
     /// Stores a chunk. @param X L × e, finite.
     /// @throws infinityformer::invalid_argument (memory unchanged).
@@ -164,11 +176,11 @@ public:
         check_chunk("LongTermMemory::update", X);
         maybe_reset();
         if (empty_) {
-            store(X, nullptr);
+            store(X, nullptr, false);
         } else {
             choose_points(points_);
             const Eigen::Ref<const Vector> points(points_);
-            store(X, &points);
+            store(X, &points, bins_valid_);
         }
     }
 
@@ -180,7 +192,7 @@ public:
         check_chunk(where, X);
         detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
         maybe_reset();
-        store(X, empty_ ? nullptr : &sample_points);
+        store(X, empty_ ? nullptr : &sample_points, false);
     }
 
     /// Records the attention densities of the last chunk's queries (all heads), from which
@@ -255,7 +267,7 @@ public:
         obs_mu_.resize(0);
         obs_sigma_.resize(0);
         last_points_.resize(0);
-        last_past_.resize(0, dim_);
+        B_prev_.resize(0, dim_);
     }
 
     /// Re-seeds the sticky-sampling generator.
@@ -280,6 +292,7 @@ private:
         const Index m = params_.num_samples;
         const Index d = params_.num_bins;
         out.resize(m);
+        bins_valid_ = false;
         if (params_.sampling == Sampling::uniform || obs_mu_.size() == 0) {
             out = uniform_points_;
             return;
@@ -287,6 +300,7 @@ private:
         hist_.resize(d);
         detail::histogram_into(obs_mu_, obs_sigma_, d, mass_, cdf_, hist_);
         const Vector& p = hist_;
+        bins_.resize(static_cast<std::size_t>(m));
         if (!(p.sum() > Scalar(0))) {
             out = uniform_points_;
             return;
@@ -311,38 +325,68 @@ private:
                 point += std::clamp(frac, 0.0, 1.0) / static_cast<double>(d);
             }
             out[i] = static_cast<Scalar>(point);
+            if (params_.sampling == Sampling::sticky) bins_[static_cast<std::size_t>(i)] = j;
         }
         std::sort(out.data(), out.data() + m);
+        std::sort(bins_.begin(), bins_.end());  // the same order as the sorted points
+        // Sticky points are left bin edges; the update can then read the memory at the D
+        // edges only (the order of the points does not matter to it).
+        bins_valid_ = params_.sampling == Sampling::sticky;
     }
 
     void maybe_reset() {
         if (params_.reset_after_tokens > 0 && tokens_ >= params_.reset_after_tokens) reset();
     }
 
-    // points == nullptr: first chunk.
-    void store(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points) {
+    // points == nullptr: first chunk. from_bins: the points are the left edges of bins_.
+    void store(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points,
+               bool from_bins) {
+        B_new_.resize(num_basis(), dim_);
         if (points == nullptr) {
-            B_.noalias() = first_.G().transpose() * X;
+            B_new_.noalias() = first_.G().transpose() * X;
             last_points_.resize(0);
-            last_past_.resize(0, dim_);
         } else {
             const Index m = params_.num_samples;
+            const Index d = params_.num_bins;
             last_points_ = *points;
-            if (params_.sampling == Sampling::uniform && last_points_ == uniform_points_) {
-                last_past_.noalias() = uniform_psi_ * B_;
+            const Matrix& G = inf_.G();
+            if (last_points_ == uniform_points_) {
+                if (!uniform_op_) uniform_op_ = std::make_shared<const Matrix>(uniform_operator());
+                B_new_.noalias() = *uniform_op_ * B_;
+            } else if (from_bins && d < m) {
+                if (edge_psi_.rows() != d) {
+                    Vector edges(d);
+                    for (Index j = 0; j < d; ++j)
+                        edges[j] =
+                            static_cast<Scalar>(static_cast<double>(j) / static_cast<double>(d));
+                    edge_psi_ = basis_.evaluate(edges);
+                }
+                edge_past_.noalias() = edge_psi_ * B_;  // D × e
+                gathered_.setZero(num_basis(), d);      // G_pastᵀ S
+                for (Index i = 0; i < m; ++i)
+                    gathered_.col(bins_[static_cast<std::size_t>(i)]) += G.row(i).transpose();
+                B_new_.noalias() = gathered_ * edge_past_;
             } else {
                 psi_.resize(m, num_basis());
                 basis_.evaluate(last_points_, psi_);
-                last_past_.noalias() = psi_ * B_;
+                past_.noalias() = psi_ * B_;
+                B_new_.noalias() = G.topRows(m).transpose() * past_;
             }
-            const Matrix& G = inf_.G();
-            B_new_.resize(num_basis(), dim_);
-            B_new_.noalias() = G.topRows(m).transpose() * last_past_;
             B_new_.noalias() += G.bottomRows(length_).transpose() * X;
-            B_.swap(B_new_);
         }
+        // Rotate: B_prev_ ← B_, B_ ← B_new_ (no copies).
+        B_prev_.swap(B_);
+        B_.swap(B_new_);
         empty_ = false;
         tokens_ += length_;
+    }
+
+    // A = G_pastᵀ Ψ(uniform points), N × N, in double then rounded.
+    Matrix uniform_operator() const {
+        const Index m = params_.num_samples;
+        const Eigen::MatrixXd Gp = inf_.G().topRows(m).template cast<double>();
+        const Eigen::MatrixXd psi = basis_.evaluate(uniform_points_).template cast<double>();
+        return (Gp.transpose() * psi).template cast<Scalar>();
     }
 
     LongTermParams params_;
@@ -353,17 +397,20 @@ private:
     RidgeFit<Scalar> inf_;
     detail::Random rng_;
     Vector uniform_points_;
-    Matrix uniform_psi_;
     bool empty_ = true;
     Matrix B_;
     Index tokens_ = 0;
     Vector obs_mu_, obs_sigma_;
     Vector last_points_;
-    Matrix last_past_;
+    Matrix B_prev_;  // the memory before the last update (for last_past())
+    std::shared_ptr<const Matrix> uniform_op_;  // A of the uniform recurrence, built lazily
+    Matrix edge_psi_;                           // Ψ at the D bin edges (sticky), built lazily
     // workspace of update(): no allocation once sized
     Vector points_, hist_;
-    Matrix psi_, B_new_;
+    Matrix psi_, past_, B_new_, edge_past_, gathered_;
     std::vector<double> mass_, cdf_;
+    std::vector<Index> bins_;
+    bool bins_valid_ = false;
 };
 
 using LongTermMemoryd = LongTermMemory<double>;
