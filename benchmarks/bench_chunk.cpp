@@ -74,7 +74,8 @@ Mat<Scalar> random_matrix(Index rows, Index cols, std::mt19937_64& gen) {
 
 template <typename Scalar>
 void BM_Chunk(benchmark::State& state, Config c) {
-    infinityformer::LongTermParams p;
+    infinityformer::LongTermParams p =
+        c.sticky ? infinityformer::LongTermParams::lm() : infinityformer::LongTermParams{};
     p.num_basis = c.basis;
     p.num_samples = c.samples;
     p.num_bins = c.bins;

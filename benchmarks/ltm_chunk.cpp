@@ -108,7 +108,9 @@ Options parse(int argc, char** argv) {
 template <typename Scalar>
 double run(const Options& o) {
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-    infinityformer::LongTermParams p;
+    // The sticky configuration is the language model's: its basis widths and ridge λ too.
+    infinityformer::LongTermParams p =
+        o.sticky ? infinityformer::LongTermParams::lm() : infinityformer::LongTermParams{};
     p.num_basis = o.basis;
     p.num_samples = o.samples;
     p.tau = o.tau;

@@ -371,6 +371,28 @@ TEST_CASE("memory: sticky_histogram is the normalised sum of normal bin masses",
     CHECK(z.isZero(0));
 }
 
+TEST_CASE("memory: the float histogram (vectorised erf) matches the double one", "[memory]") {
+    // Many densities, narrow to wide, as a chunk's H·L queries give them.
+    Normal rng(77);
+    const Index n = 3000;
+    VectorXd mu(n), sigma(n);
+    for (Index q = 0; q < n; ++q) {
+        mu[q] = -0.2 + 1.4 * rng.uniform();
+        sigma[q] = std::pow(10.0, -3.0 + 3.0 * rng.uniform());
+    }
+    const Eigen::VectorXf mf = mu.cast<float>(), sf = sigma.cast<float>();
+    for (Index d : {1, 16, 128, 1023}) {
+        const Eigen::VectorXf pf = sticky_histogram<float>(mf, sf, d);
+        const VectorXd pd = sticky_histogram<double>(mf.cast<double>(), sf.cast<double>(), d);
+        INFO("D = " << d);
+        CHECK(pf.minCoeff() >= 0.0f);
+        CHECK(std::abs(pf.cast<double>().sum() - 1.0) <= 1e-6);
+        // Per bin within 1e-6 of the probability and 1e-4 of its own size.
+        for (Index j = 0; j < d; ++j)
+            CHECK(std::abs(static_cast<double>(pf[j]) - pd[j]) <= 1e-6 + 1e-4 * pd[j]);
+    }
+}
+
 TEST_CASE("memory: sampling falls back to uniform points without mass in [0, 1]", "[memory]") {
     VectorXd far_mu(2), far_sig(2);
     far_mu << 5.0, -3.0;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <type_traits>
+#include <unsupported/Eigen/SpecialFunctions>
 #include <vector>
 
 #include "basis.hpp"
@@ -24,7 +25,13 @@ namespace detail {
 
 /// The sticky-memory histogram into `p` (D), with `mass` and `cdf` as workspace (resized to
 /// D and D + 1; no allocation once they have that size). Inputs already validated.
-/// Computed in double whatever Scalar is: tail bins are differences of Φ near 0 or 1.
+///
+/// Precision follows Scalar. In double every Φ is std::erf in double (tail bins are
+/// differences of Φ near 0 or 1). In float, as in a float model of the reference, Φ is
+/// Eigen's vectorised float erf (absolute error ~1e-7, below float's resolution of the
+/// probabilities) and the masses are summed in double; a difference rounded below 0 counts
+/// as 0. The float path is about ten times faster: it matters, since every chunk evaluates
+/// H·L·(D + 1) of them.
 template <typename DerivedMu, typename DerivedSigma, typename DerivedP>
 void histogram_into(const Eigen::MatrixBase<DerivedMu>& mu,
                     const Eigen::MatrixBase<DerivedSigma>& sigma, Eigen::Index num_bins,
@@ -35,17 +42,40 @@ void histogram_into(const Eigen::MatrixBase<DerivedMu>& mu,
     mass.assign(d, 0.0);
     cdf.resize(d + 1);
     const double inv_sqrt2 = 0.70710678118654752440084436210485;
-    for (Eigen::Index q = 0; q < mu.rows(); ++q) {
-        const double m = static_cast<double>(mu(q, 0));
-        const double s = static_cast<double>(sigma(q, 0));
-        for (std::size_t j = 0; j <= d; ++j) {
-            // Edges −1e-6, 1/D, …, (D−1)/D, 1 + 1e-6 (the reference's nudged ends).
-            const double edge = j == 0   ? -1e-6
-                                : j == d ? 1.0 + 1e-6
-                                         : static_cast<double>(j) / static_cast<double>(d);
-            cdf[j] = 0.5 * (1.0 + std::erf((edge - m) / s * inv_sqrt2));
+    // Edges −1e-6, 1/D, …, (D−1)/D, 1 + 1e-6 (the reference's nudged ends).
+    const auto edge = [d](std::size_t j) {
+        return j == 0   ? -1e-6
+               : j == d ? 1.0 + 1e-6
+                        : static_cast<double>(j) / static_cast<double>(d);
+    };
+    constexpr Eigen::Index kMaxFloatEdges = 1024;
+    if constexpr (std::is_same_v<Scalar, float>) {
+        if (num_bins + 1 <= kMaxFloatEdges) {
+            // Fixed-capacity arrays: on the stack, no allocation.
+            using Edges = Eigen::Array<float, Eigen::Dynamic, 1, 0, kMaxFloatEdges, 1>;
+            Edges e(num_bins + 1), c(num_bins + 1);
+            for (std::size_t j = 0; j <= d; ++j)
+                e[static_cast<Eigen::Index>(j)] = static_cast<float>(edge(j));
+            Eigen::Map<Eigen::ArrayXd> m(mass.data(), num_bins);
+            for (Eigen::Index q = 0; q < mu.rows(); ++q) {
+                const float mq = static_cast<float>(mu(q, 0));
+                const float scale =
+                    static_cast<float>(inv_sqrt2 / static_cast<double>(sigma(q, 0)));
+                c = ((e - mq) * scale).erf();
+                m += (0.5f * (c.tail(num_bins) - c.head(num_bins)))
+                         .max(0.0f)
+                         .template cast<double>();
+            }
         }
-        for (std::size_t j = 0; j < d; ++j) mass[j] += cdf[j + 1] - cdf[j];
+    }
+    if (!std::is_same_v<Scalar, float> || num_bins + 1 > kMaxFloatEdges) {
+        for (Eigen::Index q = 0; q < mu.rows(); ++q) {
+            const double m = static_cast<double>(mu(q, 0));
+            const double s = static_cast<double>(sigma(q, 0));
+            for (std::size_t j = 0; j <= d; ++j)
+                cdf[j] = 0.5 * (1.0 + std::erf((edge(j) - m) / s * inv_sqrt2));
+            for (std::size_t j = 0; j < d; ++j) mass[j] += cdf[j + 1] - cdf[j];
+        }
     }
     double total = 0.0;
     for (double v : mass) total += v;
