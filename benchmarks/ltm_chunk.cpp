@@ -111,6 +111,7 @@ double run(const Options& o) {
     // The sticky configuration is the language model's: its basis widths and ridge λ too.
     infinityformer::LongTermParams p =
         o.sticky ? infinityformer::LongTermParams::lm() : infinityformer::LongTermParams{};
+    p.gate = false;  // memory update + attention only, as the timed reference runs
     p.num_basis = o.basis;
     p.num_samples = o.samples;
     p.tau = o.tau;
