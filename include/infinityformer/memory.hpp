@@ -129,12 +129,11 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> sticky_histogram(
 /// stratified fall back to uniform points while no densities with mass in [0, 1] have been
 /// observed. The memory costs N × e scalars whatever the length of the stream.
 ///
-/// Cost per chunk: the old memory is never materialised at the M points when it need not
-/// be. With the uniform points the update is the fixed linear recurrence
-/// B ← A B + G_newᵀ X, A = G_pastᵀ Ψ(s) (N × N, built once, in double, at the first such
-/// update). With sticky points every point is a bin edge j/D, so
-/// G_pastᵀ Ψ(s) B = (G_pastᵀ S)(Ψ(edges) B), S the M × D selection of the drawn bins: two
-/// products with D instead of M rows. Other points take Ψ(s) B and then G_pastᵀ.
+/// Cost per chunk: the old memory is not read at the M points when that can be avoided.
+/// With the uniform points the update is the fixed linear recurrence B ← A B + G_newᵀ X,
+/// A = G_pastᵀ Ψ(s) (N × N, built in double by the constructor). Sticky points are bin
+/// edges j/D, so G_pastᵀ Ψ(s) B = (G_pastᵀ S)(Ψ(edges) B), S the M × D selection of the
+/// drawn bins: two products with D instead of M rows. Other points take Ψ(s) B, then G_pastᵀ.
 ///
 /// Chunks must have exactly L = chunk_length vectors (the operators are built for L).
 /// Odd L, which the reference cannot stream, uses the same position construction
@@ -169,6 +168,7 @@ public:
         for (Index i = 0; i < m; ++i)
             uniform_points_[i] =
                 static_cast<Scalar>(static_cast<double>(i + 1) / static_cast<double>(m));
+        uniform_op_ = std::make_shared<const Matrix>(uniform_operator());
         reset();
     }
 
@@ -381,7 +381,6 @@ private:
             last_points_ = *points;
             const Matrix& G = inf_.G();
             if (last_points_ == uniform_points_) {
-                if (!uniform_op_) uniform_op_ = std::make_shared<const Matrix>(uniform_operator());
                 B_new_.noalias() = *uniform_op_ * B_;
             } else if (from_bins && d < m) {
                 if (edge_psi_.rows() != d) {
@@ -433,7 +432,7 @@ private:
     Vector obs_mu_, obs_sigma_;
     Vector last_points_;
     Matrix B_prev_;  // the memory before the last update (for last_past())
-    std::shared_ptr<const Matrix> uniform_op_;  // A of the uniform recurrence, built lazily
+    std::shared_ptr<const Matrix> uniform_op_;  // A of the uniform recurrence (shared by copies)
     Matrix edge_psi_;                           // Ψ at the D bin edges (sticky), built lazily
     // workspace of update(): no allocation once sized
     Vector points_, hist_;
