@@ -248,7 +248,12 @@ public:
         const Index n = size();
         const Scalar* c = centers_.data();
         const Scalar eps_over_n = std::numeric_limits<Scalar>::epsilon() / static_cast<Scalar>(n);
-        for (Index q = 0; q < mu.size(); ++q) {
+        const Index rows = mu.size();
+        // Rows are independent: with OpenMP (and Eigen::nbThreads() > 1) they are shared out.
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (Eigen::nbThreads() > 1 && rows >= 64)
+#endif
+        for (Index q = 0; q < rows; ++q) {
             const Scalar m = mu[q];
             const Scalar sg = sigma_sq[q];
             Index a = 0, b = n;
