@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "infinityformer/infinityformer.hpp"
 
 namespace {
@@ -63,25 +64,11 @@ FlopCount flops(const Config& c) {
 template <typename Scalar>
 using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
-template <typename Scalar>
-Mat<Scalar> random_matrix(Index rows, Index cols, std::mt19937_64& gen) {
-    std::normal_distribution<double> normal;
-    Mat<Scalar> m(rows, cols);
-    for (Index j = 0; j < cols; ++j)
-        for (Index i = 0; i < rows; ++i) m(i, j) = static_cast<Scalar>(normal(gen));
-    return m;
-}
+using bench::random_matrix;
 
 template <typename Scalar>
 void BM_Chunk(benchmark::State& state, Config c) {
-    infinityformer::LongTermParams p =
-        c.sticky ? infinityformer::LongTermParams::lm() : infinityformer::LongTermParams{};
-    p.gate = false;  // memory update + attention only, as the timed reference runs
-    p.num_basis = c.basis;
-    p.num_samples = c.samples;
-    p.num_bins = c.bins;
-    p.tau = c.tau;
-    p.sampling = c.sticky ? infinityformer::Sampling::sticky : infinityformer::Sampling::uniform;
+    const auto p = bench::timed_params(c.basis, c.samples, c.bins, c.tau, c.sticky);
     infinityformer::LongTermAttention<Scalar> ltm(c.d_model, c.heads, c.chunk, p);
     std::mt19937_64 gen(11);
     // A few different chunks, cycled; three chunks first so every lazy operator exists.

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "infinityformer/infinityformer.hpp"
 
 namespace {
@@ -38,11 +39,7 @@ constexpr Index kModel = 300, kHeads = 6, kChunk = 1024, kBlock = 1024;
 constexpr Index kMaxPast = Index(1) << 20;
 
 Matrix random_matrix(Index rows, Index cols, std::mt19937_64& gen) {
-    std::normal_distribution<float> normal;
-    Matrix m(rows, cols);
-    for (Index j = 0; j < cols; ++j)
-        for (Index i = 0; i < rows; ++i) m(i, j) = normal(gen);
-    return m;
+    return bench::random_matrix<float>(rows, cols, gen);
 }
 
 struct Inputs {

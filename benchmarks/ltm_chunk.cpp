@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "infinityformer/infinityformer.hpp"
 
 namespace {
@@ -109,27 +110,17 @@ template <typename Scalar>
 double run(const Options& o) {
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     // The sticky configuration is the language model's: its basis widths and ridge λ too.
-    infinityformer::LongTermParams p =
-        o.sticky ? infinityformer::LongTermParams::lm() : infinityformer::LongTermParams{};
-    p.gate = false;  // memory update + attention only, as the timed reference runs
-    p.num_basis = o.basis;
-    p.num_samples = o.samples;
-    p.tau = o.tau;
-    p.sampling = o.sticky ? infinityformer::Sampling::sticky : infinityformer::Sampling::uniform;
+    const auto p = bench::timed_params(
+        o.basis, o.samples, infinityformer::LongTermParams{}.num_bins, o.tau, o.sticky != 0);
     infinityformer::LongTermAttention<Scalar> ltm(o.d_model, o.heads, o.chunk, p);
 
     std::mt19937_64 gen(7);
-    std::normal_distribution<double> normal;
-    auto random = [&](Matrix& m) {
-        for (Eigen::Index j = 0; j < m.cols(); ++j)
-            for (Eigen::Index i = 0; i < m.rows(); ++i) m(i, j) = static_cast<Scalar>(normal(gen));
-    };
     Matrix X(o.chunk, o.d_model), queries(o.chunk, o.d_model), out(o.chunk, o.d_model);
     std::vector<double> ms;
     double checksum = 0;
     for (long c = 0; c < o.chunks; ++c) {
-        random(X);
-        random(queries);
+        bench::fill_normal(X, gen);
+        bench::fill_normal(queries, gen);
         const auto t0 = std::chrono::steady_clock::now();
         ltm.update(X);
         ltm.attend(queries, out);

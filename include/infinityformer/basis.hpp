@@ -207,26 +207,6 @@ public:
         }
     }
 
-    /// E[ψ] without argument checks, for the library's inner loops (inputs already
-    /// validated): out(q, k) = N(μ_q; c_k, σ²_q + s_k²).
-    template <typename MuT, typename SigT, typename OutT>
-    void expect_psi_unchecked(const Eigen::MatrixBase<MuT>& mu,
-                              const Eigen::MatrixBase<SigT>& sigma_sq,
-                              Eigen::MatrixBase<OutT>& out) const {
-        using std::exp;
-        using std::sqrt;
-        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
-        for (Index k = 0; k < size(); ++k) {
-            const Scalar c = centers_[k];
-            const Scalar s2 = widths_[k] * widths_[k];
-            for (Index q = 0; q < mu.size(); ++q) {
-                const Scalar v = sigma_sq[q] + s2;
-                const Scalar d = mu[q] - c;
-                out(q, k) = inv_sqrt_2pi / sqrt(v) * exp(Scalar(-0.5) * d * d / v);
-            }
-        }
-    }
-
     /// E[ψ] for Q densities into the rows of `out` (Q × N, best row-major), vectorised along
     /// the basis and skipping terms that cannot matter. Inputs already validated.
     ///
