@@ -331,16 +331,16 @@ public:
                 t.key_sigma.segment(h * dh, dh).transpose();
         }
         // ∂ℓ/∂w_μ = Σ_h S_hᵀ da_μ,h = B W_Kᵀ g_μ; ∂ℓ/∂K = w_μ g_μᵀ + w_σ g_σᵀ.
-        w.kg.noalias() = weights_.proj_key.transpose() * w.g_mu;
-        grads_.mu.noalias() += t.B * w.kg;
-        w.dB_row.noalias() = weights_.proj_key.transpose() * w.g_sigma;
-        grads_.sigma.noalias() += t.B * w.dB_row;
+        w.wk_g_mu.noalias() = weights_.proj_key.transpose() * w.g_mu;
+        grads_.mu.noalias() += t.B * w.wk_g_mu;
+        w.wk_g_sigma.noalias() = weights_.proj_key.transpose() * w.g_sigma;
+        grads_.sigma.noalias() += t.B * w.wk_g_sigma;
         grads_.proj_key.noalias() += w.g_mu * t.u_mu.transpose();
         grads_.proj_key.noalias() += w.g_sigma * t.u_sigma.transpose();
         grads_.proj_value.noalias() += w.dV.transpose() * t.B;
         dB.noalias() = w.dV * weights_.proj_value;
-        dB.noalias() += weights_.mu * w.kg.transpose();
-        dB.noalias() += weights_.sigma * w.dB_row.transpose();
+        dB.noalias() += weights_.mu * w.wk_g_mu.transpose();
+        dB.noalias() += weights_.sigma * w.wk_g_sigma.transpose();
     }
 
     /// Appends the named weights and gradients (the reference's names, after `prefix`).
@@ -432,7 +432,7 @@ private:
     Scalar kl_mu_0_{};
     struct Work {
         Matrix dcontext, dr, dV, values;
-        Vector dmu, dsigma_sq, da_mu, da_sigma, g_mu, g_sigma, kg, dB_row;
+        Vector dmu, dsigma_sq, da_mu, da_sigma, g_mu, g_sigma, wk_g_mu, wk_g_sigma;
     };
 
     Weights weights_;
