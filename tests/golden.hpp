@@ -271,8 +271,7 @@ inline void check_ridge_fit(const Case& c, Checker& ck) {
     const auto basis = basis_from(c);
     check_basis_arrays(ck, basis);
     const Index len = c.integer("length");
-    const auto fit =
-        infinityformer::RidgeFit<double>::single_chunk(basis, len, c.num("ridge_penalty"));
+    const auto fit = infinityformer::single_chunk_fit<double>(basis, len, c.num("ridge_penalty"));
     ck.expect_meta("num_positions", Index(fit.positions().all.size()));
     ck.expect_meta("pad_left", fit.positions().first_kept);
     ck.expect_meta("first_kept_row", fit.positions().first_kept);
@@ -288,8 +287,8 @@ inline void check_ltm_single(const Case& c, Checker& ck) {
     check_basis_arrays(ck, basis);
     const auto params = params_from(c);
     const Index e = c.integer("num_heads") * c.integer("head_size");
-    const auto fit = infinityformer::RidgeFit<double>::single_chunk(basis, c.integer("length"),
-                                                                    params.ridge_lambda);
+    const auto fit =
+        infinityformer::single_chunk_fit<double>(basis, c.integer("length"), params.ridge_lambda);
     ck.compare("G", fit.G(), kSolve, kPhi);
     const Matrix B = fit.fit(c.array("k"));
     ck.compare("B", B, kSolve, kPhi);
@@ -321,13 +320,13 @@ inline void check_stream(const Case& c, Checker& ck, bool sticky, bool gated) {
     const Index e = heads * c.integer("head_size");
     const Index len = c.integer("length");
     infinityformer::LongTermAttention<double> ltm(e, heads, len, params, c.integer("d_model"));
-    ltm.attention().set_weights(attention_weights_from(c));
+    ltm.set_attention_weights(attention_weights_from(c));
     if (gated) {
         infinityformer::MemoryGate<double>::Weights gw;
         for (int j = 0; j < 3; ++j)
             gw.taps[std::size_t(j)] = c.array("mask_weight_" + std::to_string(j));
         gw.bias = c.array("mask_bias");
-        ltm.gate().set_weights(gw);
+        ltm.set_gate_weights(gw);
     }
     const auto& mem = ltm.memory();
     check_basis_arrays(ck, mem.basis());
@@ -381,12 +380,12 @@ inline void check_ltm_grad(const Case& c, Checker& ck) {
     const Index e = heads * c.integer("head_size");
     infinityformer::LongTermAttention<double> ltm(e, heads, c.integer("length"), params,
                                                   c.integer("d_model"));
-    ltm.attention().set_weights(attention_weights_from(c));
+    ltm.set_attention_weights(attention_weights_from(c));
     infinityformer::MemoryGate<double>::Weights gw;
     for (int j = 0; j < 3; ++j)
         gw.taps[std::size_t(j)] = c.array("mask_weight_" + std::to_string(j));
     gw.bias = c.array("mask_bias");
-    ltm.gate().set_weights(gw);
+    ltm.set_gate_weights(gw);
     const auto& mem = ltm.memory();
     ck.compare("G_first", mem.first_fit().G(), kSolve, kPhi);
     ck.compare("G_inf", mem.unbounded_fit().G(), kSolve, kPhi);

@@ -334,7 +334,7 @@ TEMPLATE_TEST_CASE("long-term attention: forward is gate, memory update, attenti
         REQUIRE(lta.has_gate() == lm);
         // The same pieces by hand, with the module's (randomised) weights.
         Normal rng(3);
-        lta.attention().set_weights(random_weights<S>(e, lm ? e : dm, 16, rng));
+        lta.set_attention_weights(random_weights<S>(e, lm ? e : dm, 16, rng));
         LongTermMemory<S> mem(e, l, p);
         ContinuousAttention<S> att(mem.basis(), e, heads, dm, p);
         att.set_weights(lta.attention().weights());

@@ -106,7 +106,10 @@ TEST_CASE("errors: LongTermParams::validate names each field and value", "[error
         LongTermParams p;
         b.set(p);
         INFO(b.fragment);
-        REQUIRE_INVALID(p.validate(), has("LongTermParams::validate: ") && has(b.fragment));
+        // The whole set names the part whose field is out of range.
+        REQUIRE_INVALID(p.validate(),
+                        (has("MemoryParams::validate: ") || has("AttentionParams::validate: ")) &&
+                            has(b.fragment));
     }
     // The presets and edge values that are in range pass.
     CHECK_NOTHROW(LongTermParams::sorting().validate());
@@ -118,15 +121,48 @@ TEST_CASE("errors: LongTermParams::validate names each field and value", "[error
     edge.num_bins = 1;
     edge.reset_after_tokens = 0;
     CHECK_NOTHROW(edge.validate());
-    // Every constructor that takes parameters validates them.
+    // Every constructor validates the settings it uses, and only those: the attention
+    // never reads τ, the memory never reads σ²_min.
     LongTermParams p;
     p.num_basis = 16;
     p.tau = 1;
     const auto basis = GaussianBasis<double>::default_family(16, p.widths);
-    REQUIRE_INVALID(LongTermMemory<double>(4, 8, p), has("tau is 1"));
-    REQUIRE_INVALID(ContinuousAttention<double>(basis, 4, 2, 0, p), has("tau is 1"));
+    REQUIRE_INVALID(LongTermMemory<double>(4, 8, p), has("MemoryParams") && has("tau is 1"));
+    CHECK_NOTHROW(ContinuousAttention<double>(basis, 4, 2, 0, p));
     REQUIRE_INVALID(LongTermAttention<double>(4, 2, 8, p), has("tau is 1"));
     REQUIRE_INVALID(InfinityFormerLayer<double>(4, 2, 8, p), has("tau is 1"));
+    LongTermParams q;
+    q.num_basis = 16;
+    q.sigma_sq_min = 0;
+    CHECK_NOTHROW(LongTermMemory<double>(4, 8, q));
+    REQUIRE_INVALID(ContinuousAttention<double>(basis, 4, 2, 0, q),
+                    has("AttentionParams") && has("sigma_sq_min is 0"));
+    REQUIRE_INVALID(LongTermAttention<double>(4, 2, 8, q), has("sigma_sq_min is 0"));
+    REQUIRE_INVALID(InfinityFormerLayer<double>(4, 2, 8, q), has("sigma_sq_min is 0"));
+}
+
+TEST_CASE("errors: the presets are the sum of their parts' settings", "[errors]") {
+    for (const LongTermParams& p : {LongTermParams::sorting(), LongTermParams::lm()}) {
+        const MemoryParams m = p.memory_params();
+        const AttentionParams a = p.attention_params();
+        CHECK(m.num_basis == p.num_basis);
+        CHECK(m.widths == p.widths);
+        CHECK(m.ridge_lambda == p.ridge_lambda);
+        CHECK(m.tau == p.tau);
+        CHECK(m.num_samples == p.num_samples);
+        CHECK(m.num_bins == p.num_bins);
+        CHECK(m.sampling == p.sampling);
+        CHECK(m.reset_after_tokens == p.reset_after_tokens);
+        CHECK(m.seed == p.seed);
+        CHECK(a.sigma_sq_min == p.sigma_sq_min);
+        CHECK(a.kl_sigma_0 == p.kl_sigma_0);
+        CHECK(a.kl_mu_term == p.kl_mu_term);
+        CHECK(a.kl_mu_0 == p.kl_mu_0);
+    }
+    // The two presets differ in the fields the paper gives them.
+    CHECK(LongTermParams::lm().memory_params().sampling == Sampling::sticky);
+    CHECK(LongTermParams::sorting().memory_params().sampling == Sampling::uniform);
+    CHECK(LongTermParams::lm().attention_params().kl_mu_term);
 }
 
 TEST_CASE("errors: GaussianBasis", "[errors]") {
@@ -470,19 +506,19 @@ TEST_CASE("errors: LongTermAttention rejects bad input and keeps its state", "[e
             const char* fwd = "LongTermAttention::forward: ";
             const char* upd = "LongTermAttention::update: ";
             REQUIRE_INVALID(lta.forward(rng.matrix(7, 6), q),
-                            has(upd) && has("X is 7x6, expected 8x6"));
+                            has(fwd) && has("X is 7x6, expected 8x6"));
             REQUIRE_INVALID(lta.forward(with(x, 0, 0, kNaN), q),
-                            has(upd) && has("X has a non-finite entry nan"));
+                            has(fwd) && has("X has a non-finite entry nan"));
             REQUIRE_INVALID(lta.forward(x, rng.matrix(3, 5)),
                             has(fwd) && has("queries has 5 cols, expected 6"));
             REQUIRE_INVALID(lta.forward(x, with(q, 1, 1, kNaN)),
                             has(fwd) && has("queries has a non-finite entry nan"));
             REQUIRE_INVALID(lta.forward(x, MatrixXd(0, 6)), has(fwd) && has("queries has 0 rows"));
             REQUIRE_INVALID(lta.forward(x, q, VectorXd(pts.head(3))),
-                            has(upd) && has("sample_points is 3x1, expected 8x1"));
+                            has(fwd) && has("sample_points is 3x1, expected 8x1"));
             REQUIRE_INVALID(lta.forward(x, q, with(pts, 0, kInf)),
-                            has(upd) && has("sample_points has a non-finite entry inf"));
-            REQUIRE_INVALID(lta.forward(rng.matrix(8, 7), q, pts), has(upd) && has("X is 8x7"));
+                            has(fwd) && has("sample_points has a non-finite entry inf"));
+            REQUIRE_INVALID(lta.forward(rng.matrix(8, 7), q, pts), has(fwd) && has("X is 8x7"));
             REQUIRE_INVALID(lta.update(rng.matrix(8, 5)),
                             has(upd) && has("X is 8x5, expected 8x6"));
             REQUIRE_INVALID(lta.update(x, VectorXd(pts.head(9 - 2))),
@@ -527,7 +563,7 @@ TEST_CASE("errors: InfinityFormerLayer rejects bad input and keeps its state", "
     REQUIRE_INVALID(InfinityFormerLayer<double>(6, 4, 4, p), has("num_heads is 4"));
     REQUIRE_INVALID(InfinityFormerLayer<double>(6, 0, 4, p), has("num_heads is 0"));
     REQUIRE_INVALID(InfinityFormerLayer<double>(6, 2, 0, p), has("chunk_length is 0"));
-    REQUIRE_INVALID(InfinityFormerLayer<double>(0, 1, 4, p), has("dim is 0"));
+    REQUIRE_INVALID(InfinityFormerLayer<double>(0, 1, 4, p), has("d_model is 0"));
     InfinityFormerLayer<double> layer(6, 2, 4, p), twin(6, 2, 4, p);
     Normal rng(12);
     const MatrixXd x = rng.matrix(4, 6);
@@ -543,16 +579,12 @@ TEST_CASE("errors: InfinityFormerLayer rejects bad input and keeps its state", "
                         has(where) && has("X has a non-finite entry nan at (2, 3)"));
         REQUIRE_INVALID(layer.forward(with(x, 0, 5, kInf)),
                         has(where) && has("X has a non-finite entry inf"));
-        // Finite input whose projected queries overflow: x_j = DBL_MAX sign(W_Q[0, j]) gives
-        // q_0 = DBL_MAX Σ_j |W_Q[0, j]| > DBL_MAX.
+        // Finite input whose projected queries overflow: x_j = DBL_MAX sign(W_Q[r, j]) gives
+        // q_r = DBL_MAX Σ_j |W_Q[r, j]| > DBL_MAX for the row r of largest Σ_j |W_Q[r, j]|.
         const auto w = layer.short_term_weights();
-        REQUIRE(w.query.row(0).cwiseAbs().sum() > 1.0);
-        MatrixXd huge(4, 6);
-        for (Index j = 0; j < 6; ++j)
-            huge.col(j).setConstant(w.query(0, j) > 0 ? std::numeric_limits<double>::max()
-                                                      : -std::numeric_limits<double>::max());
+        const MatrixXd huge = testutil::overflowing_input(w.query, 4);
         REQUIRE_INVALID(layer.forward(huge), has(where) && has("queries") && has("inf"));
-        const char* sw = "InfinityFormerLayer::set_short_term_weights: ";
+        const char* sw = "ShortTermAttention::set_weights: ";
         auto bad = w;
         bad.query = rng.matrix(6, 5);
         REQUIRE_INVALID(layer.set_short_term_weights(bad),
@@ -605,12 +637,7 @@ TEST_CASE("errors: a rejected layer forward leaves the backward trace unchanged"
         layer.forward(x);
         twin.forward(x);
     }
-    const auto w = layer.short_term_weights();
-    REQUIRE(w.query.row(0).cwiseAbs().sum() > 1.0);
-    MatrixXd huge(4, 6);
-    for (Index j = 0; j < 6; ++j)
-        huge.col(j).setConstant(w.query(0, j) > 0 ? std::numeric_limits<double>::max()
-                                                  : -std::numeric_limits<double>::max());
+    const MatrixXd huge = testutil::overflowing_input(layer.short_term_weights().query, 4);
     REQUIRE_THROWS_AS(layer.forward(huge), infinityformer::invalid_argument);
     const MatrixXd dy = rng.matrix(4, 6);
     MatrixXd dx(4, 6), dx_twin(4, 6);

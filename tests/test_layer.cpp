@@ -81,15 +81,14 @@ void randomise(Layer& layer, Normal& rng) {
     const double sd = 1.0 / std::sqrt(static_cast<double>(d));
     layer.set_short_term_weights(
         {rng.matrix(d, d, sd), rng.matrix(d, d, sd), rng.matrix(d, d, sd), rng.matrix(d, d, sd)});
-    auto& att = layer.long_term().attention();
-    const Index n = att.num_basis();
-    att.set_weights({rng.matrix(d, d, sd), rng.matrix(d, d, sd), rng.matrix(d, d, sd),
-                     rng.matrix(n, 1, 1.0), rng.matrix(n, 1, 0.5)});
+    const Index n = layer.long_term().attention().num_basis();
+    layer.set_long_term_weights({rng.matrix(d, d, sd), rng.matrix(d, d, sd), rng.matrix(d, d, sd),
+                                 rng.matrix(n, 1, 1.0), rng.matrix(n, 1, 0.5)});
     if (layer.long_term().has_gate()) {
         MemoryGate<double>::Weights g;
         for (auto& tap : g.taps) tap = rng.matrix(d, d, 0.5);
         g.bias = rng.matrix(d, 1, 0.5);
-        layer.long_term().gate().set_weights(g);
+        layer.set_gate_weights(g);
     }
 }
 
@@ -127,8 +126,8 @@ TEST_CASE("layer: short-term over chunks c-1, c plus long-term over chunks <= c-
         randomise(layer, rng);
         // The long-term part by hand: a separate module with the same weights.
         LongTermAttention<double> lta(cfg.d, cfg.heads, cfg.l, cfg.params, cfg.d);
-        lta.attention().set_weights(layer.long_term().attention().weights());
-        if (cfg.params.gate) lta.gate().set_weights(layer.long_term().gate().weights());
+        lta.set_attention_weights(layer.long_term().attention().weights());
+        if (cfg.params.gate) lta.set_gate_weights(layer.long_term().gate().weights());
         const auto& w = layer.short_term_weights();
         std::vector<MatrixXd> xs;
         for (int c = 0; c < 7; ++c) {
@@ -209,10 +208,10 @@ TEST_CASE("layer: float agrees with double", "[layer]") {
         aw.attn_out = round(aw.attn_out);
         aw.mu = round(aw.mu);
         aw.sigma = round(aw.sigma);
-        ld.long_term().attention().set_weights(aw);
-        lf.long_term().attention().set_weights(
-            {aw.proj_key.cast<float>(), aw.proj_value.cast<float>(), aw.attn_out.cast<float>(),
-             aw.mu.cast<float>(), aw.sigma.cast<float>()});
+        ld.set_long_term_weights(aw);
+        lf.set_long_term_weights({aw.proj_key.cast<float>(), aw.proj_value.cast<float>(),
+                                  aw.attn_out.cast<float>(), aw.mu.cast<float>(),
+                                  aw.sigma.cast<float>()});
         if (cfg.params.gate) {
             auto gw = ld.long_term().gate().weights();
             MemoryGate<float>::Weights fw;
@@ -222,8 +221,8 @@ TEST_CASE("layer: float agrees with double", "[layer]") {
             }
             gw.bias = round(gw.bias);
             fw.bias = gw.bias.cast<float>();
-            ld.long_term().gate().set_weights(gw);
-            lf.long_term().gate().set_weights(fw);
+            ld.set_gate_weights(gw);
+            lf.set_gate_weights(fw);
         }
         for (int c = 0; c < 6; ++c) {
             const Eigen::MatrixXf x = rng.matrix(cfg.l, cfg.d).cast<float>();

@@ -73,8 +73,8 @@ TEST_CASE("memory: the first chunk is the single-chunk fit, later ones the compr
         REQUIRE(mem.coefficients().cols() == 5);
         CHECK(mem.coefficients().isZero(0));
         const auto basis = GaussianBasis<double>::default_family(24, {0.05, 0.1});
-        const auto first = RidgeFit<double>::single_chunk(basis, l, p.ridge_lambda);
-        const auto inf = RidgeFit<double>::unbounded(basis, l, 12, 0.6, p.ridge_lambda);
+        const auto first = single_chunk_fit<double>(basis, l, p.ridge_lambda);
+        const auto inf = unbounded_fit<double>(basis, l, 12, 0.6, p.ridge_lambda);
         Normal rng(21);
         const MatrixXd x1 = rng.matrix(l, 5), x2 = rng.matrix(l, 5), x3 = rng.matrix(l, 5);
 
@@ -138,7 +138,7 @@ TEST_CASE("memory: explicit sample points are used as given and replay a sticky 
     LongTermMemory<double> sticky(4, 8, p);
     LongTermMemory<double> replay(4, 8, p);
     const auto basis = GaussianBasis<double>::default_family(16, p.widths);
-    const auto inf = RidgeFit<double>::unbounded(basis, 8, 8, p.tau, p.ridge_lambda);
+    const auto inf = unbounded_fit<double>(basis, 8, 8, p.tau, p.ridge_lambda);
     Normal rng(2);
     // Points are ignored for a first chunk.
     const MatrixXd x0 = rng.matrix(8, 4);
@@ -421,8 +421,8 @@ TEST_CASE("memory: reset_after_tokens refits as a first chunk", "[memory]") {
     p.reset_after_tokens = 8;
     LongTermMemory<double> mem(3, 4, p);
     const auto basis = GaussianBasis<double>::default_family(16, p.widths);
-    const auto first = RidgeFit<double>::single_chunk(basis, 4, p.ridge_lambda);
-    const auto inf = RidgeFit<double>::unbounded(basis, 4, 8, p.tau, p.ridge_lambda);
+    const auto first = single_chunk_fit<double>(basis, 4, p.ridge_lambda);
+    const auto inf = unbounded_fit<double>(basis, 4, 8, p.tau, p.ridge_lambda);
     Normal rng(8);
     const MatrixXd x1 = rng.matrix(4, 3), x2 = rng.matrix(4, 3), x3 = rng.matrix(4, 3),
                    x4 = rng.matrix(4, 3), x5 = rng.matrix(4, 3);

@@ -4,6 +4,7 @@
 #include <Eigen/Dense>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <infinityformer/positions.hpp>
 #include <infinityformer/ridge.hpp>
 #include <random>
 #include <vector>
@@ -226,22 +227,22 @@ TEST_CASE("ridge: the fit is a stationary point of the padded ridge objective", 
 
 TEST_CASE("ridge: operators are cached per configuration", "[ridge]") {
     const auto basis = GaussianBasis<double>::default_family(16, {0.01, 0.05});
-    const auto a = RidgeFit<double>::unbounded(basis, 8, 8, 0.75, 1.0);
-    const auto b = RidgeFit<double>::unbounded(basis, 8, 8, 0.75, 1.0);
+    const auto a = unbounded_fit<double>(basis, 8, 8, 0.75, 1.0);
+    const auto b = unbounded_fit<double>(basis, 8, 8, 0.75, 1.0);
     CHECK(&a.G() == &b.G());
     const auto b2 = RidgeFit<double>(basis, unbounded_positions(8, 8, 0.75), 1.0);
     CHECK(&a.G() == &b2.G());
     // Any difference in the configuration gives another operator.
-    const auto c = RidgeFit<double>::unbounded(basis, 8, 8, 0.75, 0.5);
-    const auto d = RidgeFit<double>::unbounded(basis, 8, 8, 0.5, 1.0);
-    const auto e = RidgeFit<double>::unbounded(basis, 8, 9, 0.75, 1.0);
+    const auto c = unbounded_fit<double>(basis, 8, 8, 0.75, 0.5);
+    const auto d = unbounded_fit<double>(basis, 8, 8, 0.5, 1.0);
+    const auto e = unbounded_fit<double>(basis, 8, 9, 0.75, 1.0);
     const auto other = GaussianBasis<double>::default_family(16, {0.01, 0.06});
-    const auto f = RidgeFit<double>::unbounded(other, 8, 8, 0.75, 1.0);
+    const auto f = unbounded_fit<double>(other, 8, 8, 0.75, 1.0);
     for (const auto* x : {&c, &d, &e, &f}) CHECK(&x->G() != &a.G());
     CHECK(c.G() != a.G());
     // Single-chunk: copies and equal configurations share.
-    const auto s1 = RidgeFit<double>::single_chunk(basis, 6, 1.0);
-    const auto s2 = RidgeFit<double>::single_chunk(basis, 6, 1.0);
+    const auto s1 = single_chunk_fit<double>(basis, 6, 1.0);
+    const auto s2 = single_chunk_fit<double>(basis, 6, 1.0);
     const auto s3 = s1;
     CHECK(&s1.G() == &s2.G());
     CHECK(&s1.G() == &s3.G());

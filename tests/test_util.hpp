@@ -4,7 +4,9 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
+#include <stdexcept>
 
 namespace testutil {
 
@@ -30,6 +32,18 @@ struct Normal {
 /// Largest absolute entry (0 for an empty matrix).
 inline double max_abs(const Eigen::MatrixXd& m) {
     return m.size() == 0 ? 0.0 : m.cwiseAbs().maxCoeff();
+}
+
+/// Finite rows x (rows × cols) with x W^T overflowing: x_j = DBL_MAX sign(W[r, j]) for the
+/// row r of W with the largest Σ_j |W[r, j]|, which must exceed 1 (checked).
+inline Eigen::MatrixXd overflowing_input(const Eigen::MatrixXd& W, Eigen::Index rows) {
+    Eigen::Index r = 0;
+    const double sum = W.cwiseAbs().rowwise().sum().maxCoeff(&r);
+    if (!(sum > 1.0)) throw std::logic_error("overflowing_input: every row of W sums below 1");
+    Eigen::MatrixXd x(rows, W.cols());
+    const double big = std::numeric_limits<double>::max();
+    for (Eigen::Index j = 0; j < W.cols(); ++j) x.col(j).setConstant(W(r, j) > 0 ? big : -big);
+    return x;
 }
 
 }  // namespace testutil

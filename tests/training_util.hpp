@@ -69,14 +69,20 @@ inline void require_fd(const std::string& part, const std::string& what, const f
 }
 
 // Float vs double: rel_diff(float, double) < kFloatBound, the largest kept per part.
+// `drift` (default 0): how much the double result itself moves when computed from the float
+// run's memory instead of its own (the memory's float rounding, amplified by the case's
+// conditioning); float may differ from double by 10 times that, if it exceeds kFloatBound.
 template <typename A, typename B>
-void require_float(const std::string& part, const std::string& what, const A& f, const B& d) {
+void require_float(const std::string& part, const std::string& what, const A& f, const B& d,
+                   double drift = 0.0) {
     fd::Result r;
     r.max_error = rel_diff(f, d);
     r.checked = d.size();
     fd::registry().record("float " + part, r);
-    INFO(part << ": " << what << ": max |float - double| / max |double| = " << r.max_error);
-    CHECK(r.max_error < kFloatBound);
+    const double bound = std::max(kFloatBound, 10.0 * drift);
+    INFO(part << ": " << what << ": max |float - double| / max |double| = " << r.max_error
+              << " (bound " << bound << ", drift of the double result " << drift << ")");
+    CHECK(r.max_error < bound);
 }
 
 template <typename S>
@@ -283,13 +289,15 @@ inline const std::vector<AttCase>& attention_cases() {
     const std::vector<double> lm{0.005, 0.01}, sorting{0.01, 0.05};
     static const std::vector<AttCase> cases = {
         // heads, dim, d_model, N, widths, σ²_min, μ term, KL weight, Q, sharp,
-        // placed queries {row, σ² (0: clamped), μ}, seed
+        // placed queries {row, σ² (0: clamped), μ}, seed. No placed μ sits at the centre of
+        // symmetry of the basis (0.5 with an odd number of centres, or between two): there
+        // ∂ℓ/∂μ is a difference of equal terms, which float cannot compare with double.
         {1, 4, 5, 8, sorting, 1e-6, false, 0.0, 3, false, {{1, 0, 0.4}}, 1},
         {2, 6, 0, 10, lm, 1e-4, true, 0.1, 4, true, {{0, 2e-3, .3}, {2, 0, .6}, {3, 5e-4, .52}}, 2},
         {3, 6, 4, 12, lm, 1e-4, true, 0.05, 2, true, {{0, 0, 0.2}, {1, 3e-3, 0.8}}, 33},
         {3, 9, 7, 8, sorting, 1e-6, false, 0.2, 3, false, {{2, 1e-3, 0.45}}, 4},
         {2, 4, 3, 8, sorting, 1e-6, true, 0.0, 3, true, {}, 5},
-        {1, 3, 2, 6, {0.02, 0.05}, 1e-2, false, 0.3, 2, true, {{1, 0, 0.5}}, 6},
+        {1, 3, 2, 6, {0.02, 0.05}, 1e-2, false, 0.3, 2, true, {{1, 0, 0.45}}, 6},
         {4, 4, 2, 8, lm, 1e-4, true, 0.1, 2, false, {{0, 0, 0.5}, {1, 1e-3, 0.5}}, 7},
     };
     return cases;
@@ -350,7 +358,7 @@ inline const std::vector<LtaCase>& lta_cases() {
         sorting.num_samples = 4;
         sorting.seed = 8;
         add("sorting, no gate, uniform, d_model 5", sorting, {4, 2, 4, 3, 5}, 2, 0.0, true,
-            {{0, 1e-3, 0.6}, {2, 0, 0.5}});
+            {{0, 1e-3, 0.6}, {2, 0, 0.45}});  // not 0.5: see attention_cases()
         return v;
     }();
     return cases;
@@ -389,6 +397,42 @@ inline LtaSetup lta_setup(const LtaCase& c) {
         place_query(probe.attention().keys(probe.memory().coefficients()), w.mu, w.sigma, c.heads,
                     s.Q, p, c.params.sigma_sq_min, rng);
     return s;
+}
+
+// Float vs double compares arithmetic, not the conditioning of a case: both sides get the
+// same inputs, every value rounded to float first (a double computation on unrounded
+// inputs can differ from one on rounded inputs by far more than float arithmetic adds,
+// e.g. a query placed at μ = 1/2 by cancellation).
+inline MatrixXd float_rounded(const MatrixXd& m) { return m.cast<float>().cast<double>(); }
+
+template <typename S>
+void round_values_to_float(const std::vector<Parameter<S>>& ps) {
+    for (const auto& p : ps) p.values() = p.values().template cast<float>().template cast<S>();
+}
+
+inline void round_to_float(AttSetup& s) {
+    std::vector<Parameter<double>> ps;
+    s.att.append_parameters(ps);
+    round_values_to_float(ps);
+    s.B = float_rounded(s.B);
+    s.Q = float_rounded(s.Q);
+    s.dout = float_rounded(s.dout);
+}
+
+// Rebuilds the state from the rounded weights and the rounded past chunks.
+inline void round_to_float(LtaSetup& s, const LtaCase& c) {
+    LongTermAttentiond lta(c.dim, c.heads, c.length, c.params, c.d_model);
+    copy_values(lta.parameters(), s.state.parameters());
+    round_values_to_float(lta.parameters());
+    for (std::size_t k = 0; k < s.past_x.size(); ++k) {
+        s.past_x[k] = float_rounded(s.past_x[k]);
+        s.past_q[k] = float_rounded(s.past_q[k]);
+        lta.forward(s.past_x[k], s.past_q[k]);
+    }
+    s.state = lta;
+    s.X = float_rounded(s.X);
+    s.Q = float_rounded(s.Q);
+    s.dout = float_rounded(s.dout);
 }
 
 inline double lta_loss(LongTermAttentiond& m, const MatrixXd& X, const MatrixXd& Q,

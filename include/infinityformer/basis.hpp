@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/math.hpp"
 #include "errors.hpp"
 
 namespace infinityformer {
@@ -73,14 +74,8 @@ public:
         const Index k_centers = num_basis / w;
         Vector c(num_basis), s(num_basis);
         for (Index i = 0; i < k_centers; ++i) {
-            // linspace(0, 1, K) as the reference computes it (a + i·h below the middle,
-            // b − (K−1−i)·h above): both ends exact.
-            double ci = 0.0;
-            if (k_centers > 1) {
-                const double h = 1.0 / static_cast<double>(k_centers - 1);
-                ci = (2 * i < k_centers) ? static_cast<double>(i) * h
-                                         : 1.0 - static_cast<double>(k_centers - 1 - i) * h;
-            }
+            // linspace(0, 1, K) as the reference computes it: both ends exact.
+            const double ci = detail::linspace_at(0.0, 1.0, k_centers, i);
             for (Index j = 0; j < w; ++j) {
                 detail::require(std::isfinite(widths[static_cast<std::size_t>(j)]) &&
                                     widths[static_cast<std::size_t>(j)] > 0.0,
@@ -105,7 +100,7 @@ public:
         detail::check_shape(where, "out", out, t.size(), size());
         using std::exp;
         using std::sqrt;
-        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        const Scalar inv_sqrt_2pi = Scalar(detail::kInvSqrt2Pi);
         for (Index k = 0; k < size(); ++k) {
             const Scalar c = centers_[k];
             const Scalar inv_s = Scalar(1) / widths_[k];
@@ -189,7 +184,7 @@ public:
                                        Eigen::MatrixBase<DsT>& dsigma_sq) const {
         using std::exp;
         using std::sqrt;
-        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        const Scalar inv_sqrt_2pi = Scalar(detail::kInvSqrt2Pi);
         dmu.setZero();
         dsigma_sq.setZero();
         for (Index k = 0; k < size(); ++k) {
@@ -224,7 +219,7 @@ public:
         using std::exp;
         using std::log;
         using std::sqrt;
-        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
+        const Scalar inv_sqrt_2pi = Scalar(detail::kInvSqrt2Pi);
         const Index n = size();
         const Scalar* c = centers_.data();
         const Scalar eps_over_n = std::numeric_limits<Scalar>::epsilon() / static_cast<Scalar>(n);
@@ -294,17 +289,13 @@ private:
     // moment 0: E[ψ]; 1: E[tψ]; 2: E[t²ψ].
     void expectations(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
                       int moment, Eigen::Ref<Matrix> out) const {
-        using std::exp;
-        using std::sqrt;
-        const Scalar inv_sqrt_2pi = Scalar(0.39894228040143267793994605993438);
         for (Index k = 0; k < size(); ++k) {
             const Scalar c = centers_[k];
             const Scalar s2 = widths_[k] * widths_[k];
             for (Index q = 0; q < mu.size(); ++q) {
                 const Scalar sig2 = sigma_sq[q];
                 const Scalar v = sig2 + s2;
-                const Scalar d = mu[q] - c;
-                const Scalar e = inv_sqrt_2pi / sqrt(v) * exp(Scalar(-0.5) * (d / v) * d);
+                const Scalar e = detail::gaussian_density(mu[q], c, v);
                 if (moment == 0 || e == Scalar(0)) {
                     // An underflowed expectation is 0 whatever m̃ is (m̃² may overflow).
                     out(q, k) = e;

@@ -11,30 +11,13 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
-#include "parameters.hpp"
-#include "params.hpp"
+#include "hyperparams.hpp"
+#include "parameter_view.hpp"
 
 namespace infinityformer {
-
-namespace detail {
-
-template <typename Scalar>
-Scalar sigmoid(Scalar x) {
-    using std::exp;
-    return Scalar(1) / (Scalar(1) + exp(-x));
-}
-
-/// softplus(x) = ln(1 + eˣ), linear above 20 (the reference's threshold).
-template <typename Scalar>
-Scalar softplus(Scalar x) {
-    using std::exp;
-    using std::log1p;
-    return x > Scalar(20) ? x : log1p(exp(x));
-}
-
-}  // namespace detail
 
 /// Gaussian continuous attention, multi-head, over the memory coefficients B (N×e).
 ///
@@ -94,16 +77,34 @@ public:
         Matrix B;          ///< the memory attended to, N × e (for the backward pass)
         Matrix queries;    ///< Q × e (for the backward pass)
         Matrix rb;         ///< workspace: R_h B (Q × e) on the R·B-first route
+
+        /// Equal in every computed value (the workspace rb is not compared).
+        friend bool operator==(const Trace& a, const Trace& b) {
+            return same(a.u_mu, b.u_mu) && same(a.u_sigma, b.u_sigma) && same(a.key_mu, b.key_mu) &&
+                   same(a.key_sigma, b.key_sigma) && same(a.values, b.values) &&
+                   same(a.a_mu, b.a_mu) && same(a.a_sigma, b.a_sigma) && same(a.mu, b.mu) &&
+                   same(a.sigma_sq, b.sigma_sq) && same(a.r, b.r) && same(a.context, b.context) &&
+                   same(a.output, b.output) && same(a.kl_reg, b.kl_reg) && same(a.B, b.B) &&
+                   same(a.queries, b.queries);
+        }
+        friend bool operator!=(const Trace& a, const Trace& b) { return !(a == b); }
+
+    private:
+        template <typename M>
+        static bool same(const M& x, const M& y) {
+            return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
+        }
     };
 
-    /// @param basis the memory's basis (N functions).
+    /// @param basis the memory's basis (N functions; N is the basis's).
     /// @param dim e, width of the memory vectors and of the queries.
     /// @param num_heads H, must divide dim.
     /// @param d_model output width (0 means dim).
-    /// @param params σ²_min and the KL constants are read from here (validated).
-    /// Weights are initialised as PyTorch's nn.Linear does, from params.seed.
+    /// @param params σ²_min and the KL constants (validated).
+    /// @param seed base seed: the weights are initialised as PyTorch's nn.Linear does, from
+    ///        detail::derive_seed(seed, SeedPurpose::attention_weights).
     ContinuousAttention(const GaussianBasis<Scalar>& basis, Index dim, Index num_heads,
-                        Index d_model, const LongTermParams& params)
+                        Index d_model, const AttentionParams& params, std::uint64_t seed = 0)
         : basis_(basis), dim_(dim), heads_(num_heads), d_model_(d_model == 0 ? dim : d_model) {
         constexpr const char* where = "ContinuousAttention::ContinuousAttention";
         params.validate();
@@ -116,8 +117,15 @@ public:
         kl_sigma_0_ = static_cast<Scalar>(params.kl_sigma_0);
         kl_mu_term_ = params.kl_mu_term;
         kl_mu_0_ = static_cast<Scalar>(params.kl_mu_0);
-        init_weights(params.seed);
+        init_weights(detail::derive_seed(seed, detail::SeedPurpose::attention_weights));
     }
+
+    /// The attention's slice of a whole set (params.attention_params(), seed params.seed);
+    /// the memory's fields are not read.
+    ContinuousAttention(const GaussianBasis<Scalar>& basis, Index dim, Index num_heads,
+                        Index d_model, const LongTermParams& params)
+        : ContinuousAttention(basis, dim, num_heads, d_model, params.attention_params(),
+                              params.seed) {}
 
     Index dim() const { return dim_; }
     Index num_heads() const { return heads_; }
@@ -312,7 +320,7 @@ public:
             w.da_mu[i] = dmu * t.mu[i] * (Scalar(1) - t.mu[i]);
             const Scalar a = t.a_sigma[i];
             const bool clamped = detail::softplus(a) < sigma_sq_min_;
-            const Scalar dsp = a > Scalar(20) ? Scalar(1) : detail::sigmoid(a);
+            const Scalar dsp = detail::softplus_derivative(a);
             w.da_sigma[i] = clamped ? Scalar(0) : ds2 * dsp;
         }
         // g_μ,h = Q_hᵀ da_μ,h (stacked over heads: e), and the same for σ.
@@ -370,8 +378,12 @@ private:
         detail::check_finite(where, "queries", queries);
     }
 
+    // Computes into the spare trace and keeps it only if the output is finite, so that a
+    // failed forward() leaves last() and the next backward() as they were.
     void compute(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries) {
-        compute(B, queries, trace_);
+        compute(B, queries, spare_);
+        detail::check_finite("ContinuousAttention::forward", "output", spare_.output);
+        std::swap(trace_, spare_);
     }
 
     void compute(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries,
@@ -438,6 +450,7 @@ private:
     Weights weights_;
     Weights grads_;
     Trace trace_;
+    Trace spare_;  // the next trace, kept once it is complete and finite
     Work work_;
 };
 

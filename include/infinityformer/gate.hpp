@@ -11,10 +11,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "continuous_attention.hpp"
+#include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
-#include "parameters.hpp"
+#include "parameter_view.hpp"
 
 namespace infinityformer {
 

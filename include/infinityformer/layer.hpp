@@ -8,15 +8,95 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "detail/random.hpp"
 #include "errors.hpp"
+#include "hyperparams.hpp"
 #include "long_term_attention.hpp"
-#include "parameters.hpp"
-#include "params.hpp"
+#include "parameter_view.hpp"
+#include "short_term_attention.hpp"
 
 namespace infinityformer {
+
+/// Where a layer's stream is in its sequence of calls.
+enum class LayerPhase {
+    idle,       ///< no forward() to differentiate (new stream, after reset())
+    forwarded,  ///< backward() differentiates the last forward()
+};
+
+/// The state of one stream of an InfinityFormerLayer: a value (copy, move, compare).
+template <typename Scalar>
+struct LayerStream {
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+    explicit LayerStream(LongTermStream<Scalar> lt) : long_term(std::move(lt)) {}
+
+    Matrix prev;     ///< chunk c−1: the short-term window's past
+    Matrix pending;  ///< chunk c−2: to be stored in the memory at the next forward()
+    typename ShortTermAttention<Scalar>::Trace short_term;  ///< the last forward()'s trace
+    LongTermStream<Scalar> long_term;  ///< memory, gate inputs, long-term trace and phase
+    bool used_long_term = false;       ///< the last forward() read the long-term memory
+    LayerPhase phase = LayerPhase::idle;
+
+    /// Equal in everything a later call reads (the workspace below is not compared).
+    friend bool operator==(const LayerStream& a, const LayerStream& b) {
+        return a.phase == b.phase && a.used_long_term == b.used_long_term && same(a.prev, b.prev) &&
+               same(a.pending, b.pending) && a.short_term == b.short_term &&
+               a.long_term == b.long_term;
+    }
+    friend bool operator!=(const LayerStream& a, const LayerStream& b) { return !(a == b); }
+
+    // workspace
+    Matrix q_next, y_long, y_next, dq_long, dx_stored;
+    typename ShortTermAttention<Scalar>::Trace next_short_term;
+    typename ShortTermAttention<Scalar>::Work work;
+
+private:
+    static bool same(const Matrix& x, const Matrix& y) {
+        return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
+    }
+};
+
+/// A read-only view of a layer's long-term part: the module's settings and weights, and
+/// each of the layer's streams' long-term state (memory(s), last_attention(s), …).
+template <typename Scalar>
+class LongTermView : public detail::LongTermStreamReader<Scalar, LongTermView<Scalar>> {
+    friend class detail::LongTermStreamReader<Scalar, LongTermView<Scalar>>;
+
+public:
+    using Index = Eigen::Index;
+    using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+    LongTermView(const LongTermAttention<Scalar>& module,
+                 const std::vector<LayerStream<Scalar>>& streams)
+        : module_(&module), streams_(&streams) {}
+
+    /// The module (weights and settings; its own streams are not the layer's).
+    const LongTermAttention<Scalar>& module() const { return *module_; }
+    Index dim() const { return module_->dim(); }
+    Index chunk_length() const { return module_->chunk_length(); }
+    Index num_heads() const { return module_->num_heads(); }
+    Index d_model() const { return module_->d_model(); }
+    const LongTermParams& params() const { return module_->params(); }
+    const ContinuousAttention<Scalar>& attention() const { return module_->attention(); }
+    bool has_gate() const { return module_->has_gate(); }
+    const MemoryGate<Scalar>& gate() const { return module_->gate(); }
+    const Vector& last_grad_mu() const { return module_->last_grad_mu(); }
+    const Vector& last_grad_sigma_sq() const { return module_->last_grad_sigma_sq(); }
+
+private:
+    Index stream_count() const { return static_cast<Index>(streams_->size()); }
+    const LongTermStream<Scalar>& stream_at(const char* where, Index stream) const {
+        detail::check_stream_index(where, stream, stream_count());
+        return (*streams_)[static_cast<std::size_t>(stream)].long_term;
+    }
+
+    const LongTermAttention<Scalar>* module_;
+    const std::vector<LayerStream<Scalar>>* streams_;
+};
 
 /// Streaming ∞-former attention layer of width d with H heads and chunks of L tokens.
 ///
@@ -35,6 +115,12 @@ namespace infinityformer {
 /// its memory before attending). Cost per chunk: O(L²d + L·N·d + N·d²) whatever the length
 /// of the stream.
 ///
+/// Each stream's state (LayerStream: the window's previous chunk, the chunk waiting to be
+/// stored, the short-term trace, the long-term stream state, the phase) has one owner, the
+/// layer; long_term() is a read-only view of the long-term part. Every call computes
+/// aside and keeps the result only once it is complete and finite: a call that throws
+/// leaves the streams, the weights and the gradients as they were.
+///
 /// \tparam Scalar_ float or double.
 template <typename Scalar_>
 class InfinityFormerLayer {
@@ -45,122 +131,110 @@ public:
     using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     using Index = Eigen::Index;
+    using StreamState = LayerStream<Scalar>;
 
     /// Short-term attention weights (y = W x, all d × d, no biases).
-    struct ShortTermWeights {
-        Matrix query, key, value, out;
-    };
+    using ShortTermWeights = typename ShortTermAttention<Scalar>::Weights;
 
     /// @param d_model d ≥ 1. @param num_heads H, divides d. @param chunk_length L ≥ 1.
-    /// @param params long-term memory hyper-parameters (validated); params.seed also seeds
-    ///        the initial weights.
+    /// @param params long-term memory hyper-parameters (validated); params.seed is the base
+    ///        seed of every initial weight and of the streams' sampling.
     InfinityFormerLayer(Index d_model, Index num_heads, Index chunk_length,
                         const LongTermParams& params = LongTermParams{})
-        : d_(d_model),
-          heads_(num_heads),
-          length_(chunk_length),
+        : length_(chunk_length),
+          short_(d_model, num_heads,
+                 detail::derive_seed(params.seed, detail::SeedPurpose::short_term_weights)),
           ltm_(d_model, num_heads, chunk_length, params, d_model) {
-        init_short_term_weights(params.seed + 2);
-        streams_.resize(1);
-        zero_short_term_grad();
+        streams_.push_back(StreamState(ltm_.make_stream(0)));
     }
 
-    Index d_model() const { return d_; }
-    Index num_heads() const { return heads_; }
-    Index head_size() const { return d_ / heads_; }
+    Index d_model() const { return short_.d_model(); }
+    Index num_heads() const { return short_.num_heads(); }
+    Index head_size() const { return short_.head_size(); }
     Index chunk_length() const { return length_; }
 
-    LongTermAttention<Scalar>& long_term() { return ltm_; }
-    const LongTermAttention<Scalar>& long_term() const { return ltm_; }
-    const ShortTermWeights& short_term_weights() const { return stw_; }
+    /// Read-only view of the long-term part (settings, weights, each stream's memory).
+    LongTermView<Scalar> long_term() const { return LongTermView<Scalar>(ltm_, streams_); }
+    /// The short-term attention (read-only).
+    const ShortTermAttention<Scalar>& short_term() const { return short_; }
+    const ShortTermWeights& short_term_weights() const { return short_.weights(); }
 
     /// @throws infinityformer::invalid_argument on a wrong shape or non-finite entry.
-    void set_short_term_weights(const ShortTermWeights& w) {
-        constexpr const char* where = "InfinityFormerLayer::set_short_term_weights";
-        detail::check_matrix(where, "query", w.query, d_, d_);
-        detail::check_matrix(where, "key", w.key, d_, d_);
-        detail::check_matrix(where, "value", w.value, d_, d_);
-        detail::check_matrix(where, "out", w.out, d_, d_);
-        stw_ = w;
+    void set_short_term_weights(const ShortTermWeights& w) { short_.set_weights(w); }
+    /// nn.Linear's initialisation U(±1/√d) from a seeded generator (seed used as given).
+    void init_short_term_weights(std::uint64_t seed) { short_.init_weights(seed); }
+    /// The long-term attention's weights. @throws infinityformer::invalid_argument.
+    void set_long_term_weights(const typename ContinuousAttention<Scalar>::Weights& w) {
+        ltm_.set_attention_weights(w);
+    }
+    /// The memory gate's weights. @throws infinityformer::logic_error without a gate.
+    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
+        ltm_.set_gate_weights(w);
+    }
+    /// Re-seeds a stream's sticky-sampling generator with `seed` as given.
+    void seed_stream(std::uint64_t seed, Index stream = 0) {
+        state("InfinityFormerLayer::seed_stream", stream).long_term.memory.seed(seed);
     }
 
-    /// nn.Linear's initialisation U(±1/√d) from a seeded generator.
-    void init_short_term_weights(std::uint64_t seed) {
-        detail::Random rng(seed);
-        const double bound = 1.0 / std::sqrt(static_cast<double>(d_));
-        ShortTermWeights w;
-        for (Matrix* m : {&w.query, &w.key, &w.value, &w.out}) {
-            m->resize(d_, d_);
-            detail::fill_uniform(*m, bound, rng);
-        }
-        stw_ = std::move(w);
-    }
-
-    /// Number of independent streams (default 1); see LongTermAttention::set_num_streams().
+    /// Number of independent streams (default 1).
     Index num_streams() const { return static_cast<Index>(streams_.size()); }
     /// Adds or removes streams; new streams start empty, existing ones keep their state.
+    /// @throws infinityformer::invalid_argument if n < 1 (nothing changed).
     void set_num_streams(Index n) {
-        ltm_.set_num_streams(n);  // checks n
-        streams_.resize(static_cast<std::size_t>(n));
+        detail::require(n >= 1, "InfinityFormerLayer::set_num_streams", "n is ", n,
+                        ", expected >= 1");
+        std::vector<StreamState> next;
+        next.reserve(static_cast<std::size_t>(n));
+        for (Index s = 0; s < n; ++s)
+            next.push_back(s < num_streams() ? streams_[static_cast<std::size_t>(s)]
+                                             : StreamState(ltm_.make_stream(s)));
+        streams_.swap(next);
+    }
+
+    /// The stream's whole state (a value: copy it, compare it).
+    const StreamState& stream_state(Index stream = 0) const {
+        return state("InfinityFormerLayer::stream_state", stream);
     }
 
     /// Processes the next chunk of a stream. @param X L × d, finite. @return L × d.
     /// @throws infinityformer::invalid_argument (state unchanged).
     Matrix forward(const Eigen::Ref<const Matrix>& X, Index stream = 0) {
-        Matrix Y(length_, d_);
+        Matrix Y(length_, d_model());
         forward(X, Y, stream);
         return Y;
     }
 
-    /// forward() into caller storage Y (L × d): no allocation once the stream is in its
-    /// steady state (from its fourth chunk on).
+    /// forward() into caller storage Y (L × d; may alias X): no allocation once the stream
+    /// is in its steady state (from its fourth chunk on).
     void forward(const Eigen::Ref<const Matrix>& X, Eigen::Ref<Matrix> Y, Index stream = 0) {
         constexpr const char* where = "InfinityFormerLayer::forward";
-        Stream& s = state(where, stream);
-        detail::check_matrix(where, "X", X, length_, d_);
-        detail::check_shape(where, "Y", Y, length_, d_);
-        const Index l = length_;
-        const Index lp = s.prev.rows();
-        const Index dh = head_size();
-        // Checked before anything of the stream changes: the queries the long-term
-        // attention will read (X is finite, but X W_Qᵀ may overflow).
-        s.q_next.noalias() = X * stw_.query.transpose();
+        StreamState& s = state(where, stream);
+        detail::check_matrix(where, "X", X, length_, d_model());
+        detail::check_shape(where, "Y", Y, length_, d_model());
+        // 1. Compute aside: the queries, the short-term attention, the long-term step.
+        short_.project_queries(X, s.q_next);
         detail::check_finite(where, "projected queries X W_Q^T", s.q_next);
-        s.q.swap(s.q_next);
-        s.x = X;
-        s.kv_in.resize(lp + l, d_);
-        if (lp > 0) s.kv_in.topRows(lp) = s.prev;
-        s.kv_in.bottomRows(l) = X;
-        s.k.noalias() = s.kv_in * stw_.key.transpose();
-        s.v.noalias() = s.kv_in * stw_.value.transpose();
-        s.context.resize(l, d_);
-        s.probs.resize(heads_ * l, lp + l);
-        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
-        for (Index h = 0; h < heads_; ++h) {
-            auto a = s.probs.middleRows(h * l, l);
-            a.noalias() =
-                scale * s.q.middleCols(h * dh, dh) * s.k.middleCols(h * dh, dh).transpose();
-            for (Index i = 0; i < l; ++i) {
-                const Index visible = lp + i + 1;  // causal: previous chunk + tokens 0…i
-                auto row = a.row(i);
-                const Scalar mx = row.head(visible).maxCoeff();
-                row.head(visible) = (row.head(visible).array() - mx).exp();
-                row.head(visible) /= row.head(visible).sum();
-                row.tail(lp + l - visible).setZero();
-            }
-            s.context.middleCols(h * dh, dh).noalias() = a * s.v.middleCols(h * dh, dh);
+        short_.forward_unchecked(s.prev, X, s.q_next, s.next_short_term);
+        detail::check_finite(where, "short-term output", s.next_short_term.output);
+        const Eigen::Ref<const Matrix> pending(s.pending);
+        const Eigen::Ref<const Matrix> queries(s.next_short_term.q);
+        const bool store = s.pending.rows() > 0;  // chunk c−2
+        const bool use_long = store || !s.long_term.memory.empty();
+        if (use_long) {
+            ltm_.prepare_step(s.long_term, store ? &pending : nullptr, nullptr, &queries);
+            s.y_next = s.next_short_term.output + s.long_term.next_trace.output;
+        } else {
+            s.y_next = s.next_short_term.output;
         }
-        if (s.pending.rows() > 0) ltm_.update(s.pending, stream);  // chunk c−2
-        s.long_term = !ltm_.memory(stream).empty();
-        if (s.long_term) {
-            s.y_long.resize(length_, d_);
-            ltm_.attend(s.q, s.y_long, stream);
-        }
-        Y.noalias() = s.context * stw_.out.transpose();
-        if (s.long_term) Y += s.y_long;
-        s.pending.swap(s.prev);  // chunk c−1 leaves the window: stored at the next call
-        s.prev = s.x;            // (not X: Y may alias it)
-        s.has_trace = true;
+        detail::check_finite(where, "output Y (short-term + long-term)", s.y_next);
+        // 2. Everything is computed and finite: keep it (nothing below throws).
+        if (use_long) ltm_.commit_step(s.long_term, store, true);
+        std::swap(s.short_term, s.next_short_term);
+        s.used_long_term = use_long;
+        s.pending.swap(s.prev);   // chunk c−1 leaves the window: stored at the next call
+        s.prev = s.short_term.x;  // (not X: Y may alias it)
+        s.phase = LayerPhase::forwarded;
+        Y = s.y_next;
     }
 
     /// Backward of the stream's last forward() for ℓ = Σ Y ⊙ dY + kl_weight · Σ KL (the
@@ -172,116 +246,75 @@ public:
     /// the memory during this forward() (chunk c−2) gives gradients to the gate's weights
     /// through the fit, but not to chunk c−2's inputs.
     /// @param dY L × d. @param kl_weight ≥ 0. @param dX L × d, receives ∂ℓ/∂X.
-    /// @throws infinityformer::logic_error without a forward(); invalid_argument on shapes.
+    /// @throws infinityformer::logic_error without a forward(); invalid_argument on shapes
+    ///         (nothing changed).
     void backward(const Eigen::Ref<const Matrix>& dY, Scalar kl_weight, Eigen::Ref<Matrix> dX,
                   Index stream = 0) {
         constexpr const char* where = "InfinityFormerLayer::backward";
-        Stream& s = state(where, stream);
-        if (!s.has_trace)
+        StreamState& s = state(where, stream);
+        if (s.phase != LayerPhase::forwarded)
             throw infinityformer::logic_error(detail::concat(
                 "[infinityformer] ", where,
                 ": no forward() to differentiate, expected a call to forward() first"));
-        detail::check_matrix(where, "dY", dY, length_, d_);
+        detail::check_matrix(where, "dY", dY, length_, d_model());
         detail::check_kl_weight(where, kl_weight);
-        detail::check_shape(where, "dX", dX, length_, d_);
-        if (grads_.query.rows() != d_) zero_short_term_grad();
-        const Index l = length_;
-        const Index n_kv = s.kv_in.rows();
-        const Index dh = head_size();
-        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
-        grads_.out.noalias() += dY.transpose() * s.context;
-        s.dcontext.noalias() = dY * stw_.out;
-        s.dq.resize(l, d_);
-        s.dk.resize(n_kv, d_);
-        s.dv.resize(n_kv, d_);
-        for (Index h = 0; h < heads_; ++h) {
-            const auto a = s.probs.middleRows(h * l, l);
-            const auto dc = s.dcontext.middleCols(h * dh, dh);
-            s.dprobs.noalias() = dc * s.v.middleCols(h * dh, dh).transpose();
-            s.dv.middleCols(h * dh, dh).noalias() = a.transpose() * dc;
-            // softmax backward: dS = A ⊙ (dA − rowsum(dA ⊙ A)); masked entries have A = 0
-            s.dot.noalias() = s.dprobs.cwiseProduct(a).rowwise().sum();
-            s.dprobs = a.cwiseProduct((s.dprobs.colwise() - s.dot));
-            s.dq.middleCols(h * dh, dh).noalias() = scale * s.dprobs * s.k.middleCols(h * dh, dh);
-            s.dk.middleCols(h * dh, dh).noalias() =
-                scale * s.dprobs.transpose() * s.q.middleCols(h * dh, dh);
+        detail::check_shape(where, "dX", dX, length_, d_model());
+        if (s.used_long_term) ltm_.check_backward(where, s.long_term, dY, kl_weight);
+        // Every check is done: the rest only computes and accumulates.
+        short_.backward_unchecked(s.short_term, dY, s.work);
+        if (s.used_long_term) {
+            s.dq_long.resize(length_, d_model());
+            s.dx_stored.resize(length_, d_model());
+            ltm_.backward_stream(s.long_term, dY, kl_weight, s.dq_long, s.dx_stored);
+            s.work.dq += s.dq_long;  // chunk c−2's own gradient (s.dx_stored) is not propagated
         }
-        if (s.long_term) {
-            s.dq_long.resize(l, d_);
-            s.dx_stored.resize(l, d_);
-            ltm_.backward(dY, kl_weight, s.dq_long, s.dx_stored, stream);
-            s.dq += s.dq_long;  // chunk c−2's own gradient (s.dx_stored) is not propagated
-        }
-        grads_.query.noalias() += s.dq.transpose() * s.x;
-        grads_.key.noalias() += s.dk.transpose() * s.kv_in;
-        grads_.value.noalias() += s.dv.transpose() * s.kv_in;
-        dX.noalias() = s.dq * stw_.query;
-        dX.noalias() += s.dk.bottomRows(l) * stw_.key;
-        dX.noalias() += s.dv.bottomRows(l) * stw_.value;
+        short_.finish_backward(s.short_term, dY, s.work, dX);
     }
 
     /// Short-term gradients accumulated by backward() (layout of ShortTermWeights).
-    const ShortTermWeights& short_term_gradients() const { return grads_; }
+    const ShortTermWeights& short_term_gradients() const { return short_.gradients(); }
 
     /// Sets every accumulated gradient (short-term, long-term, gate) to zero.
     void zero_grad() {
-        zero_short_term_grad();
+        short_.zero_grad();
         ltm_.zero_grad();
     }
 
     /// Named weights with their gradients: short_term.{query,key,value,out}.weight and
     /// long_term.* (LongTermAttention::parameters()).
     std::vector<Parameter<Scalar>> parameters() {
-        if (grads_.query.rows() != d_) zero_short_term_grad();
         std::vector<Parameter<Scalar>> out;
-        detail::append_parameter(out, "short_term.query.weight", stw_.query, grads_.query);
-        detail::append_parameter(out, "short_term.key.weight", stw_.key, grads_.key);
-        detail::append_parameter(out, "short_term.value.weight", stw_.value, grads_.value);
-        detail::append_parameter(out, "short_term.out.weight", stw_.out, grads_.out);
+        short_.append_parameters(out, "short_term.");
         for (auto& p : ltm_.parameters("long_term.")) out.push_back(std::move(p));
         return out;
     }
 
-    /// Starts a new document on a stream: forgets its window and its long-term memory.
+    /// Starts a new document on a stream: forgets its window and its long-term memory (the
+    /// stream's sampling generator continues).
     void reset(Index stream = 0) {
-        Stream& s = state("InfinityFormerLayer::reset", stream);
-        s = Stream{};
-        ltm_.reset(stream);
+        StreamState& s = state("InfinityFormerLayer::reset", stream);
+        s.prev.resize(0, d_model());
+        s.pending.resize(0, d_model());
+        s.short_term = typename ShortTermAttention<Scalar>::Trace{};
+        s.used_long_term = false;
+        s.phase = LayerPhase::idle;
+        ltm_.reset_stream(s.long_term);
     }
 
 private:
-    struct Stream {
-        Matrix prev;     // chunk c−1: the short-term window's past
-        Matrix pending;  // chunk c−2: to be stored in the memory at the next forward()
-        // forward trace
-        Matrix x, q, kv_in, k, v, probs, context;
-        Matrix q_next;  // the next queries, checked before the trace changes
-        bool long_term = false;
-        bool has_trace = false;
-        // backward work
-        Matrix y_long;
-        Matrix dcontext, dprobs, dq, dk, dv, dq_long, dx_stored;
-        Vector dot;
-    };
-
-    Stream& state(const char* where, Index stream) {
-        detail::require(stream >= 0 && stream < num_streams(), where, "stream is ", stream,
-                        ", expected 0 <= stream < ", num_streams());
+    StreamState& state(const char* where, Index stream) {
+        detail::check_stream_index(where, stream, num_streams());
+        return streams_[static_cast<std::size_t>(stream)];
+    }
+    const StreamState& state(const char* where, Index stream) const {
+        detail::check_stream_index(where, stream, num_streams());
         return streams_[static_cast<std::size_t>(stream)];
     }
 
-    void zero_short_term_grad() {
-        for (Matrix* m : {&grads_.query, &grads_.key, &grads_.value, &grads_.out})
-            m->setZero(d_, d_);
-    }
-
-    Index d_;
-    Index heads_;
-    Index length_;
-    LongTermAttention<Scalar> ltm_;
-    ShortTermWeights stw_;
-    ShortTermWeights grads_;
-    std::vector<Stream> streams_;
+    Index length_ = 0;
+    ShortTermAttention<Scalar> short_;
+    LongTermAttention<Scalar> ltm_;  // the long-term weights; the streams are streams_
+    std::vector<StreamState> streams_;
 };
 
 using InfinityFormerLayerd = InfinityFormerLayer<double>;

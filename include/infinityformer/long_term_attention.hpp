@@ -9,16 +9,110 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "continuous_attention.hpp"
+#include "detail/random.hpp"
 #include "errors.hpp"
 #include "gate.hpp"
+#include "hyperparams.hpp"
 #include "memory.hpp"
-#include "parameters.hpp"
-#include "params.hpp"
+#include "parameter_view.hpp"
 
 namespace infinityformer {
+
+/// Where a stream is in its sequence of calls; it decides what backward() may do.
+enum class StreamPhase {
+    idle,             ///< nothing to differentiate (new stream, after reset())
+    updated,          ///< the memory changed since the last attend(): nothing to differentiate
+    attended,         ///< an attend() over a memory no update of this step changed
+    attended_update,  ///< an attend() right after the update() it differentiates through
+};
+
+/// The state of one stream of a LongTermAttention: a value (copy, move, compare).
+template <typename Scalar>
+struct LongTermStream {
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    using Trace = typename ContinuousAttention<Scalar>::Trace;
+
+    explicit LongTermStream(LongTermMemory<Scalar> m) : memory(std::move(m)) {}
+
+    LongTermMemory<Scalar> memory;  ///< the memory and its sampling state
+    Matrix input, gate, gated;      ///< the last update's chunk, g, g ⊙ X (gate only)
+    Trace trace;                    ///< the last attend()
+    StreamPhase phase = StreamPhase::idle;
+
+    /// Equal in everything a later call reads (the workspace below is not compared).
+    friend bool operator==(const LongTermStream& a, const LongTermStream& b) {
+        return a.phase == b.phase && a.memory == b.memory && same(a.input, b.input) &&
+               same(a.gate, b.gate) && same(a.gated, b.gated) && a.trace == b.trace;
+    }
+    friend bool operator!=(const LongTermStream& a, const LongTermStream& b) { return !(a == b); }
+
+    // workspace: the next values, kept only once a call has succeeded; backward's results
+    Matrix next_input, next_gate, next_gated;
+    Trace next_trace;
+    Matrix dB, dgated;
+
+private:
+    static bool same(const Matrix& x, const Matrix& y) {
+        return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
+    }
+};
+
+namespace detail {
+
+/// Read-only access to the per-stream results of a long-term attention, for any owner of
+/// the streams: Derived provides stream_at(where, s) and stream_count().
+template <typename Scalar, typename Derived>
+class LongTermStreamReader {
+public:
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    using Trace = typename ContinuousAttention<Scalar>::Trace;
+
+    /// Number of independent streams.
+    Eigen::Index num_streams() const { return self().stream_count(); }
+    /// The stream's whole state (a value: copy it, compare it).
+    const LongTermStream<Scalar>& stream_state(Eigen::Index stream = 0) const {
+        return self().stream_at("LongTermAttention::stream_state", stream);
+    }
+    /// The stream's memory (read-only).
+    const LongTermMemory<Scalar>& memory(Eigen::Index stream = 0) const {
+        return self().stream_at("LongTermAttention::memory", stream).memory;
+    }
+    /// The last attend()'s intermediate values for a stream.
+    const Trace& last_attention(Eigen::Index stream = 0) const {
+        return self().stream_at("LongTermAttention::last_attention", stream).trace;
+    }
+    /// Gate values and gated vectors of the stream's last update (empty without a gate).
+    const Matrix& last_gate(Eigen::Index stream = 0) const {
+        return self().stream_at("LongTermAttention::last_gate", stream).gate;
+    }
+    const Matrix& last_gated(Eigen::Index stream = 0) const {
+        return self().stream_at("LongTermAttention::last_gated", stream).gated;
+    }
+    /// ∂ℓ/∂B and ∂ℓ/∂X̃ (the gated chunk) of the stream's last backward().
+    const Matrix& last_grad_B(Eigen::Index stream = 0) const {
+        return self().stream_at("LongTermAttention::last_grad_B", stream).dB;
+    }
+    const Matrix& last_grad_gated(Eigen::Index stream = 0) const {
+        return self().stream_at("LongTermAttention::last_grad_gated", stream).dgated;
+    }
+
+private:
+    const Derived& self() const { return static_cast<const Derived&>(*this); }
+};
+
+/// The checked index of a stream among `count`.
+inline void check_stream_index(const char* where, Eigen::Index stream, Eigen::Index count) {
+    if (count == 0)
+        fail(where, "stream is ", stream, ", but this object has no streams (it was moved from)");
+    require(stream >= 0 && stream < count, where, "stream is ", stream, ", expected 0 <= stream < ",
+            count);
+}
+
+}  // namespace detail
 
 /// Long-term memory attention over one or more independent streams that share weights.
 ///
@@ -26,7 +120,9 @@ namespace infinityformer {
 /// memory (LongTermMemory::update: first-chunk fit, or τ-compressed refit with the old
 /// memory read at M points), (3) attends with the queries Q over the new memory
 /// (ContinuousAttention), (4) records the queries' densities for the next sticky sampling.
-/// The steps are also available apart: update() and attend().
+/// The steps are also available apart: update() and attend(). Every call computes aside
+/// and keeps the result only once it is complete and finite: a call that throws leaves
+/// the stream, the weights and the gradients as they were.
 ///
 /// backward(dout) differentiates the last attend() of a stream (refused once an update()
 /// has followed it), for the loss
@@ -35,126 +131,138 @@ namespace infinityformer {
 /// that attend(), ∂ℓ/∂X of the chunk stored by it, through the fit and the gate. The memory
 /// of earlier chunks is a constant (truncated back-propagation, as the authors train).
 ///
-/// Streams (set_num_streams()) each have their own memory, sampling generator (seeded with
-/// params.seed + stream index) and forward trace; every method takes the stream's index
-/// last (default 0).
+/// Streams (set_num_streams()) each have their own state (LongTermStream: memory, sampling
+/// generator seeded for the stream, gate inputs, trace, phase); every method takes the
+/// stream's index last (default 0). Composite modules that own their streams' states use
+/// the same steps on a LongTermStream they hold (make_stream(), step(), backward_stream()).
 ///
 /// \tparam Scalar_ float or double.
 template <typename Scalar_>
-class LongTermAttention {
+class LongTermAttention : public detail::LongTermStreamReader<Scalar_, LongTermAttention<Scalar_>> {
     static_assert(std::is_floating_point_v<Scalar_>, "LongTermAttention needs float or double");
+    friend class detail::LongTermStreamReader<Scalar_, LongTermAttention<Scalar_>>;
 
 public:
     using Scalar = Scalar_;
     using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     using Index = Eigen::Index;
+    using StreamState = LongTermStream<Scalar>;
+    using Trace = typename ContinuousAttention<Scalar>::Trace;
 
     /// @param dim e, width of memory vectors and queries. @param num_heads H, divides e.
     /// @param chunk_length L, vectors per chunk. @param params hyper-parameters (validated).
     /// @param d_model output width (0 means e).
     LongTermAttention(Index dim, Index num_heads, Index chunk_length,
                       const LongTermParams& params = LongTermParams{}, Index d_model = 0)
-        : attention_(GaussianBasis<Scalar>::default_family(
-                         validated(params, dim, chunk_length).num_basis, params.widths),
-                     dim, num_heads, d_model, params) {
-        streams_.emplace_back(dim, chunk_length, params);
-        if (params.gate) gate_.emplace(dim, params.seed + 1);
+        : params_(validated(params, dim, chunk_length)),
+          length_(chunk_length),
+          prototype_(dim, chunk_length, params.memory_params()),
+          attention_(prototype_.basis(), dim, num_heads, d_model, params.attention_params(),
+                     params.seed) {
+        if (params.gate)
+            gate_.emplace(dim, detail::derive_seed(params.seed, detail::SeedPurpose::gate_weights));
+        streams_.push_back(make_stream(0));
         zero_grad();
     }
 
     Index dim() const { return attention_.dim(); }
-    Index chunk_length() const { return streams_.front().memory.chunk_length(); }
+    Index chunk_length() const { return length_; }
     Index num_heads() const { return attention_.num_heads(); }
     Index d_model() const { return attention_.d_model(); }
-    const LongTermParams& params() const { return streams_.front().memory.params(); }
+    const LongTermParams& params() const { return params_; }
 
-    /// Number of independent streams (default 1).
-    Index num_streams() const { return static_cast<Index>(streams_.size()); }
     /// Adds or removes streams; new streams start empty, existing ones keep their state.
+    /// @throws infinityformer::invalid_argument if n < 1 (nothing changed).
     void set_num_streams(Index n) {
         detail::require(n >= 1, "LongTermAttention::set_num_streams", "n is ", n,
                         ", expected >= 1");
-        const LongTermParams p = params();
-        const Index l = chunk_length();
-        while (num_streams() > n) streams_.pop_back();
-        while (num_streams() < n) {
-            LongTermParams ps = p;
-            ps.seed = p.seed + static_cast<std::uint64_t>(num_streams());
-            streams_.emplace_back(dim(), l, ps);
-        }
+        std::vector<StreamState> next;
+        next.reserve(static_cast<std::size_t>(n));
+        for (Index s = 0; s < n; ++s)
+            next.push_back(s < stream_count() ? streams_[static_cast<std::size_t>(s)]
+                                              : make_stream(s));
+        streams_.swap(next);
     }
 
-    LongTermMemory<Scalar>& memory(Index stream = 0) {
-        return state("LongTermAttention::memory", stream).memory;
-    }
-    const LongTermMemory<Scalar>& memory(Index stream = 0) const {
-        return const_cast<LongTermAttention*>(this)->memory(stream);
-    }
-    ContinuousAttention<Scalar>& attention() { return attention_; }
+    /// The continuous attention (read-only; set its weights with set_attention_weights()).
     const ContinuousAttention<Scalar>& attention() const { return attention_; }
-    /// The last attend()'s intermediate values for a stream.
-    const typename ContinuousAttention<Scalar>::Trace& last_attention(Index stream = 0) const {
-        return const_cast<LongTermAttention*>(this)
-            ->state("LongTermAttention::last_attention", stream)
-            .trace;
-    }
-    bool has_gate() const { return gate_.has_value(); }
-    /// @throws infinityformer::logic_error if the module was built without a gate.
-    MemoryGate<Scalar>& gate() { return gate_ref("LongTermAttention::gate"); }
-    const MemoryGate<Scalar>& gate() const {
-        return const_cast<LongTermAttention*>(this)->gate_ref("LongTermAttention::gate");
+    /// @throws infinityformer::invalid_argument (weights unchanged).
+    void set_attention_weights(const typename ContinuousAttention<Scalar>::Weights& w) {
+        attention_.set_weights(w);
     }
 
-    /// Gate values and gated vectors of the stream's last update (empty without a gate).
-    const Matrix& last_gate(Index stream = 0) const {
-        return const_cast<LongTermAttention*>(this)
-            ->state("LongTermAttention::last_gate", stream)
-            .gate;
+    bool has_gate() const { return gate_.has_value(); }
+    /// The gate (read-only; set its weights with set_gate_weights()).
+    /// @throws infinityformer::logic_error if the module was built without a gate.
+    const MemoryGate<Scalar>& gate() const {
+        require_gate("LongTermAttention::gate");
+        return *gate_;
     }
-    const Matrix& last_gated(Index stream = 0) const {
-        return const_cast<LongTermAttention*>(this)
-            ->state("LongTermAttention::last_gated", stream)
-            .gated;
+    /// @throws infinityformer::logic_error without a gate; invalid_argument on bad weights.
+    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
+        require_gate("LongTermAttention::set_gate_weights");
+        gate_->set_weights(w);
+    }
+
+    /// Restarts the stream's sticky-sampling generator as params.seed = `seed` would have it.
+    void seed_stream(std::uint64_t seed, Index stream = 0) {
+        stream_at("LongTermAttention::seed_stream", stream).memory.seed(seed);
     }
 
     /// Stores a chunk X (L × e) in the stream's memory (through the gate if there is one).
     void update(const Eigen::Ref<const Matrix>& X, Index stream = 0) {
-        update_impl(X, nullptr, stream);
+        constexpr const char* where = "LongTermAttention::update";
+        StreamState& s = stream_at(where, stream);
+        check_chunk(where, X);
+        step(s, &X, nullptr, nullptr);
     }
     /// As update(X), reading the old memory at the given M points (replay, tests).
     void update(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>& sample_points,
                 Index stream = 0) {
-        detail::check_matrix("LongTermAttention::update", "sample_points", sample_points,
-                             params().num_samples, 1);
-        update_impl(X, &sample_points, stream);
+        constexpr const char* where = "LongTermAttention::update";
+        StreamState& s = stream_at(where, stream);
+        check_chunk(where, X);
+        check_points(where, sample_points);
+        step(s, &X, &sample_points, nullptr);
     }
 
     /// Attention of queries Q (q × e) over the stream's memory; returns q × d_model and
     /// records the densities for the next sticky sampling.
     /// @throws infinityformer::logic_error if nothing has been stored yet.
     Matrix attend(const Eigen::Ref<const Matrix>& queries, Index stream = 0) {
-        return attend_impl(queries, stream).output;
+        StreamState& s = checked_attend("LongTermAttention::attend", queries, stream);
+        step(s, nullptr, nullptr, &queries);
+        return s.trace.output;
     }
     /// attend() into caller storage (q × d_model); no allocation in a steady stream.
     void attend(const Eigen::Ref<const Matrix>& queries, Eigen::Ref<Matrix> out, Index stream = 0) {
+        StreamState& s = checked_attend("LongTermAttention::attend", queries, stream);
         detail::check_shape("LongTermAttention::attend", "out", out, queries.rows(), d_model());
-        out = attend_impl(queries, stream).output;
+        step(s, nullptr, nullptr, &queries);
+        out = s.trace.output;
     }
 
-    /// update(X) then attend(queries).
+    /// update(X) then attend(queries), as one call: all or nothing.
     Matrix forward(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& queries,
                    Index stream = 0) {
-        check_queries("LongTermAttention::forward", queries);
-        update(X, stream);
-        return attend(queries, stream);
+        constexpr const char* where = "LongTermAttention::forward";
+        StreamState& s = stream_at(where, stream);
+        check_chunk(where, X);
+        check_queries(where, queries);
+        step(s, &X, nullptr, &queries);
+        return s.trace.output;
     }
     /// update(X, sample_points) then attend(queries).
     Matrix forward(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& queries,
                    const Eigen::Ref<const Vector>& sample_points, Index stream = 0) {
-        check_queries("LongTermAttention::forward", queries);
-        update(X, sample_points, stream);
-        return attend(queries, stream);
+        constexpr const char* where = "LongTermAttention::forward";
+        StreamState& s = stream_at(where, stream);
+        check_chunk(where, X);
+        check_queries(where, queries);
+        check_points(where, sample_points);
+        step(s, &X, &sample_points, &queries);
+        return s.trace.output;
     }
 
     /// Backward of the stream's last attend() (and of the update just before it, if any).
@@ -162,49 +270,18 @@ public:
     /// @param dqueries q × e, receives ∂ℓ/∂Q.
     /// @param dX L × e, receives ∂ℓ/∂X of the chunk stored by that update (zeros if the
     ///        attend() read a memory no update of this step had changed).
-    /// @throws infinityformer::logic_error without an attend(); invalid_argument on shapes.
+    /// @throws infinityformer::logic_error without an attend(); invalid_argument on shapes
+    ///         (nothing changed).
     void backward(const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
                   Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX, Index stream = 0) {
         constexpr const char* where = "LongTermAttention::backward";
-        Stream& s = state(where, stream);
-        if (!s.differentiable)
-            throw infinityformer::logic_error(detail::concat(
-                "[infinityformer] ", where,
-                s.trace.queries.rows() == 0
-                    ? ": no attend() to differentiate, expected a forward() or attend() first"
-                    : ": the memory changed (update()) since the last attend(), expected "
-                      "backward() before the next update()"));
-        const Index nq = s.trace.queries.rows();
-        detail::check_matrix(where, "dout", dout, nq, d_model());
-        detail::check_kl_weight(where, kl_weight);
-        detail::check_shape(where, "dqueries", dqueries, nq, dim());
+        StreamState& s = stream_at(where, stream);
+        check_backward(where, s, dout, kl_weight);
+        detail::check_shape(where, "dqueries", dqueries, s.trace.queries.rows(), dim());
         detail::check_shape(where, "dX", dX, chunk_length(), dim());
-        s.dB.resize(attention_.num_basis(), dim());
-        s.dgated.resize(chunk_length(), dim());
-        attention_.backward_unchecked(s.trace, dout, kl_weight, dqueries, s.dB);
-        if (!s.attended_update) {
-            dX.setZero();
-            return;
-        }
-        if (gate_) {
-            s.memory.backward_unchecked(s.dB, s.dgated);
-            gate_->backward_unchecked(s.input, s.gate, s.dgated, dX);
-        } else {
-            s.memory.backward_unchecked(s.dB, dX);
-        }
+        backward_stream(s, dout, kl_weight, dqueries, dX);
     }
 
-    /// ∂ℓ/∂B, ∂ℓ/∂X̃ (the gated chunk), ∂ℓ/∂μ, ∂ℓ/∂σ² of the stream's last backward().
-    const Matrix& last_grad_B(Index stream = 0) const {
-        return const_cast<LongTermAttention*>(this)
-            ->state("LongTermAttention::last_grad_B", stream)
-            .dB;
-    }
-    const Matrix& last_grad_gated(Index stream = 0) const {
-        return const_cast<LongTermAttention*>(this)
-            ->state("LongTermAttention::last_grad_gated", stream)
-            .dgated;
-    }
     const Vector& last_grad_mu() const { return attention_.last_grad_mu(); }
     const Vector& last_grad_sigma_sq() const { return attention_.last_grad_sigma_sq(); }
 
@@ -224,28 +301,137 @@ public:
         return out;
     }
 
-    /// Forgets the stream's memory (a new document); weights are kept.
-    void reset(Index stream = 0) {
-        Stream& s = state("LongTermAttention::reset", stream);
+    /// Forgets the stream's memory (a new document); weights and its generator are kept.
+    void reset(Index stream = 0) { reset_stream(stream_at("LongTermAttention::reset", stream)); }
+
+    // ---- Steps on a stream state held by the caller (composite modules) ----------------
+
+    /// A new, empty state for stream index `index` (its generator seeded for that index).
+    StreamState make_stream(Index index) const { return StreamState(prototype_.for_stream(index)); }
+
+    /// Forgets a stream's memory, gate inputs and trace; its generator continues.
+    void reset_stream(StreamState& s) const {
         s.memory.reset();
+        s.input.resize(0, dim());
         s.gate.resize(0, dim());
         s.gated.resize(0, dim());
-        s.updated = s.attended_update = s.differentiable = false;
-        s.trace = typename ContinuousAttention<Scalar>::Trace{};
+        s.trace = Trace{};
+        s.phase = StreamPhase::idle;
+    }
+
+    /// One call on a stream, all or nothing: stores X if given (through the gate; at the
+    /// given points if any), then attends with Q if given over the memory that results,
+    /// and keeps everything only once the whole step has succeeded. Inputs must have been
+    /// checked (check_chunk(), check_queries(), check_points(); attending needs a memory).
+    /// @throws infinityformer::invalid_argument if a result is not finite (nothing changed).
+    void step(StreamState& s, const Eigen::Ref<const Matrix>* X,
+              const Eigen::Ref<const Vector>* points, const Eigen::Ref<const Matrix>* queries) {
+        prepare_step(s, X, points, queries);
+        commit_step(s, X != nullptr, queries != nullptr);
+    }
+
+    /// The first half of step(): computes everything into the stream's workspace (the
+    /// output is then s.next_trace.output) and changes nothing a later call reads.
+    void prepare_step(StreamState& s, const Eigen::Ref<const Matrix>* X,
+                      const Eigen::Ref<const Vector>* points,
+                      const Eigen::Ref<const Matrix>* queries) {
+        constexpr const char* where = "LongTermAttention::forward";
+        if (X) {
+            if (gate_) {
+                s.next_input = *X;
+                s.next_gate.resize(X->rows(), dim());
+                s.next_gated.resize(X->rows(), dim());
+                gate_->forward(*X, s.next_gate, s.next_gated);
+                detail::check_finite(where, "gated chunk g * X", s.next_gated);
+                s.memory.prepare(s.next_gated, points);
+            } else {
+                s.memory.prepare(*X, points);
+            }
+        }
+        if (queries) {
+            const Matrix& B = X ? s.memory.pending_coefficients() : s.memory.coefficients();
+            attention_.forward_unchecked(B, *queries, s.next_trace);
+            detail::check_finite(where, "long-term attention means mu", s.next_trace.mu);
+            detail::check_finite(where, "long-term attention variances sigma^2",
+                                 s.next_trace.sigma_sq);
+            for (Index i = 0; i < s.next_trace.sigma_sq.size(); ++i)
+                detail::require(s.next_trace.sigma_sq[i] > Scalar(0), where,
+                                "long-term attention variance sigma^2[", i, "] is ",
+                                s.next_trace.sigma_sq[i], ", expected > 0");
+            detail::check_finite(where, "long-term output", s.next_trace.output);
+        }
+    }
+
+    /// The second half of step(), after a prepare_step() with the same X and Q presence:
+    /// keeps what it computed (swaps and copies only; nothing throws).
+    void commit_step(StreamState& s, bool stored, bool attended) {
+        if (stored) {
+            s.memory.commit();
+            if (gate_) {
+                s.input.swap(s.next_input);
+                s.gate.swap(s.next_gate);
+                s.gated.swap(s.next_gated);
+            }
+        }
+        if (attended) {
+            std::swap(s.trace, s.next_trace);
+            s.memory.observe(s.trace.mu, s.trace.sigma_sq);
+            s.phase = (stored || s.phase == StreamPhase::updated) ? StreamPhase::attended_update
+                                                                  : StreamPhase::attended;
+        } else {
+            s.phase = StreamPhase::updated;
+        }
+    }
+
+    /// The checks of backward() but the output shapes.
+    void check_backward(const char* where, const StreamState& s,
+                        const Eigen::Ref<const Matrix>& dout, Scalar kl_weight) const {
+        if (s.phase != StreamPhase::attended && s.phase != StreamPhase::attended_update)
+            throw infinityformer::logic_error(detail::concat(
+                "[infinityformer] ", where,
+                s.trace.queries.rows() == 0
+                    ? ": no attend() to differentiate, expected a forward() or attend() first"
+                    : ": the memory changed (update()) since the last attend(), expected "
+                      "backward() before the next update()"));
+        detail::check_matrix(where, "dout", dout, s.trace.queries.rows(), d_model());
+        detail::check_kl_weight(where, kl_weight);
+    }
+
+    /// backward() on a stream state, after check_backward() and the shape checks.
+    void backward_stream(StreamState& s, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
+                         Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX) {
+        s.dB.resize(attention_.num_basis(), dim());
+        s.dgated.resize(chunk_length(), dim());
+        attention_.backward_unchecked(s.trace, dout, kl_weight, dqueries, s.dB);
+        if (s.phase != StreamPhase::attended_update) {
+            dX.setZero();
+            return;
+        }
+        if (gate_) {
+            s.memory.backward_unchecked(s.dB, s.dgated);
+            gate_->backward_unchecked(s.input, s.gate, s.dgated, dX);
+        } else {
+            s.memory.backward_unchecked(s.dB, dX);
+        }
+    }
+
+    /// X must be L × e and finite.
+    void check_chunk(const char* where, const Eigen::Ref<const Matrix>& X) const {
+        detail::check_matrix(where, "X", X, chunk_length(), dim());
+    }
+    /// Queries must be q × e (q ≥ 1) and finite.
+    void check_queries(const char* where, const Eigen::Ref<const Matrix>& queries) const {
+        detail::require(queries.rows() >= 1, where, "queries has 0 rows, expected at least 1");
+        detail::require(queries.cols() == dim(), where, "queries has ", queries.cols(),
+                        " cols, expected ", dim());
+        detail::check_finite(where, "queries", queries);
+    }
+    /// Sample points must be M finite values.
+    void check_points(const char* where, const Eigen::Ref<const Vector>& points) const {
+        detail::check_matrix(where, "sample_points", points, params_.num_samples, 1);
     }
 
 private:
-    struct Stream {
-        Stream(Index dim, Index length, const LongTermParams& p) : memory(dim, length, p) {}
-        LongTermMemory<Scalar> memory;
-        Matrix input, gate, gated;     // last update: raw chunk, g, g ⊙ X (gate only)
-        bool updated = false;          // an update since the last attend
-        bool attended_update = false;  // the last attend read a memory updated just before
-        bool differentiable = false;   // an attend() and no update() since
-        typename ContinuousAttention<Scalar>::Trace trace;
-        Matrix dB, dgated;  // backward work
-    };
-
     static const LongTermParams& validated(const LongTermParams& p, Index dim, Index length) {
         constexpr const char* where = "LongTermAttention::LongTermAttention";
         p.validate();
@@ -254,71 +440,40 @@ private:
         return p;
     }
 
-    Stream& state(const char* where, Index stream) {
-        detail::require(stream >= 0 && stream < num_streams(), where, "stream is ", stream,
-                        ", expected 0 <= stream < ", num_streams());
+    Index stream_count() const { return static_cast<Index>(streams_.size()); }
+    const StreamState& stream_at(const char* where, Index stream) const {
+        detail::check_stream_index(where, stream, stream_count());
+        return streams_[static_cast<std::size_t>(stream)];
+    }
+    StreamState& stream_at(const char* where, Index stream) {
+        detail::check_stream_index(where, stream, stream_count());
         return streams_[static_cast<std::size_t>(stream)];
     }
 
-    MemoryGate<Scalar>& gate_ref(const char* where) {
+    void require_gate(const char* where) const {
         if (!gate_)
             throw infinityformer::logic_error(
                 detail::concat("[infinityformer] ", where,
                                ": this module has no gate, expected params.gate = true"));
-        return *gate_;
     }
 
-    void check_queries(const char* where, const Eigen::Ref<const Matrix>& queries) const {
-        detail::require(queries.rows() >= 1, where, "queries has 0 rows, expected at least 1");
-        detail::require(queries.cols() == dim(), where, "queries has ", queries.cols(),
-                        " cols, expected ", dim());
-        detail::check_finite(where, "queries", queries);
-    }
-
-    const typename ContinuousAttention<Scalar>::Trace& attend_impl(
-        const Eigen::Ref<const Matrix>& queries, Index stream) {
-        constexpr const char* where = "LongTermAttention::attend";
-        Stream& s = state(where, stream);
+    StreamState& checked_attend(const char* where, const Eigen::Ref<const Matrix>& queries,
+                                Index stream) {
+        StreamState& s = stream_at(where, stream);
         if (s.memory.empty())
             throw infinityformer::logic_error(detail::concat(
                 "[infinityformer] ", where,
                 ": the memory is empty, expected at least one update() before attend()"));
         check_queries(where, queries);
-        attention_.forward_unchecked(s.memory.coefficients(), queries, s.trace);
-        s.memory.observe(s.trace.mu, s.trace.sigma_sq);
-        s.attended_update = s.updated;
-        s.updated = false;
-        s.differentiable = true;
-        return s.trace;
+        return s;
     }
 
-    void update_impl(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points,
-                     Index stream) {
-        constexpr const char* where = "LongTermAttention::update";
-        Stream& s = state(where, stream);
-        detail::check_matrix(where, "X", X, chunk_length(), dim());
-        if (gate_) {
-            s.input = X;
-            s.gate.resize(X.rows(), dim());
-            s.gated.resize(X.rows(), dim());
-            gate_->forward(X, s.gate, s.gated);
-            if (points)
-                s.memory.update(s.gated, *points);
-            else
-                s.memory.update(s.gated);
-        } else {
-            if (points)
-                s.memory.update(X, *points);
-            else
-                s.memory.update(X);
-        }
-        s.updated = true;
-        s.differentiable = false;  // the last attend()'s fit and gate state are gone
-    }
-
+    LongTermParams params_;
+    Index length_ = 0;
+    LongTermMemory<Scalar> prototype_;  // operators shared by every stream's memory
     ContinuousAttention<Scalar> attention_;
     std::optional<MemoryGate<Scalar>> gate_;
-    std::vector<Stream> streams_;
+    std::vector<StreamState> streams_;
 };
 
 using LongTermAttentiond = LongTermAttention<double>;

@@ -10,114 +10,24 @@
 #include <cstdint>
 #include <memory>
 #include <type_traits>
-#include <unsupported/Eigen/SpecialFunctions>
 #include <vector>
 
 #include "basis.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
-#include "params.hpp"
+#include "hyperparams.hpp"
+#include "positions.hpp"
 #include "ridge.hpp"
+#include "sampling.hpp"
 
 namespace infinityformer {
 
-namespace detail {
-
-/// The sticky-memory histogram into `p` (D), with `mass` and `cdf` as workspace (resized to
-/// D and D + 1; no allocation once they have that size). Inputs already validated.
-///
-/// Precision follows Scalar. In double every Φ is std::erf in double (tail bins are
-/// differences of Φ near 0 or 1). In float, as in a float model of the reference, Φ is
-/// Eigen's vectorised float erf (absolute error ~1e-7, below float's resolution of the
-/// probabilities) and the masses are summed in double; a difference rounded below 0 counts
-/// as 0. The float path is about ten times faster: it matters, since every chunk evaluates
-/// H·L·(D + 1) of them.
-template <typename DerivedMu, typename DerivedSigma, typename DerivedP>
-void histogram_into(const Eigen::MatrixBase<DerivedMu>& mu,
-                    const Eigen::MatrixBase<DerivedSigma>& sigma, Eigen::Index num_bins,
-                    std::vector<double>& mass, std::vector<double>& cdf,
-                    Eigen::MatrixBase<DerivedP>& p) {
-    using Scalar = typename DerivedP::Scalar;
-    const auto d = static_cast<std::size_t>(num_bins);
-    mass.assign(d, 0.0);
-    cdf.resize(d + 1);
-    const double inv_sqrt2 = 0.70710678118654752440084436210485;
-    // Edges −1e-6, 1/D, …, (D−1)/D, 1 + 1e-6 (the reference's nudged ends).
-    const auto edge = [d](std::size_t j) {
-        return j == 0   ? -1e-6
-               : j == d ? 1.0 + 1e-6
-                        : static_cast<double>(j) / static_cast<double>(d);
-    };
-    constexpr Eigen::Index kMaxFloatEdges = 1024;
-    if constexpr (std::is_same_v<Scalar, float>) {
-        if (num_bins + 1 <= kMaxFloatEdges) {
-            // Fixed-capacity arrays: on the stack, no allocation.
-            using Edges = Eigen::Array<float, Eigen::Dynamic, 1, 0, kMaxFloatEdges, 1>;
-            Edges e(num_bins + 1), c(num_bins + 1);
-            for (std::size_t j = 0; j <= d; ++j)
-                e[static_cast<Eigen::Index>(j)] = static_cast<float>(edge(j));
-            Eigen::Map<Eigen::ArrayXd> m(mass.data(), num_bins);
-            for (Eigen::Index q = 0; q < mu.rows(); ++q) {
-                const float mq = static_cast<float>(mu(q, 0));
-                const float scale =
-                    static_cast<float>(inv_sqrt2 / static_cast<double>(sigma(q, 0)));
-                c = ((e - mq) * scale).erf();
-                m += (0.5f * (c.tail(num_bins) - c.head(num_bins)))
-                         .max(0.0f)
-                         .template cast<double>();
-            }
-        }
-    }
-    if (!std::is_same_v<Scalar, float> || num_bins + 1 > kMaxFloatEdges) {
-        for (Eigen::Index q = 0; q < mu.rows(); ++q) {
-            const double m = static_cast<double>(mu(q, 0));
-            const double s = static_cast<double>(sigma(q, 0));
-            for (std::size_t j = 0; j <= d; ++j)
-                cdf[j] = 0.5 * (1.0 + std::erf((edge(j) - m) / s * inv_sqrt2));
-            for (std::size_t j = 0; j < d; ++j) mass[j] += cdf[j + 1] - cdf[j];
-        }
-    }
-    double total = 0.0;
-    for (double v : mass) total += v;
-    for (std::size_t j = 0; j < d; ++j)
-        p(static_cast<Eigen::Index>(j), 0) =
-            total > 0.0 ? static_cast<Scalar>(mass[j] / total) : Scalar(0);
-}
-
-}  // namespace detail
-
-/// Sticky-memory histogram (∞-former §3.3, golden README §3.8): the mass of every density
-/// N(μ_q, σ_q²) in each of D bins of [0, 1], summed over all densities, then normalised once.
-/// Edges: −1e-6, 1/D, …, (D−1)/D, 1 + 1e-6 (the reference's nudged ends).
-/// @param mu n means. @param sigma n standard deviations (> 0; note: not variances).
-/// @param num_bins D ≥ 1.
-/// @return D probabilities summing to 1, or all zeros if no density has mass in [0, 1]
-///         (to double precision).
-/// @throws infinityformer::invalid_argument on mismatched, non-finite or non-positive input.
-template <typename Scalar, typename DerivedMu, typename DerivedSigma>
-Eigen::Matrix<Scalar, Eigen::Dynamic, 1> sticky_histogram(
-    const Eigen::MatrixBase<DerivedMu>& mu, const Eigen::MatrixBase<DerivedSigma>& sigma,
-    Eigen::Index num_bins) {
-    constexpr const char* where = "sticky_histogram";
-    detail::require(num_bins >= 1, where, "num_bins is ", num_bins, ", expected >= 1");
-    detail::require(mu.cols() == 1 && sigma.cols() == 1, where, "mu and sigma are ", mu.rows(), "x",
-                    mu.cols(), " and ", sigma.rows(), "x", sigma.cols(),
-                    ", expected column vectors");
-    detail::check_shape(where, "sigma", sigma, mu.rows(), 1);
-    detail::check_finite(where, "mu", mu);
-    detail::check_finite(where, "sigma", sigma);
-    for (Eigen::Index q = 0; q < sigma.rows(); ++q)
-        detail::require(sigma(q, 0) > 0, where, "sigma[", q, "] is ", sigma(q, 0),
-                        ", expected > 0");
-    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> p(num_bins);
-    std::vector<double> mass, cdf;
-    detail::histogram_into(mu, sigma, num_bins, mass, cdf, p);
-    return p;
-}
-
 /// The unbounded continuous long-term memory of one stream.
 ///
-/// State: the coefficients B (N × e) of x̄(t) = Bᵀψ(t), or nothing before the first chunk.
+/// State (State, a value type: state(), operator==): the coefficients B (N × e) of
+/// x̄(t) = Bᵀψ(t), or nothing before the first chunk; the densities observed since; the
+/// sampling generator; the counters. The operators (the fits, A, Ψ at the bin edges) are
+/// built once per configuration and shared by copies.
 /// update() with a chunk X (L × e):
 ///  - first chunk: B ← G_firstᵀ X, the vectors at the midpoints (j + ½)/L;
 ///  - later chunks: the old memory is read at M sorted points s (X_past = Ψ(s) B, M × e),
@@ -140,6 +50,9 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> sticky_histogram(
 /// (unbounded_positions()).
 ///
 /// \tparam Scalar_ float or double.
+/// Every call either completes or leaves the state as it was: update() computes the new
+/// coefficients aside and commits them only once they are finite.
+///
 template <typename Scalar_>
 class LongTermMemory {
     static_assert(std::is_floating_point_v<Scalar_>, "LongTermMemory needs float or double");
@@ -150,68 +63,91 @@ public:
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     using Index = Eigen::Index;
 
+    /// Everything of one stream's memory that a later call reads: a value (copy, compare).
+    struct State {
+        bool empty = true;   ///< nothing stored since construction or reset()
+        Matrix B;            ///< N × e coefficients (zeros while empty)
+        Index tokens = 0;    ///< tokens stored since the last reset
+        Vector obs_mu;       ///< means observed since (observe()); empty: none
+        Vector obs_sigma;    ///< their standard deviations
+        Vector last_points;  ///< points the last update read the memory at (0: first chunk)
+        Matrix B_prev;       ///< the memory before the last update (for last_past())
+        detail::Random rng;  ///< the sticky-sampling generator
+
+        friend bool operator==(const State& a, const State& b) {
+            return a.empty == b.empty && a.tokens == b.tokens && same(a.B, b.B) &&
+                   same(a.obs_mu, b.obs_mu) && same(a.obs_sigma, b.obs_sigma) &&
+                   same(a.last_points, b.last_points) && same(a.B_prev, b.B_prev) &&
+                   a.rng.engine() == b.rng.engine();
+        }
+        friend bool operator!=(const State& a, const State& b) { return !(a == b); }
+
+    private:
+        template <typename M>
+        static bool same(const M& x, const M& y) {
+            return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
+        }
+    };
+
     /// @param dim e ≥ 1, width of the memory vectors.
     /// @param chunk_length L ≥ 1, vectors per chunk.
-    /// @param params validated; num_basis, widths, ridge_lambda, tau, num_samples, num_bins,
-    ///        sampling, reset_after_tokens and seed are used.
-    LongTermMemory(Index dim, Index chunk_length, const LongTermParams& params)
+    /// @param params validated.
+    /// @param stream index of the stream this memory serves: its sampling generator is
+    ///        seeded with detail::derive_seed(params.seed, SeedPurpose::sampling, stream).
+    LongTermMemory(Index dim, Index chunk_length, const MemoryParams& params, Index stream = 0)
         : params_(validated(params, dim, chunk_length)),
           dim_(dim),
           length_(chunk_length),
-          basis_(GaussianBasis<Scalar>::default_family(params.num_basis, params.widths)),
-          first_(RidgeFit<Scalar>::single_chunk(basis_, chunk_length, params.ridge_lambda)),
-          inf_(RidgeFit<Scalar>::unbounded(basis_, chunk_length, params.num_samples, params.tau,
-                                           params.ridge_lambda)),
-          rng_(params.seed) {
-        const Index m = params.num_samples;
-        uniform_points_.resize(m);
-        for (Index i = 0; i < m; ++i)
-            uniform_points_[i] =
-                static_cast<Scalar>(static_cast<double>(i + 1) / static_cast<double>(m));
-        uniform_op_ = std::make_shared<const Matrix>(uniform_operator());
+          ops_(std::make_shared<const Operators>(params, chunk_length)),
+          chooser_(params.sampling, params.num_samples, params.num_bins) {
+        detail::require(stream >= 0, "LongTermMemory::LongTermMemory", "stream is ", stream,
+                        ", expected >= 0");
+        stream_ = stream;
+        seed(params.seed);
         reset();
     }
 
+    /// The memory's slice of a whole set (params.memory_params()).
+    LongTermMemory(Index dim, Index chunk_length, const LongTermParams& params, Index stream = 0)
+        : LongTermMemory(dim, chunk_length, params.memory_params(), stream) {}
+
     Index dim() const { return dim_; }
     Index chunk_length() const { return length_; }
-    Index num_basis() const { return basis_.size(); }
+    Index num_basis() const { return ops_->basis.size(); }
     Index num_samples() const { return params_.num_samples; }
-    const LongTermParams& params() const { return params_; }
-    const GaussianBasis<Scalar>& basis() const { return basis_; }
+    const MemoryParams& params() const { return params_; }
+    const GaussianBasis<Scalar>& basis() const { return ops_->basis; }
     /// Single-chunk operator (L × N), used for the first chunk.
-    const RidgeFit<Scalar>& first_fit() const { return first_; }
+    const RidgeFit<Scalar>& first_fit() const { return ops_->first; }
     /// Unbounded-memory operator ((M + L) × N).
-    const RidgeFit<Scalar>& unbounded_fit() const { return inf_; }
+    const RidgeFit<Scalar>& unbounded_fit() const { return ops_->inf; }
+
+    /// The stream's state (a value: copy it, compare it).
+    const State& state() const { return state_; }
 
     /// True before the first chunk and after reset().
-    bool empty() const { return empty_; }
+    bool empty() const { return state_.empty; }
     /// B, N × e (zeros while empty()).
-    const Matrix& coefficients() const { return B_; }
+    const Matrix& coefficients() const { return state_.B; }
     /// Tokens stored since the last reset.
-    Index tokens_stored() const { return tokens_; }
+    Index tokens_stored() const { return state_.tokens; }
 
     /// Points at which the old memory was read by the last update (M; empty for a first
     /// chunk).
-    const Vector& last_sample_points() const { return last_points_; }
+    const Vector& last_sample_points() const { return state_.last_points; }
     /// The values of the old memory at those points (M × e; 0 × e for a first chunk),
     /// computed on demand: the update itself does not always form them.
     Matrix last_past() const {
-        if (last_points_.size() == 0) return Matrix(0, dim_);
-        return basis_.evaluate(last_points_) * B_prev_;
+        if (state_.last_points.size() == 0) return Matrix(0, dim_);
+        return ops_->basis.evaluate(state_.last_points) * state_.B_prev;
     }
 
     /// Stores a chunk. @param X L × e, finite.
     /// @throws infinityformer::invalid_argument (memory unchanged).
     void update(const Eigen::Ref<const Matrix>& X) {
         check_chunk("LongTermMemory::update", X);
-        maybe_reset();
-        if (empty_) {
-            store(X, nullptr, false);
-        } else {
-            choose_points(points_);
-            const Eigen::Ref<const Vector> points(points_);
-            store(X, &points, bins_valid_);
-        }
+        prepare(X, nullptr);
+        commit();
     }
 
     /// Stores a chunk, reading the old memory at the given points instead of choosing them
@@ -221,8 +157,8 @@ public:
         constexpr const char* where = "LongTermMemory::update";
         check_chunk(where, X);
         detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
-        maybe_reset();
-        store(X, empty_ ? nullptr : &sample_points, false);
+        prepare(X, &sample_points);
+        commit();
     }
 
     /// Records the attention densities of the last chunk's queries (all heads), from which
@@ -236,27 +172,18 @@ public:
         for (Index q = 0; q < sigma_sq.size(); ++q)
             detail::require(sigma_sq[q] > Scalar(0), where, "sigma_sq[", q, "] is ", sigma_sq[q],
                             ", expected > 0");
-        obs_mu_ = mu;
-        obs_sigma_ = sigma_sq.cwiseSqrt();
+        state_.obs_mu = mu;
+        state_.obs_sigma = sigma_sq.cwiseSqrt();
     }
 
     /// Histogram of the observed densities over num_bins bins (zeros if none observed).
-    Vector histogram() const {
-        Vector p(params_.num_bins);
-        if (obs_mu_.size() == 0) {
-            p.setZero();
-        } else {
-            std::vector<double> mass, cdf;
-            detail::histogram_into(obs_mu_, obs_sigma_, params_.num_bins, mass, cdf, p);
-        }
-        return p;
-    }
+    Vector histogram() const { return chooser_.histogram(state_.obs_mu, state_.obs_sigma); }
 
     /// The M points the next update would read the memory at; for sticky sampling this
     /// draws from the generator (so it advances it).
     Vector next_sample_points() {
         Vector out(params_.num_samples);
-        choose_points(out);
+        chooser_.choose(state_.obs_mu, state_.obs_sigma, state_.rng, out);
         return out;
     }
 
@@ -267,7 +194,7 @@ public:
     /// @throws infinityformer::logic_error before any update.
     void backward(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
         constexpr const char* where = "LongTermMemory::backward";
-        if (empty_)
+        if (state_.empty)
             throw infinityformer::logic_error(
                 detail::concat("[infinityformer] ", where,
                                ": no update() to differentiate, expected a call "
@@ -277,34 +204,160 @@ public:
         backward_unchecked(dB, dX);
     }
     void backward_unchecked(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
-        if (last_points_.size() == 0)
-            dX.noalias() = first_.G() * dB;
+        if (state_.last_points.size() == 0)
+            dX.noalias() = ops_->first.G() * dB;
         else
-            dX.noalias() = inf_.G().bottomRows(length_) * dB;
+            dX.noalias() = ops_->inf.G().bottomRows(length_) * dB;
     }
 
     /// The continuous memory at T positions: x̄(t) = Bᵀψ(t), returned as T × e rows.
     Matrix evaluate(const Eigen::Ref<const Vector>& t) const {
-        const Matrix psi = basis_.evaluate(t);
-        return psi * B_;
+        const Matrix psi = ops_->basis.evaluate(t);
+        return psi * state_.B;
     }
 
     /// Forgets everything stored (and the observed densities); the generator continues.
     void reset() {
-        empty_ = true;
-        B_.setZero(num_basis(), dim_);
-        tokens_ = 0;
-        obs_mu_.resize(0);
-        obs_sigma_.resize(0);
-        last_points_.resize(0);
-        B_prev_.resize(0, dim_);
+        state_.empty = true;
+        state_.B.setZero(num_basis(), dim_);
+        state_.tokens = 0;
+        state_.obs_mu.resize(0);
+        state_.obs_sigma.resize(0);
+        state_.last_points.resize(0);
+        state_.B_prev.resize(0, dim_);
     }
 
-    /// Re-seeds the sticky-sampling generator.
-    void seed(std::uint64_t s) { rng_.seed(s); }
+    /// A memory of the same configuration for stream `stream`: empty, its generator seeded
+    /// for that stream, the operators shared with this one (nothing is rebuilt).
+    LongTermMemory for_stream(Index stream) const {
+        detail::require(stream >= 0, "LongTermMemory::for_stream", "stream is ", stream,
+                        ", expected >= 0");
+        LongTermMemory m(*this);
+        m.state_ = State();
+        m.stream_ = stream;
+        m.seed(params_.seed);
+        m.reset();
+        m.prepared_ = false;
+        return m;
+    }
+
+    /// Restarts the sticky-sampling generator as a memory of this stream built with
+    /// params.seed = `base` would have it.
+    void seed(std::uint64_t base) {
+        state_.rng.seed(detail::derive_seed(base, detail::SeedPurpose::sampling,
+                                            static_cast<std::uint64_t>(stream_)));
+    }
+
+    /// Index of the stream this memory serves (its generator's seed depends on it).
+    Index stream_index() const { return stream_; }
+
+    /// Same configuration and the same state (the workspace is not compared).
+    friend bool operator==(const LongTermMemory& a, const LongTermMemory& b) {
+        return a.dim_ == b.dim_ && a.length_ == b.length_ && a.stream_ == b.stream_ &&
+               same_params(a.params_, b.params_) && a.state_ == b.state_;
+    }
+    friend bool operator!=(const LongTermMemory& a, const LongTermMemory& b) { return !(a == b); }
+
+    /// The two steps of update(), for modules that must attend to the new memory before
+    /// keeping it: prepare() computes the next state aside (nothing observable changes;
+    /// pending_coefficients() is the memory it would store), commit() keeps it, and a
+    /// prepare() not followed by commit() is simply forgotten. X (L × e) must have been
+    /// checked; `points` (M) replaces the chosen points when given.
+    /// @throws infinityformer::invalid_argument if the new coefficients are not finite.
+    void prepare(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points) {
+        const bool reset =
+            params_.reset_after_tokens > 0 && state_.tokens >= params_.reset_after_tokens;
+        const bool first = state_.empty || reset;
+        const Matrix& G = ops_->inf.G();
+        next_rng_ = state_.rng;
+        next_reset_ = reset;
+        next_B_.resize(num_basis(), dim_);
+        if (first) {
+            next_B_.noalias() = ops_->first.G().transpose() * X;
+            next_points_.resize(0);
+        } else {
+            bool from_bins = false;
+            if (points) {
+                next_points_ = *points;
+            } else {
+                from_bins =
+                    chooser_.choose(state_.obs_mu, state_.obs_sigma, next_rng_, next_points_);
+            }
+            const Index m = params_.num_samples;
+            const Index d = params_.num_bins;
+            const Matrix& B = state_.B;
+            if (next_points_ == chooser_.uniform_points()) {
+                next_B_.noalias() = ops_->uniform_op * B;
+            } else if (from_bins && d < m) {
+                const auto& bins = chooser_.bins();
+                edge_past_.noalias() = ops_->edge_psi * B;  // D × e
+                gathered_.setZero(num_basis(), d);          // G_pastᵀ S
+                for (Index i = 0; i < m; ++i)
+                    gathered_.col(bins[static_cast<std::size_t>(i)]) += G.row(i).transpose();
+                next_B_.noalias() = gathered_ * edge_past_;
+            } else {
+                psi_.resize(m, num_basis());
+                ops_->basis.evaluate(next_points_, psi_);
+                past_.noalias() = psi_ * B;
+                next_B_.noalias() = G.topRows(m).transpose() * past_;
+            }
+            next_B_.noalias() += G.bottomRows(length_).transpose() * X;
+        }
+        detail::check_finite("LongTermMemory::update", "the new memory coefficients B", next_B_);
+        prepared_ = true;
+    }
+    /// The coefficients prepare() computed (N × e).
+    const Matrix& pending_coefficients() const { return next_B_; }
+    /// Keeps what the last prepare() computed. @throws infinityformer::logic_error without one.
+    void commit() {
+        if (!prepared_)
+            throw infinityformer::logic_error(
+                "[infinityformer] LongTermMemory::commit: nothing prepared, expected a call "
+                "to prepare() first");
+        if (next_reset_) {
+            reset();
+        }
+        // B_prev ← B, B ← the new coefficients (swaps: no copies).
+        state_.B_prev.swap(state_.B);
+        state_.B.swap(next_B_);
+        state_.last_points.swap(next_points_);
+        state_.rng = next_rng_;
+        state_.empty = false;
+        state_.tokens += length_;
+        prepared_ = false;
+    }
 
 private:
-    static const LongTermParams& validated(const LongTermParams& p, Index dim, Index length) {
+    // What depends only on the configuration, built once and shared by copies.
+    struct Operators {
+        Operators(const MemoryParams& p, Index length)
+            : basis(GaussianBasis<Scalar>::default_family(p.num_basis, p.widths)),
+              first(infinityformer::single_chunk_fit(basis, length, p.ridge_lambda)),
+              inf(infinityformer::unbounded_fit(basis, length, p.num_samples, p.tau,
+                                                p.ridge_lambda)) {
+            const Index m = p.num_samples;
+            const SamplePointChooser<Scalar> chooser(p.sampling, m, p.num_bins);
+            // A = G_pastᵀ Ψ(uniform points), N × N, in double then rounded.
+            const Eigen::MatrixXd Gp = inf.G().topRows(m).template cast<double>();
+            const Eigen::MatrixXd psi =
+                basis.evaluate(chooser.uniform_points()).template cast<double>();
+            uniform_op = (Gp.transpose() * psi).template cast<Scalar>();
+            if (p.sampling == Sampling::sticky && p.num_bins < m) {
+                Vector edges(p.num_bins);
+                for (Index j = 0; j < p.num_bins; ++j)
+                    edges[j] = static_cast<Scalar>(static_cast<double>(j) /
+                                                   static_cast<double>(p.num_bins));
+                edge_psi = basis.evaluate(edges);  // Ψ at the D bin edges (sticky)
+            }
+        }
+        GaussianBasis<Scalar> basis;
+        RidgeFit<Scalar> first;
+        RidgeFit<Scalar> inf;
+        Matrix uniform_op;  // A of the uniform recurrence
+        Matrix edge_psi;
+    };
+
+    static const MemoryParams& validated(const MemoryParams& p, Index dim, Index length) {
         constexpr const char* where = "LongTermMemory::LongTermMemory";
         p.validate();
         detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
@@ -312,134 +365,31 @@ private:
         return p;
     }
 
+    static bool same_params(const MemoryParams& a, const MemoryParams& b) {
+        return a.num_basis == b.num_basis && a.widths == b.widths &&
+               a.ridge_lambda == b.ridge_lambda && a.tau == b.tau &&
+               a.num_samples == b.num_samples && a.num_bins == b.num_bins &&
+               a.sampling == b.sampling && a.reset_after_tokens == b.reset_after_tokens &&
+               a.seed == b.seed;
+    }
+
     void check_chunk(const char* where, const Eigen::Ref<const Matrix>& X) const {
         detail::check_matrix(where, "X", X, length_, dim_);
     }
 
-    // The M points for the next update, into `out` (M); workspace members, no allocation
-    // once they have their sizes.
-    void choose_points(Vector& out) {
-        const Index m = params_.num_samples;
-        const Index d = params_.num_bins;
-        out.resize(m);
-        bins_valid_ = false;
-        if (params_.sampling == Sampling::uniform || obs_mu_.size() == 0) {
-            out = uniform_points_;
-            return;
-        }
-        hist_.resize(d);
-        detail::histogram_into(obs_mu_, obs_sigma_, d, mass_, cdf_, hist_);
-        const Vector& p = hist_;
-        bins_.resize(static_cast<std::size_t>(m));
-        if (!(p.sum() > Scalar(0))) {
-            out = uniform_points_;
-            return;
-        }
-        cdf_[0] = 0.0;
-        for (Index j = 0; j < d; ++j)
-            cdf_[static_cast<std::size_t>(j + 1)] =
-                cdf_[static_cast<std::size_t>(j)] + static_cast<double>(p[j]);
-        const double total = cdf_.back();
-        for (Index i = 0; i < m; ++i) {
-            const double u = params_.sampling == Sampling::sticky
-                                 ? rng_.uniform() * total
-                                 : (static_cast<double>(i) + 0.5) / static_cast<double>(m) * total;
-            // Bin j with cdf[j] <= u < cdf[j+1] (never an empty bin).
-            auto it = std::upper_bound(cdf_.begin() + 1, cdf_.end(), u);
-            Index j = std::min<Index>(static_cast<Index>(it - cdf_.begin()) - 1, d - 1);
-            while (j > 0 && p[j] <= Scalar(0)) --j;
-            double point = static_cast<double>(j) / static_cast<double>(d);
-            if (params_.sampling == Sampling::stratified && p[j] > Scalar(0)) {
-                const double frac =
-                    (u - cdf_[static_cast<std::size_t>(j)]) / static_cast<double>(p[j]);
-                point += std::clamp(frac, 0.0, 1.0) / static_cast<double>(d);
-            }
-            out[i] = static_cast<Scalar>(point);
-            if (params_.sampling == Sampling::sticky) bins_[static_cast<std::size_t>(i)] = j;
-        }
-        std::sort(out.data(), out.data() + m);
-        std::sort(bins_.begin(), bins_.end());  // the same order as the sorted points
-        // Sticky points are left bin edges; the update can then read the memory at the D
-        // edges only (the order of the points does not matter to it).
-        bins_valid_ = params_.sampling == Sampling::sticky;
-    }
-
-    void maybe_reset() {
-        if (params_.reset_after_tokens > 0 && tokens_ >= params_.reset_after_tokens) reset();
-    }
-
-    // points == nullptr: first chunk. from_bins: the points are the left edges of bins_.
-    void store(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points,
-               bool from_bins) {
-        B_new_.resize(num_basis(), dim_);
-        if (points == nullptr) {
-            B_new_.noalias() = first_.G().transpose() * X;
-            last_points_.resize(0);
-        } else {
-            const Index m = params_.num_samples;
-            const Index d = params_.num_bins;
-            last_points_ = *points;
-            const Matrix& G = inf_.G();
-            if (last_points_ == uniform_points_) {
-                B_new_.noalias() = *uniform_op_ * B_;
-            } else if (from_bins && d < m) {
-                if (edge_psi_.rows() != d) {
-                    Vector edges(d);
-                    for (Index j = 0; j < d; ++j)
-                        edges[j] =
-                            static_cast<Scalar>(static_cast<double>(j) / static_cast<double>(d));
-                    edge_psi_ = basis_.evaluate(edges);
-                }
-                edge_past_.noalias() = edge_psi_ * B_;  // D × e
-                gathered_.setZero(num_basis(), d);      // G_pastᵀ S
-                for (Index i = 0; i < m; ++i)
-                    gathered_.col(bins_[static_cast<std::size_t>(i)]) += G.row(i).transpose();
-                B_new_.noalias() = gathered_ * edge_past_;
-            } else {
-                psi_.resize(m, num_basis());
-                basis_.evaluate(last_points_, psi_);
-                past_.noalias() = psi_ * B_;
-                B_new_.noalias() = G.topRows(m).transpose() * past_;
-            }
-            B_new_.noalias() += G.bottomRows(length_).transpose() * X;
-        }
-        // Rotate: B_prev_ ← B_, B_ ← B_new_ (no copies).
-        B_prev_.swap(B_);
-        B_.swap(B_new_);
-        empty_ = false;
-        tokens_ += length_;
-    }
-
-    // A = G_pastᵀ Ψ(uniform points), N × N, in double then rounded.
-    Matrix uniform_operator() const {
-        const Index m = params_.num_samples;
-        const Eigen::MatrixXd Gp = inf_.G().topRows(m).template cast<double>();
-        const Eigen::MatrixXd psi = basis_.evaluate(uniform_points_).template cast<double>();
-        return (Gp.transpose() * psi).template cast<Scalar>();
-    }
-
-    LongTermParams params_;
-    Index dim_;
-    Index length_;
-    GaussianBasis<Scalar> basis_;
-    RidgeFit<Scalar> first_;
-    RidgeFit<Scalar> inf_;
-    detail::Random rng_;
-    Vector uniform_points_;
-    bool empty_ = true;
-    Matrix B_;
-    Index tokens_ = 0;
-    Vector obs_mu_, obs_sigma_;
-    Vector last_points_;
-    Matrix B_prev_;  // the memory before the last update (for last_past())
-    std::shared_ptr<const Matrix> uniform_op_;  // A of the uniform recurrence (shared by copies)
-    Matrix edge_psi_;                           // Ψ at the D bin edges (sticky), built lazily
-    // workspace of update(): no allocation once sized
-    Vector points_, hist_;
-    Matrix psi_, past_, B_new_, edge_past_, gathered_;
-    std::vector<double> mass_, cdf_;
-    std::vector<Index> bins_;
-    bool bins_valid_ = false;
+    MemoryParams params_;
+    Index dim_ = 0;
+    Index length_ = 0;
+    Index stream_ = 0;
+    std::shared_ptr<const Operators> ops_;
+    State state_;
+    // workspace of prepare(): no allocation once sized
+    SamplePointChooser<Scalar> chooser_;
+    Matrix next_B_, psi_, past_, edge_past_, gathered_;
+    Vector next_points_;
+    detail::Random next_rng_;
+    bool next_reset_ = false;
+    bool prepared_ = false;
 };
 
 using LongTermMemoryd = LongTermMemory<double>;

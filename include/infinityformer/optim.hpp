@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "errors.hpp"
-#include "parameters.hpp"
+#include "parameter_view.hpp"
 
 namespace infinityformer {
 

@@ -13,7 +13,8 @@ namespace infinityformer::detail {
 
 class Random {
 public:
-    explicit Random(std::uint64_t seed = 0) : engine_(seed) {}
+    Random() : engine_(0) {}
+    explicit Random(std::uint64_t seed) : engine_(seed) {}
 
     void seed(std::uint64_t s) { engine_.seed(s); }
 
@@ -36,6 +37,28 @@ public:
 private:
     std::mt19937_64 engine_;
 };
+
+/// What a generator is for: every generator's seed is derived from the base seed, its
+/// purpose and (for sampling) its stream, so that no two share a sequence.
+enum class SeedPurpose : std::uint64_t {
+    attention_weights = 1,   ///< ContinuousAttention's initial weights
+    gate_weights = 2,        ///< MemoryGate's initial weights
+    short_term_weights = 3,  ///< the layer's short-term attention weights
+    sampling = 4,            ///< a stream's sticky-sampling generator
+};
+
+/// SplitMix64's finaliser: a bijection of 64-bit words with good avalanche.
+inline std::uint64_t mix64(std::uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/// The seed of the generator for `purpose` (and `stream`) under the base seed.
+inline std::uint64_t derive_seed(std::uint64_t base, SeedPurpose purpose,
+                                 std::uint64_t stream = 0) {
+    return mix64(mix64(mix64(base) ^ static_cast<std::uint64_t>(purpose)) + stream);
+}
 
 /// Fills a matrix with U(−bound, bound) entries, column by column.
 template <typename Derived>

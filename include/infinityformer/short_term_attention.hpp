@@ -1,0 +1,222 @@
+/// @file short_term_attention.hpp
+/// @brief The layer's causal short-term attention over the previous and the current chunk
+/// (the transformer part of the ∞-former, §3), with its backward pass.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "detail/random.hpp"
+#include "errors.hpp"
+#include "parameter_view.hpp"
+
+namespace infinityformer {
+
+/// Multi-head causal softmax attention of width d over a window of two chunks.
+///
+/// For a chunk X (L × d) and the chunk before it P (L_p × d, L_p = 0 for a first chunk):
+///   Q = X W_Qᵀ;  K, V = [P; X] W_{K,V}ᵀ
+///   per head h: A_h = softmax(Q_h K_hᵀ/√d_h + causal mask), context_h = A_h V_h;
+///   output = [context_1 … context_H] W_Oᵀ
+/// Token i of X sees all of P and tokens 0…i of X. Weights follow y = W x (nn.Linear), all
+/// d × d, no biases.
+///
+/// The part holds the weights and their gradients only: what a forward computes for one
+/// stream is a Trace that the caller keeps (one per stream) and hands back to backward().
+///
+/// \tparam Scalar_ float or double.
+template <typename Scalar_>
+class ShortTermAttention {
+    static_assert(std::is_floating_point_v<Scalar_>, "ShortTermAttention needs float or double");
+
+public:
+    using Scalar = Scalar_;
+    using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+    using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    using Index = Eigen::Index;
+
+    /// The weights (y = W x, all d × d).
+    struct Weights {
+        Matrix query, key, value, out;
+    };
+
+    /// What forward() computed for one chunk (kept for backward()).
+    struct Trace {
+        Matrix x;        ///< the chunk X, L × d
+        Matrix q;        ///< X W_Qᵀ, L × d
+        Matrix kv_in;    ///< [P; X], (L_p + L) × d
+        Matrix k, v;     ///< [P; X] W_{K,V}ᵀ
+        Matrix probs;    ///< A_h stacked over heads, H·L × (L_p + L) (masked entries 0)
+        Matrix context;  ///< L × d
+        Matrix output;   ///< context W_Oᵀ, L × d
+
+        friend bool operator==(const Trace& a, const Trace& b) {
+            return same(a.x, b.x) && same(a.q, b.q) && same(a.kv_in, b.kv_in) && same(a.k, b.k) &&
+                   same(a.v, b.v) && same(a.probs, b.probs) && same(a.context, b.context) &&
+                   same(a.output, b.output);
+        }
+        friend bool operator!=(const Trace& a, const Trace& b) { return !(a == b); }
+
+    private:
+        static bool same(const Matrix& x, const Matrix& y) {
+            return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
+        }
+    };
+
+    /// Workspace of backward(); ∂ℓ/∂Q, ∂ℓ/∂K, ∂ℓ/∂V of the last call.
+    struct Work {
+        Matrix dcontext, dprobs, dq, dk, dv;
+        Vector dot;
+    };
+
+    /// @param d_model d ≥ 1. @param num_heads H, divides d.
+    /// @param seed seed of the initial weights, nn.Linear's U(±1/√d) (used as given).
+    ShortTermAttention(Index d_model, Index num_heads, std::uint64_t seed = 0)
+        : d_(d_model), heads_(num_heads) {
+        constexpr const char* where = "ShortTermAttention::ShortTermAttention";
+        detail::require(d_model >= 1, where, "d_model is ", d_model, ", expected >= 1");
+        detail::require(num_heads >= 1 && d_model % num_heads == 0, where, "num_heads is ",
+                        num_heads, ", expected a positive divisor of d_model (", d_model, ")");
+        init_weights(seed);
+        zero_grad();
+    }
+
+    Index d_model() const { return d_; }
+    Index num_heads() const { return heads_; }
+    Index head_size() const { return d_ / heads_; }
+
+    const Weights& weights() const { return weights_; }
+    /// @throws infinityformer::invalid_argument on a wrong shape or non-finite entry
+    /// (weights unchanged).
+    void set_weights(const Weights& w) {
+        constexpr const char* where = "ShortTermAttention::set_weights";
+        detail::check_matrix(where, "query", w.query, d_, d_);
+        detail::check_matrix(where, "key", w.key, d_, d_);
+        detail::check_matrix(where, "value", w.value, d_, d_);
+        detail::check_matrix(where, "out", w.out, d_, d_);
+        weights_ = w;
+    }
+
+    /// nn.Linear's initialisation U(±1/√d) from a seeded generator.
+    void init_weights(std::uint64_t seed) {
+        detail::Random rng(seed);
+        const double bound = 1.0 / std::sqrt(static_cast<double>(d_));
+        Weights w;
+        for (Matrix* m : {&w.query, &w.key, &w.value, &w.out}) {
+            m->resize(d_, d_);
+            detail::fill_uniform(*m, bound, rng);
+        }
+        weights_ = std::move(w);
+    }
+
+    /// The queries X W_Qᵀ (L × d) into q.
+    void project_queries(const Eigen::Ref<const Matrix>& X, Matrix& q) const {
+        q.noalias() = X * weights_.query.transpose();
+    }
+
+    /// Forward of a chunk X (L × d, checked) after the window's previous chunk P (L_p × d,
+    /// possibly 0 rows), with the queries q = X W_Qᵀ already computed (moved into t.q).
+    /// Writes every field of t.
+    void forward_unchecked(const Eigen::Ref<const Matrix>& prev, const Eigen::Ref<const Matrix>& X,
+                           Matrix& q, Trace& t) const {
+        const Index l = X.rows();
+        const Index lp = prev.rows();
+        const Index dh = head_size();
+        t.q.swap(q);
+        t.x = X;
+        t.kv_in.resize(lp + l, d_);
+        if (lp > 0) t.kv_in.topRows(lp) = prev;
+        t.kv_in.bottomRows(l) = X;
+        t.k.noalias() = t.kv_in * weights_.key.transpose();
+        t.v.noalias() = t.kv_in * weights_.value.transpose();
+        t.context.resize(l, d_);
+        t.probs.resize(heads_ * l, lp + l);
+        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
+        for (Index h = 0; h < heads_; ++h) {
+            auto a = t.probs.middleRows(h * l, l);
+            a.noalias() =
+                scale * t.q.middleCols(h * dh, dh) * t.k.middleCols(h * dh, dh).transpose();
+            for (Index i = 0; i < l; ++i) {
+                const Index visible = lp + i + 1;  // causal: previous chunk + tokens 0…i
+                auto row = a.row(i);
+                const Scalar mx = row.head(visible).maxCoeff();
+                row.head(visible) = (row.head(visible).array() - mx).exp();
+                row.head(visible) /= row.head(visible).sum();
+                row.tail(lp + l - visible).setZero();
+            }
+            t.context.middleCols(h * dh, dh).noalias() = a * t.v.middleCols(h * dh, dh);
+        }
+        t.output.noalias() = t.context * weights_.out.transpose();
+    }
+
+    /// First half of the backward of trace t for ∂ℓ/∂output = dY (checked): ∂ℓ/∂Q, ∂ℓ/∂K
+    /// and ∂ℓ/∂V into w.dq, w.dk, w.dv. Nothing is accumulated yet, so that a caller can add
+    /// to w.dq what other parts read from Q before finish_backward().
+    void backward_unchecked(const Trace& t, const Eigen::Ref<const Matrix>& dY, Work& w) const {
+        const Index l = t.x.rows();
+        const Index n_kv = t.kv_in.rows();
+        const Index dh = head_size();
+        const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
+        w.dcontext.noalias() = dY * weights_.out;
+        w.dq.resize(l, d_);
+        w.dk.resize(n_kv, d_);
+        w.dv.resize(n_kv, d_);
+        for (Index h = 0; h < heads_; ++h) {
+            const auto a = t.probs.middleRows(h * l, l);
+            const auto dc = w.dcontext.middleCols(h * dh, dh);
+            w.dprobs.noalias() = dc * t.v.middleCols(h * dh, dh).transpose();
+            w.dv.middleCols(h * dh, dh).noalias() = a.transpose() * dc;
+            // softmax backward: dS = A ⊙ (dA − rowsum(dA ⊙ A)); masked entries have A = 0
+            w.dot.noalias() = w.dprobs.cwiseProduct(a).rowwise().sum();
+            w.dprobs = a.cwiseProduct((w.dprobs.colwise() - w.dot));
+            w.dq.middleCols(h * dh, dh).noalias() = scale * w.dprobs * t.k.middleCols(h * dh, dh);
+            w.dk.middleCols(h * dh, dh).noalias() =
+                scale * w.dprobs.transpose() * t.q.middleCols(h * dh, dh);
+        }
+    }
+
+    /// Second half: accumulates the weights' gradients from t, dY and w (w.dq may include
+    /// other parts' ∂ℓ/∂Q) and writes ∂ℓ/∂X of the chunk (L × d). The previous chunk of the
+    /// window is a constant (truncated back-propagation).
+    void finish_backward(const Trace& t, const Eigen::Ref<const Matrix>& dY, const Work& w,
+                         Eigen::Ref<Matrix> dX) {
+        const Index l = t.x.rows();
+        grads_.out.noalias() += dY.transpose() * t.context;
+        grads_.query.noalias() += w.dq.transpose() * t.x;
+        grads_.key.noalias() += w.dk.transpose() * t.kv_in;
+        grads_.value.noalias() += w.dv.transpose() * t.kv_in;
+        dX.noalias() = w.dq * weights_.query;
+        dX.noalias() += w.dk.bottomRows(l) * weights_.key;
+        dX.noalias() += w.dv.bottomRows(l) * weights_.value;
+    }
+
+    /// Gradients accumulated by finish_backward(), laid out as the weights.
+    const Weights& gradients() const { return grads_; }
+    void zero_grad() {
+        for (Matrix* m : {&grads_.query, &grads_.key, &grads_.value, &grads_.out})
+            m->setZero(d_, d_);
+    }
+
+    /// Appends the named weights and gradients: `prefix`{query,key,value,out}.weight.
+    void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix = "") {
+        detail::append_parameter(out, prefix + "query.weight", weights_.query, grads_.query);
+        detail::append_parameter(out, prefix + "key.weight", weights_.key, grads_.key);
+        detail::append_parameter(out, prefix + "value.weight", weights_.value, grads_.value);
+        detail::append_parameter(out, prefix + "out.weight", weights_.out, grads_.out);
+    }
+
+private:
+    Index d_ = 0;
+    Index heads_ = 0;
+    Weights weights_;
+    Weights grads_;
+};
+
+using ShortTermAttentiond = ShortTermAttention<double>;
+using ShortTermAttentionf = ShortTermAttention<float>;
+
+}  // namespace infinityformer
