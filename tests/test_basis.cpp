@@ -1,21 +1,23 @@
 // Properties of the Gaussian basis (basis.hpp): the default family's layout, normalisation
 // of ψ, and the closed-form expectations E[{1, t, t²} ψ] against numerical quadrature of the
 // defining integrals; numerical safety at extreme μ and σ²; float vs double; the direct-form
-// gradient of E[ψ] against finite differences.
+// gradient of E[ψ] against finite differences (central and Ridders'); bad input.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <functional>
 #include <infinityformer/basis.hpp>
 #include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "extern_templates.hpp"
+#include "part_util.hpp"
 #include "test_util.hpp"
 
 namespace {
 
-using Eigen::Index;
-using infinityformer::GaussianBasis;
-
-using testutil::kPi;
+using namespace part_util;
 
 // log N(t; m, v)
 double log_normal_pdf(double t, double m, double v) {
@@ -396,4 +398,151 @@ TEMPLATE_TEST_CASE("basis: row expectations skip only terms below eps/N of the r
             CHECK(std::abs(static_cast<double>(d1)) <= 2 * eps * scale);
         }
     }
+}
+
+TEST_CASE("basis: rejects bad input", "[basis][errors]") {
+    using B = GaussianBasis<double>;
+    VectorXd c(4), s(4);
+    c << 0, 0.25, 0.5, 1;
+    s << 0.01, 0.05, 0.01, 0.05;
+    SECTION("constructor") {
+        const char* where = "GaussianBasis::GaussianBasis: ";
+        REQUIRE_INVALID(B(VectorXd(0), VectorXd(0)), has(where) && has("centers has 0 entries"));
+        REQUIRE_INVALID(B(c, s.head(3)), has(where) && has("widths is 3x1, expected 4x1"));
+        REQUIRE_INVALID(B(with(c, 1, kNaN), s), has(where) && has("centers") && has("nan"));
+        REQUIRE_INVALID(B(c, with(s, 2, kInf)), has(where) && has("widths") && has("inf"));
+        REQUIRE_INVALID(B(c, with(s, 2, -0.5)), has(where) && has("widths[2] is -0.5"));
+        REQUIRE_INVALID(B(c, with(s, 0, 0.0)), has(where) && has("widths[0] is 0"));
+    }
+    SECTION("default_family") {
+        const char* where = "GaussianBasis::default_family: ";
+        REQUIRE_INVALID(B::default_family(8, {}), has(where) && has("widths has 0 entries"));
+        REQUIRE_INVALID(B::default_family(7, {0.01, 0.05}), has(where) && has("num_basis is 7"));
+        REQUIRE_INVALID(B::default_family(0, {0.01}), has(where) && has("num_basis is 0"));
+        REQUIRE_INVALID(B::default_family(4, {0.01, -0.5}), has(where) && has("widths[1] is -0.5"));
+        REQUIRE_INVALID(B::default_family(4, {kNaN, 0.5}), has(where) && has("widths[0] is nan"));
+    }
+    const B b(c, s);
+    SECTION("evaluate") {
+        const char* where = "GaussianBasis::evaluate: ";
+        VectorXd t(3);
+        t << 0.1, 0.2, 0.3;
+        REQUIRE_INVALID(b.evaluate(with(t, 1, kNaN)),
+                        has(where) && has("t has a non-finite entry nan"));
+        REQUIRE_INVALID(b.evaluate(with(t, 2, -kInf)), has(where) && has("t") && has("-inf"));
+        MatrixXd out(3, 5);
+        REQUIRE_INVALID(b.evaluate(t, out), has(where) && has("out is 3x5, expected 3x4"));
+    }
+    SECTION("expectations") {
+        VectorXd mu(3), s2(3);
+        mu << 0.1, 0.5, 2.0;
+        s2 << 1e-4, 0.0, 1.0;
+        using Fn = std::function<MatrixXd(const VectorXd&, const VectorXd&)>;
+        const std::vector<std::pair<std::string, Fn>> fns = {
+            {"GaussianBasis::expect_psi: ", [&](auto& m, auto& v) { return b.expect_psi(m, v); }},
+            {"GaussianBasis::expect_t_psi: ",
+             [&](auto& m, auto& v) { return b.expect_t_psi(m, v); }},
+            {"GaussianBasis::expect_t2_psi: ",
+             [&](auto& m, auto& v) { return b.expect_t2_psi(m, v); }},
+        };
+        for (const auto& [where, f] : fns) {
+            INFO(where);
+            CHECK_NOTHROW(f(mu, s2));
+            REQUIRE_INVALID(f(with(mu, 0, kNaN), s2),
+                            has(where) && has("mu has a non-finite entry nan"));
+            REQUIRE_INVALID(f(mu, s2.head(2)), has(where) && has("sigma_sq is 2x1, expected 3x1"));
+            REQUIRE_INVALID(f(mu, with(s2, 1, -0.25)), has(where) && has("sigma_sq[1] is -0.25"));
+            REQUIRE_INVALID(f(mu, with(s2, 2, kInf)), has(where) && has("sigma_sq") && has("inf"));
+            REQUIRE_INVALID(f(mu, with(s2, 2, kNaN)), has(where) && has("sigma_sq") && has("nan"));
+        }
+        MatrixXd out(3, 3);
+        REQUIRE_INVALID(b.expect_psi(mu, s2, out), has("out is 3x3, expected 3x4"));
+        REQUIRE_INVALID(b.expect_t_psi(mu, s2, out), has("out is 3x3, expected 3x4"));
+        REQUIRE_INVALID(b.expect_t2_psi(mu, s2, out), has("out is 3x3, expected 3x4"));
+        // The backward pass.
+        const char* where = "GaussianBasis::expect_psi_backward: ";
+        MatrixXd dr = MatrixXd::Ones(3, 4);
+        VectorXd dmu(3), ds(3), short_v(2);
+        CHECK_NOTHROW(b.expect_psi_backward(mu, s2, dr, dmu, ds));
+        REQUIRE_INVALID(b.expect_psi_backward(mu, s2, MatrixXd::Ones(3, 5), dmu, ds),
+                        has(where) && has("dr is 3x5, expected 3x4"));
+        REQUIRE_INVALID(b.expect_psi_backward(mu, s2, with(dr, 1, 1, kNaN), dmu, ds),
+                        has(where) && has("dr has a non-finite entry nan"));
+        REQUIRE_INVALID(b.expect_psi_backward(mu, s2, dr, short_v, ds),
+                        has(where) && has("dmu is 2x1, expected 3x1"));
+        REQUIRE_INVALID(b.expect_psi_backward(mu, s2, dr, dmu, short_v),
+                        has(where) && has("dsigma_sq is 2x1, expected 3x1"));
+        REQUIRE_INVALID(b.expect_psi_backward(mu, with(s2, 0, -0.5), dr, dmu, ds),
+                        has(where) && has("sigma_sq[0] is -0.5"));
+    }
+}
+
+TEST_CASE("basis: expect_psi_backward equals Ridders finite differences, small sigma_sq included",
+          "[basis][fd][training]") {
+    struct Case {
+        Index n;
+        std::vector<double> widths;
+        Index q;
+    };
+    const std::vector<Case> cases = {
+        {8, {0.01, 0.05}, 7}, {12, {0.005, 0.01}, 9}, {5, {0.02}, 4}, {24, {0.005, 0.01}, 3}};
+    const std::vector<double> variances = {1e-8, 1e-6, 1e-4, 1e-3, 0.02, 0.3, 2.0, 5e-5, 0.1};
+    Normal rng(11);
+    for (const auto& c : cases) {
+        const auto basis = GaussianBasisd::default_family(c.n, c.widths);
+        const double s2_min = basis.widths().cwiseAbs2().minCoeff();
+        VectorXd mu(c.q), s2(c.q);
+        for (Index i = 0; i < c.q; ++i) {
+            // Near the centres, between them, and outside [0, 1].
+            mu[i] = i % 3 == 0 ? basis.centers()[(i * 5) % c.n] + 0.3 * basis.widths()[0]
+                               : rng.uniform(-0.3, 1.3);
+            s2[i] = variances[static_cast<std::size_t>(i) % variances.size()];
+        }
+        const MatrixXd dr = rng.matrix(c.q, c.n);
+        VectorXd dmu(c.q), ds2(c.q);
+        basis.expect_psi_backward(mu, s2, dr, dmu, ds2);
+        auto loss = [&](const VectorXd& m, const VectorXd& s) {
+            return basis.expect_psi(m, s).cwiseProduct(dr).sum();
+        };
+        INFO("N = " << c.n << ", Q = " << c.q);
+        // Steps on the scale of each density: √(σ² + s²_min) for μ; for σ², never more
+        // than half of σ² (σ² must stay ≥ 0).
+        const auto mu_r = fd::check_steps(
+            dmu,
+            [&](Index e, double d) {
+                VectorXd m = mu;
+                m[e] += d;
+                return loss(m, s2);
+            },
+            fd::pick(c.q, c.q, 0), [&](Index e) { return 0.2 * std::sqrt(s2[e] + s2_min); });
+        require_fd("basis", "dmu", mu_r);
+        const auto s2_r = fd::check_steps(
+            ds2,
+            [&](Index e, double d) {
+                VectorXd s = s2;
+                s[e] += d;
+                return loss(mu, s);
+            },
+            fd::pick(c.q, c.q, 0),
+            [&](Index e) { return std::min(0.5 * s2[e], 0.2 * (s2[e] + s2_min)); });
+        require_fd("basis", "dsigma_sq", s2_r);
+    }
+}
+
+// Split from "training: bad backward arguments are rejected and change no gradient" (the
+// basis part; lm_small(8, 4, 92)'s widths).
+TEST_CASE("basis: bad expect_psi_backward arguments are rejected", "[basis][errors][training]") {
+    const LongTermParams p = lm_small(8, 4, 92);
+    Normal rng(92);
+    const Index n = 8;
+    const auto basis = GaussianBasisd::default_family(n, p.widths);
+    VectorXd mu = VectorXd::Constant(2, 0.5), s2 = VectorXd::Constant(2, 0.01), dmu(2), ds2(2),
+             dmu_bad(3);
+    CHECK_THROWS_WITH(basis.expect_psi_backward(mu, s2, rng.matrix(2, n + 1), dmu, ds2),
+                      Contains("dr"));
+    CHECK_THROWS_WITH(basis.expect_psi_backward(mu, s2, rng.matrix(2, n), dmu_bad, ds2),
+                      Contains("dmu"));
+    s2[1] = -1e-3;
+    CHECK_THROWS_WITH(basis.expect_psi_backward(mu, s2, rng.matrix(2, n), dmu, ds2),
+                      Contains("sigma_sq"));
 }

@@ -1,4 +1,4 @@
-// Finite-difference helpers for the gradient tests (tests/test_training.cpp).
+// Finite-difference helpers for the gradient tests (the parts' [fd] tests, through part_util.hpp).
 //
 // Every helper differentiates a scalar function of one real shift δ at δ = 0, f(δ) = ℓ(x + δ e),
 // so that callers can perturb an entry of any object (a matrix, a weight seen through a

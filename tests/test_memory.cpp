@@ -1,45 +1,24 @@
 // Properties of the unbounded long-term memory (memory.hpp): the first-chunk and τ-compressed
-// updates composed by hand from GaussianBasis/RidgeFit, explicit sample points, sticky and
-// stratified sampling, the sticky histogram, reset after a number of tokens, long streams,
-// float vs double, odd chunk lengths.
+// updates composed by hand from GaussianBasis/RidgeFit, explicit sample points, reset after a
+// number of tokens, long streams, float vs double, odd chunk lengths; the backward of the fit
+// against finite differences; bad input, and a failed update leaves the memory as its twin.
+// (The choice of the sample points and the sticky histogram: test_sampling.cpp.)
 #include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
 #include <infinityformer/memory.hpp>
-#include <random>
 #include <vector>
 
+#include "extern_templates.hpp"
+#include "part_util.hpp"
+#include "test_fd.hpp"
 #include "test_util.hpp"
 
 namespace {
 
-using namespace infinityformer;
-using Eigen::Index;
-using Eigen::MatrixXd;
-using Eigen::VectorXd;
-
-using testutil::kPi;
-
-using testutil::Normal;
-
-using testutil::max_abs;
-
-LongTermParams small_params(Sampling sampling = Sampling::uniform) {
-    LongTermParams p;
-    p.num_basis = 16;
-    p.num_samples = 8;
-    p.num_bins = 16;
-    p.sampling = sampling;
-    return p;
-}
-
-// The uniform points i/M, i = 1…M.
-VectorXd uniform_points(Index m) {
-    VectorXd s(m);
-    for (Index i = 0; i < m; ++i) s[i] = static_cast<double>(i + 1) / static_cast<double>(m);
-    return s;
-}
+using namespace part_util;
 
 // The τ-compressed refit composed from the library's separately tested pieces:
 // B_new = G_infᵀ [Ψ(s) B_prev; X].
@@ -49,12 +28,6 @@ MatrixXd refit(const GaussianBasis<double>& basis, const RidgeFit<double>& inf, 
     y.topRows(s.size()) = basis.evaluate(s) * b_prev;
     y.bottomRows(x.rows()) = x;
     return inf.G().transpose() * y;
-}
-
-// Φ(x) by erfc (the library uses erf): the mass of N(μ, σ²) in [a, b].
-double normal_mass(double a, double b, double mu, double sigma) {
-    const double r = 1.0 / std::sqrt(2.0);
-    return 0.5 * std::erfc(-(b - mu) / sigma * r) - 0.5 * std::erfc(-(a - mu) / sigma * r);
 }
 
 }  // namespace
@@ -175,245 +148,6 @@ TEST_CASE("memory: explicit sample points are used as given and replay a sticky 
     CHECK(max_abs(replay.coefficients() - refit(basis, inf, odd, b_prev, x)) <=
           1e-12 * max_abs(replay.coefficients()));
     CHECK(max_abs(replay.last_past() - basis.evaluate(odd) * b_prev) <= 1e-12 * max_abs(b_prev));
-}
-
-TEST_CASE("memory: sticky sampling is seeded, on the bin grid, sorted", "[memory]") {
-    LongTermParams p = small_params(Sampling::sticky);
-    p.num_samples = 64;
-    p.num_bins = 32;
-    VectorXd mu(4), sig(4);
-    mu << 0.1, 0.45, 0.8, 1.05;
-    sig << 1e-3, 4e-3, 1e-2, 2e-2;
-    auto draw = [&](std::uint64_t seed, int times) {
-        LongTermParams q = p;
-        q.seed = seed;
-        LongTermMemory<double> mem(2, 8, q);
-        mem.observe(mu, sig);
-        std::vector<VectorXd> out;
-        for (int i = 0; i < times; ++i) out.push_back(mem.next_sample_points());
-        return out;
-    };
-    const auto a = draw(7, 3), b = draw(7, 3), c = draw(8, 3);
-    for (int i = 0; i < 3; ++i) {
-        CHECK(a[i] == b[i]);
-        CHECK(a[i] != c[i]);
-        for (const auto* v : {&a[i], &c[i]}) {
-            for (Index k = 0; k < v->size(); ++k) {
-                const double x = (*v)[k];
-                CHECK(x >= 0.0);
-                CHECK(x < 1.0);
-                CHECK(x * 32 == std::round(x * 32));  // a left edge b/D
-                if (k > 0) CHECK(x >= (*v)[k - 1]);
-            }
-        }
-    }
-    // Successive draws of one generator differ (the generator advances).
-    CHECK(a[0] != a[1]);
-    // seed() restarts the sequence.
-    LongTermParams q = p;
-    q.seed = 1234;
-    LongTermMemory<double> mem(2, 8, q);
-    mem.observe(mu, sig);
-    const VectorXd first = mem.next_sample_points();
-    mem.next_sample_points();
-    mem.seed(1234);
-    CHECK(mem.next_sample_points() == first);
-    // The same stream twice with one seed: identical memories; another seed: different.
-    auto stream = [&](std::uint64_t seed) {
-        LongTermParams r = small_params(Sampling::sticky);
-        r.seed = seed;
-        LongTermMemory<double> m(3, 8, r);
-        Normal rng(4);
-        for (int chunk = 0; chunk < 5; ++chunk) {
-            m.update(rng.matrix(8, 3));
-            VectorXd mm(3), ss(3);
-            mm << rng.uniform(), rng.uniform(), rng.uniform();
-            ss << 1e-3, 1e-2, 4e-2;
-            m.observe(mm, ss);
-        }
-        return MatrixXd(m.coefficients());
-    };
-    CHECK(stream(5) == stream(5));
-    CHECK(stream(5) != stream(6));
-}
-
-TEST_CASE("memory: sticky bins are drawn in proportion to the histogram", "[memory]") {
-    LongTermParams p = small_params(Sampling::sticky);
-    p.num_samples = 4000;
-    p.num_bins = 8;
-    p.seed = 31;
-    LongTermMemory<double> mem(2, 8, p);
-    VectorXd mu(3), sig(3);
-    mu << 0.2, 0.6, 0.95;
-    sig << 0.1, 0.05, 0.2;
-    mem.observe(mu, sig);
-    const VectorXd hist = mem.histogram();
-    const VectorXd pts = mem.next_sample_points();
-    std::vector<double> count(8, 0.0);
-    for (Index i = 0; i < pts.size(); ++i) count[static_cast<std::size_t>(pts[i] * 8 + 0.5)] += 1;
-    for (Index j = 0; j < 8; ++j) {
-        const double expected = 4000 * hist[j];
-        const double sd = std::sqrt(4000 * hist[j] * (1 - hist[j]));
-        INFO("bin " << j << ": " << count[static_cast<std::size_t>(j)] << " drawn, expected "
-                    << expected);
-        // Binomial: a fixed seed, 4.5 standard deviations (a biased sampler, e.g. one bin
-        // off, misses by far more).
-        CHECK(std::abs(count[static_cast<std::size_t>(j)] - expected) <= 4.5 * sd + 1);
-    }
-}
-
-TEST_CASE("memory: stratified sampling is deterministic and follows the histogram", "[memory]") {
-    LongTermParams p = small_params(Sampling::stratified);
-    p.num_samples = 50;
-    p.num_bins = 20;
-    VectorXd mu(3), sig(3);
-    mu << 0.15, 0.5, 0.9;
-    sig << 1e-3, 1e-2, 5e-3;
-    LongTermMemory<double> a(2, 8, p);
-    p.seed = 77;  // the seed plays no role
-    LongTermMemory<double> b(2, 8, p);
-    a.observe(mu, sig);
-    b.observe(mu, sig);
-    const VectorXd pa = a.next_sample_points();
-    CHECK(a.next_sample_points() == pa);
-    CHECK(b.next_sample_points() == pa);
-    const VectorXd hist = a.histogram();
-    REQUIRE(pa.size() == 50);
-    for (Index i = 0; i < pa.size(); ++i) {
-        CHECK(pa[i] >= 0.0);
-        CHECK(pa[i] <= 1.0);
-        if (i > 0) CHECK(pa[i] >= pa[i - 1]);
-    }
-    // Quantiles (i − ½)/M of the piecewise-uniform density: bin j receives M p_j points up
-    // to rounding (±1).
-    for (Index j = 0; j < 20; ++j) {
-        Index n = 0;
-        for (Index i = 0; i < pa.size(); ++i)
-            if (pa[i] >= j / 20.0 && (pa[i] < (j + 1) / 20.0 || (j == 19 && pa[i] <= 1.0))) ++n;
-        INFO("bin " << j << ": " << n << " points, M p = " << 50 * hist[j]);
-        CHECK(std::abs(static_cast<double>(n) - 50 * hist[j]) <= 1.0 + 1e-9);
-    }
-    // Exactly the documented rule: point i = F⁻¹((i − ½)/M), F the CDF of the histogram read
-    // as a piecewise-uniform density on the bins [j/D, (j+1)/D).
-    std::vector<double> cdf(21, 0.0);
-    for (Index j = 0; j < 20; ++j)
-        cdf[static_cast<std::size_t>(j + 1)] = cdf[static_cast<std::size_t>(j)] + hist[j];
-    for (Index i = 0; i < 50; ++i) {
-        const double u = (static_cast<double>(i) + 0.5) / 50.0 * cdf[20];
-        Index j = 0;
-        while (j < 19 && !(u < cdf[static_cast<std::size_t>(j + 1)])) ++j;
-        const double expected =
-            (static_cast<double>(j) + (u - cdf[static_cast<std::size_t>(j)]) / hist[j]) / 20.0;
-        INFO("point " << i);
-        CHECK(std::abs(pa[i] - expected) <= 1e-12);
-    }
-}
-
-TEST_CASE("memory: samples concentrate where the densities are", "[memory]") {
-    VectorXd mu = VectorXd::Constant(6, 0.2), sig = VectorXd::Constant(6, 1e-6);
-    for (Sampling s : {Sampling::sticky, Sampling::stratified}) {
-        LongTermParams p = small_params(s);
-        p.num_bins = 128;
-        p.num_samples = 32;
-        LongTermMemory<double> mem(2, 8, p);
-        mem.observe(mu, sig);
-        const VectorXd pts = mem.next_sample_points();
-        INFO(to_string(s) << ": points from " << pts.minCoeff() << " to " << pts.maxCoeff());
-        // σ = 1e-3: the mass lies in 0.2 ± 0.006, i.e. in bin 25 = [0.1953, 0.2031).
-        CHECK(pts.minCoeff() >= 25.0 / 128 - 1e-12);
-        CHECK(pts.maxCoeff() <= 26.0 / 128);
-    }
-    // And the memory actually reads there.
-    LongTermParams p = small_params(Sampling::stratified);
-    p.num_bins = 128;
-    LongTermMemory<double> mem(2, 8, p);
-    Normal rng(1);
-    mem.update(rng.matrix(8, 2));
-    mem.observe(mu, sig);
-    mem.update(rng.matrix(8, 2));
-    CHECK(std::abs(mem.last_sample_points().mean() - 0.2) < 0.01);
-}
-
-TEST_CASE("memory: sticky_histogram is the normalised sum of normal bin masses", "[memory]") {
-    VectorXd mu(7), sigma(7);
-    mu << 0.0, 0.31, 0.5, 0.999, 1.2, -0.05, 0.73;
-    sigma << 0.01, 0.02, 0.3, 0.01, 0.1, 0.05, 1e-4;
-    for (Index d : {1, 7, 128}) {
-        const VectorXd p = sticky_histogram<double>(mu, sigma, d);
-        REQUIRE(p.size() == d);
-        CHECK(std::abs(p.sum() - 1.0) <= 1e-14);
-        CHECK(p.minCoeff() >= 0.0);
-        // Direct: edges −1e-6, j/D, 1 + 1e-6; masses summed over the densities, then
-        // normalised once.
-        std::vector<double> mass(static_cast<std::size_t>(d), 0.0);
-        double total = 0;
-        for (Index j = 0; j < d; ++j) {
-            const double lo = j == 0 ? -1e-6 : static_cast<double>(j) / d;
-            const double hi = j == d - 1 ? 1.0 + 1e-6 : static_cast<double>(j + 1) / d;
-            for (Index q = 0; q < mu.size(); ++q)
-                mass[static_cast<std::size_t>(j)] += normal_mass(lo, hi, mu[q], sigma[q]);
-            total += mass[static_cast<std::size_t>(j)];
-        }
-        for (Index j = 0; j < d; ++j)
-            CHECK(std::abs(p[j] - mass[static_cast<std::size_t>(j)] / total) <= 1e-13);
-    }
-    // A float result from the same computation.
-    const Eigen::VectorXf pf = sticky_histogram<float>(mu.cast<float>(), sigma.cast<float>(), 16);
-    const VectorXd pd = sticky_histogram<double>(mu.cast<float>().cast<double>(),
-                                                 sigma.cast<float>().cast<double>(), 16);
-    CHECK(max_abs(pf.cast<double>() - pd) <= 1e-6);
-    // All mass far outside [0, 1]: all zeros.
-    VectorXd far_mu(3), far_sigma(3);
-    far_mu << 5.0, -3.0, 40.0;
-    far_sigma << 0.01, 0.1, 1.0;
-    const VectorXd z = sticky_histogram<double>(far_mu, far_sigma, 16);
-    CHECK(z.size() == 16);
-    CHECK(z.isZero(0));
-}
-
-TEST_CASE("memory: the float histogram (vectorised erf) matches the double one", "[memory]") {
-    // Many densities, narrow to wide, as a chunk's H·L queries give them.
-    Normal rng(77);
-    const Index n = 3000;
-    VectorXd mu(n), sigma(n);
-    for (Index q = 0; q < n; ++q) {
-        mu[q] = -0.2 + 1.4 * rng.uniform();
-        sigma[q] = std::pow(10.0, -3.0 + 3.0 * rng.uniform());
-    }
-    const Eigen::VectorXf mf = mu.cast<float>(), sf = sigma.cast<float>();
-    for (Index d : {1, 16, 128, 1023}) {
-        const Eigen::VectorXf pf = sticky_histogram<float>(mf, sf, d);
-        const VectorXd pd = sticky_histogram<double>(mf.cast<double>(), sf.cast<double>(), d);
-        INFO("D = " << d);
-        CHECK(pf.minCoeff() >= 0.0f);
-        CHECK(std::abs(pf.cast<double>().sum() - 1.0) <= 1e-6);
-        // Per bin within 1e-6 of the probability and 1e-4 of its own size.
-        for (Index j = 0; j < d; ++j)
-            CHECK(std::abs(static_cast<double>(pf[j]) - pd[j]) <= 1e-6 + 1e-4 * pd[j]);
-    }
-}
-
-TEST_CASE("memory: sampling falls back to uniform points without mass in [0, 1]", "[memory]") {
-    VectorXd far_mu(2), far_sig(2);
-    far_mu << 5.0, -3.0;
-    far_sig << 1e-4, 1e-2;
-    for (Sampling s : {Sampling::sticky, Sampling::stratified}) {
-        INFO(to_string(s));
-        LongTermParams p = small_params(s);
-        LongTermMemory<double> mem(2, 8, p);
-        // Nothing observed yet.
-        CHECK(mem.histogram().isZero(0));
-        CHECK(mem.next_sample_points() == uniform_points(8));
-        mem.observe(far_mu, far_sig);
-        CHECK(mem.histogram().isZero(0));
-        CHECK(mem.next_sample_points() == uniform_points(8));
-        // ... and the update reads at i/M.
-        Normal rng(3);
-        mem.update(rng.matrix(8, 2));
-        mem.observe(far_mu, far_sig);
-        mem.update(rng.matrix(8, 2));
-        CHECK(mem.last_sample_points() == uniform_points(8));
-    }
 }
 
 TEST_CASE("memory: reset_after_tokens refits as a first chunk", "[memory]") {
@@ -578,4 +312,214 @@ TEST_CASE("memory: odd chunk lengths stream and reconstruct the new chunk", "[me
     VectorXd mid(7);
     for (Index j = 0; j < 7; ++j) mid[j] = (static_cast<double>(j) + 0.5) / 7.0;
     CHECK((mem.evaluate(mid) - x).norm() <= 1e-2 * x.norm());
+}
+
+TEST_CASE("memory: backward equals finite differences of the fit", "[memory][fd][training]") {
+    struct Case {
+        Index length, dim, n, m;
+        std::vector<double> widths;
+        Sampling sampling;
+        int chunk;  // chunk index differentiated (0: first-chunk fit)
+    };
+    const std::vector<Case> cases = {
+        {4, 3, 8, 4, {0.005, 0.01}, Sampling::sticky, 0},
+        {4, 3, 8, 4, {0.005, 0.01}, Sampling::sticky, 2},
+        {5, 2, 6, 3, {0.01, 0.05}, Sampling::uniform, 0},
+        {5, 2, 6, 3, {0.01, 0.05}, Sampling::uniform, 1},
+        {3, 2, 9, 7, {0.02}, Sampling::stratified, 3},
+    };
+    for (const auto& c : cases) {
+        INFO("L = " << c.length << ", chunk " << c.chunk << ", " << to_string(c.sampling));
+        LongTermParams p;
+        p.num_basis = c.n;
+        p.widths = c.widths;
+        p.num_samples = c.m;
+        p.num_bins = 16;
+        p.sampling = c.sampling;
+        p.seed = 3;
+        Normal rng(static_cast<std::uint64_t>(40 + c.chunk + c.length));
+        LongTermMemoryd mem(c.dim, c.length, p);
+        for (int k = 0; k < c.chunk; ++k) {
+            mem.update(rng.matrix(c.length, c.dim));
+            const VectorXd mu = rng.matrix(3, 1, 0.3).array() + 0.5;
+            const VectorXd s2 = 0.01 * rng.matrix(3, 1).cwiseAbs2();
+            mem.observe(mu, s2);
+        }
+        const MatrixXd X = rng.matrix(c.length, c.dim);
+        const MatrixXd dBup = rng.matrix(c.n, c.dim);
+        auto loss = [&](const MatrixXd& x) {
+            LongTermMemoryd m = mem;  // the same generator state: the same sample points
+            m.update(x);
+            return m.coefficients().cwiseProduct(dBup).sum();
+        };
+        LongTermMemoryd base = mem;
+        base.update(X);
+        CHECK(base.last_sample_points().size() == (c.chunk == 0 ? 0 : c.m));
+        MatrixXd dX(c.length, c.dim);
+        base.backward(dBup, dX);
+        check_input("memory fit", "dX", X, dX, loss, 1e-1, 1, 1000);
+    }
+}
+
+TEST_CASE("memory: rejects bad input and keeps its state", "[memory][errors]") {
+    LongTermParams p;
+    p.num_basis = 16;
+    p.num_samples = 8;
+    p.num_bins = 16;
+    p.sampling = Sampling::sticky;
+    p.seed = 11;
+    p.reset_after_tokens = 16;
+    REQUIRE_INVALID(LongTermMemory<double>(0, 8, p),
+                    has("LongTermMemory::LongTermMemory: dim is 0"));
+    REQUIRE_INVALID(LongTermMemory<double>(4, 0, p),
+                    has("LongTermMemory::LongTermMemory: chunk_length is 0"));
+    LongTermMemory<double> mem(4, 8, p), twin(4, 8, p);
+    Normal rng(4);
+    const MatrixXd x = rng.matrix(8, 4);
+    VectorXd pts(8);
+    pts << 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8;
+    VectorXd mu(3), s2(3);
+    mu << 0.2, 0.5, 0.9;
+    s2 << 1e-3, 1e-2, 4e-3;
+
+    auto bad_calls = [&] {
+        const char* where = "LongTermMemory::update: ";
+        REQUIRE_INVALID(mem.update(rng.matrix(7, 4)), has(where) && has("X is 7x4, expected 8x4"));
+        REQUIRE_INVALID(mem.update(rng.matrix(8, 3)), has(where) && has("X is 8x3, expected 8x4"));
+        REQUIRE_INVALID(mem.update(with(x, 3, 2, kNaN)),
+                        has(where) && has("X has a non-finite entry nan at (3, 2)"));
+        REQUIRE_INVALID(mem.update(with(x, 0, 0, kInf)),
+                        has(where) && has("X has a non-finite entry inf at (0, 0)"));
+        REQUIRE_INVALID(mem.update(with(x, 7, 3, -kInf)), has(where) && has("-inf"));
+        REQUIRE_INVALID(mem.update(x, VectorXd(pts.head(7))),
+                        has(where) && has("sample_points is 7x1, expected 8x1"));
+        REQUIRE_INVALID(mem.update(x, with(pts, 5, kNaN)),
+                        has(where) && has("sample_points has a non-finite entry nan"));
+        REQUIRE_INVALID(mem.update(rng.matrix(9, 4), pts), has(where) && has("X is 9x4"));
+        const char* obs = "LongTermMemory::observe: ";
+        REQUIRE_INVALID(mem.observe(with(mu, 1, kNaN), s2),
+                        has(obs) && has("mu has a non-finite entry nan"));
+        REQUIRE_INVALID(mem.observe(mu, VectorXd(s2.head(2))),
+                        has(obs) && has("sigma_sq is 2x1, expected 3x1"));
+        REQUIRE_INVALID(mem.observe(mu, with(s2, 2, 0.0)), has(obs) && has("sigma_sq[2] is 0"));
+        REQUIRE_INVALID(mem.observe(mu, with(s2, 0, -0.5)), has(obs) && has("sigma_sq[0] is -0.5"));
+        REQUIRE_INVALID(mem.observe(mu, with(s2, 0, kInf)),
+                        has(obs) && has("sigma_sq") && has("inf"));
+    };
+    auto same_state = [&] {
+        CHECK(mem.empty() == twin.empty());
+        CHECK(mem.tokens_stored() == twin.tokens_stored());
+        CHECK(mem.coefficients() == twin.coefficients());
+        CHECK(mem.histogram() == twin.histogram());
+        CHECK(mem.last_sample_points() == twin.last_sample_points());
+        CHECK(mem.last_past() == twin.last_past());
+    };
+    // Before the first chunk.
+    bad_calls();
+    same_state();
+    CHECK(mem.empty());
+    for (LongTermMemory<double>* m : {&mem, &twin}) {
+        m->update(x);
+        m->observe(mu, s2);
+    }
+    // With a memory, an observation and a sticky generator in play.
+    bad_calls();
+    same_state();
+    for (LongTermMemory<double>* m : {&mem, &twin}) m->update(x * 0.5);  // 16 tokens: reset due
+    same_state();
+    REQUIRE(mem.tokens_stored() == 16);
+    // A bad chunk when a reset is due must not reset the memory.
+    bad_calls();
+    same_state();
+    CHECK_FALSE(mem.empty());
+    // The generator was not advanced: the next sticky points are the twin's.
+    for (LongTermMemory<double>* m : {&mem, &twin}) {
+        m->update(x);  // reset → first chunk
+        m->observe(mu, s2);
+        m->update(x * 2.0);  // sticky draw
+    }
+    same_state();
+    REQUIRE(mem.last_sample_points().size() == 8);
+    CHECK(mem.next_sample_points() == twin.next_sample_points());
+}
+
+// Split from "errors: LongTermParams::validate names each field and value" (its last part:
+// every constructor validates the settings it uses, and only those).
+TEST_CASE("memory: the constructor validates the memory's settings only", "[memory][errors]") {
+    // The memory never reads σ²_min.
+    LongTermParams p;
+    p.num_basis = 16;
+    p.tau = 1;
+    REQUIRE_INVALID(LongTermMemory<double>(4, 8, p), has("MemoryParams") && has("tau is 1"));
+    LongTermParams q;
+    q.num_basis = 16;
+    q.sigma_sq_min = 0;
+    CHECK_NOTHROW(LongTermMemory<double>(4, 8, q));
+}
+
+// Split from "training: backward without forward is a logic_error" (the memory part).
+TEST_CASE("memory: backward without an update is a logic_error", "[memory][errors][training]") {
+    const LongTermParams p = lm_small(8, 4, 91);
+    Normal rng(91);
+    MatrixXd dX(4, 6);
+    LongTermMemoryd mem(6, 4, p);
+    CHECK_THROWS_AS(mem.backward(rng.matrix(8, 6), dX), infinityformer::logic_error);
+    mem.update(rng.matrix(4, 6));
+    CHECK_NOTHROW(mem.backward(rng.matrix(8, 6), dX));
+    mem.reset();
+    CHECK_THROWS_AS(mem.backward(rng.matrix(8, 6), dX), infinityformer::logic_error);
+}
+
+// Split from "training: bad backward arguments are rejected and change no gradient" (the
+// memory part).
+TEST_CASE("memory: bad backward arguments are rejected", "[memory][errors][training]") {
+    const LongTermParams p = lm_small(8, 4, 92);
+    Normal rng(92);
+    const Index d = 6, l = 4, n = 8;
+    LongTermMemoryd mem(d, l, p);
+    mem.update(rng.matrix(l, d));
+    MatrixXd dX(l, d), dX_bad(l + 1, d);
+    CHECK_THROWS_WITH(mem.backward(rng.matrix(n + 1, d), dX), Contains("dB"));
+    CHECK_THROWS_WITH(mem.backward(rng.matrix(n, d), dX_bad), Contains("dX"));
+}
+
+TEST_CASE("memory: a failed update leaves the memory as its twin", "[memory][twin]") {
+    for (Sampling sampling : {Sampling::uniform, Sampling::sticky, Sampling::stratified}) {
+        INFO(to_string(sampling));
+        LongTermParams p = twin_params(false);
+        p.sampling = sampling;
+        p.ridge_lambda = 1e-6;  // a sharp fit: the new chunk's operator has columns summing above 1
+        LongTermMemory<double> mem(3, 4, p), twin(3, 4, p);
+        Normal rng(5);
+        VectorXd mu(2), s2(2);
+        mu << 0.3, 0.7;
+        s2 << 0.01, 0.04;
+        for (int c = 0; c < 3; ++c) {
+            const MatrixXd x = rng.matrix(4, 3);
+            mem.update(x);
+            twin.update(x);
+            mem.observe(mu, s2);
+            twin.observe(mu, s2);
+        }
+        REQUIRE(mem == twin);
+        // X whose column 0 follows the signs of G_new's column of largest absolute sum: that
+        // coefficient of G_newᵀ X overflows.
+        const MatrixXd G_new = mem.unbounded_fit().G().bottomRows(4);
+        const MatrixXd huge = testutil::overflowing_input(G_new.transpose(), 3).transpose();
+        REQUIRE_THROWS_AS(mem.update(huge), infinityformer::invalid_argument);
+        CHECK(mem == twin);
+        CHECK(mem.state() == twin.state());
+        VectorXd bad_s2 = s2;
+        bad_s2(1) = -1;
+        REQUIRE_THROWS_AS(mem.observe(mu, bad_s2), infinityformer::invalid_argument);
+        CHECK(mem == twin);
+        for (int c = 0; c < 3; ++c) {
+            const MatrixXd x = rng.matrix(4, 3);
+            mem.update(x);
+            twin.update(x);
+            CHECK(mem.coefficients() == twin.coefficients());
+            CHECK(mem.last_sample_points() == twin.last_sample_points());
+        }
+        CHECK(mem == twin);
+    }
 }

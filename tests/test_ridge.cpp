@@ -1,14 +1,15 @@
-// Properties of the ridge-regression fit (ridge.hpp): the authors' position layouts, exact
-// recovery of a signal in the span of the basis, G against an independent solve of the
-// normal equations, stationarity of the ridge objective, operator sharing, float vs double.
+// Properties of the ridge-regression fit (ridge.hpp): exact recovery of a signal in the span
+// of the basis, G against an independent solve of the normal equations, stationarity of the
+// ridge objective, operator sharing, float vs double (on the position layouts of
+// positions.hpp, tested in test_positions.cpp); bad input.
 #include <Eigen/Dense>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <infinityformer/positions.hpp>
 #include <infinityformer/ridge.hpp>
-#include <random>
 #include <vector>
 
+#include "extern_templates.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -18,7 +19,12 @@ using Eigen::Index;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
 
+using testutil::has;
+using testutil::kInf;
+using testutil::kNaN;
 using testutil::kPi;
+using testutil::max_abs;
+using testutil::with;
 
 // Portable seeded normals (std::normal_distribution differs between standard libraries).
 using testutil::Normal;
@@ -42,89 +48,7 @@ MatrixXd normal_equations_G(const MatrixXd& f, Index first, Index n, double lamb
     return gt.transpose();
 }
 
-using testutil::max_abs;
-
 }  // namespace
-
-TEST_CASE("ridge: single_chunk_positions are midpoints with floor(L/2) pads per side", "[ridge]") {
-    for (Index l = 1; l <= 41; ++l) {
-        const FitPositions pos = single_chunk_positions(l);
-        const Index a = l / 2;
-        INFO("L = " << l);
-        REQUIRE(static_cast<Index>(pos.all.size()) == l + 2 * a);
-        REQUIRE(pos.first_kept == a);
-        REQUIRE(pos.num_kept == l);
-        for (Index p = 0; p < l + 2 * a; ++p) {
-            // t_p = (p − a + ½)/L: midpoints (j + ½)/L for p = a + j, the same grid beyond.
-            const double expected = (static_cast<double>(p - a) + 0.5) / static_cast<double>(l);
-            CHECK(std::abs(pos.all[static_cast<std::size_t>(p)] - expected) <= 1e-14);
-        }
-        // Pads lie outside [0, 1], real positions inside.
-        for (Index p = 0; p < a; ++p) CHECK(pos.all[static_cast<std::size_t>(p)] < 0.0);
-        for (Index p = a + l; p < l + 2 * a; ++p) CHECK(pos.all[static_cast<std::size_t>(p)] > 1.0);
-    }
-}
-
-TEST_CASE("ridge: unbounded_positions layout", "[ridge]") {
-    for (double tau : {0.25, 0.5, 0.75}) {
-        for (Index l = 1; l < 60; ++l) {
-            for (Index m = 1; m < 60; ++m) {
-                const FitPositions pos = unbounded_positions(l, m, tau);
-                const Index p = m + l;
-                const auto total = static_cast<Index>(pos.all.size());
-                INFO("tau = " << tau << ", L = " << l << ", M = " << m);
-                REQUIRE(pos.num_kept == p);
-                REQUIRE(pos.first_kept >= 0);
-                REQUIRE(pos.first_kept + p <= total);
-                const Index n_left = pos.first_kept;
-                const Index n_right = total - pos.first_kept - p;
-                // Real positions: τ i/M, then τ + (1 − τ) j/L; the last ones exactly τ and 1.
-                for (Index i = 1; i <= m; ++i) {
-                    const double got = pos.all[static_cast<std::size_t>(n_left + i - 1)];
-                    REQUIRE(std::abs(got - tau * static_cast<double>(i) / m) <= 1e-15);
-                }
-                REQUIRE(pos.all[static_cast<std::size_t>(n_left + m - 1)] == tau);
-                for (Index j = 1; j <= l; ++j) {
-                    const double got = pos.all[static_cast<std::size_t>(n_left + m + j - 1)];
-                    REQUIRE(std::abs(got - (tau + (1 - tau) * static_cast<double>(j) / l)) <=
-                            1e-15);
-                }
-                REQUIRE(pos.all[static_cast<std::size_t>(n_left + p - 1)] == 1.0);
-                // Pads: < 0 on the left, > 1 on the right, ascending, on the grid
-                // linspace(−½ + s, 3/2 − s, 2P), s = 1/(2L + M) (golden README Q4).
-                const double s = 1.0 / static_cast<double>(2 * l + m);
-                const double h = (2.0 - 2.0 * s) / static_cast<double>(2 * p - 1);
-                for (Index q = 0; q < n_left; ++q) {
-                    const double got = pos.all[static_cast<std::size_t>(q)];
-                    REQUIRE(got < 0.0);
-                    REQUIRE(std::abs(got - (-0.5 + s + h * static_cast<double>(q))) <= 1e-14);
-                }
-                for (Index q = 0; q < n_right; ++q) {
-                    const double got = pos.all[static_cast<std::size_t>(n_left + p + q)];
-                    REQUIRE(got > 1.0);
-                    const double expected = 1.5 - s - h * static_cast<double>(n_right - 1 - q);
-                    REQUIRE(std::abs(got - expected) <= 1e-14);
-                }
-                // The grid has 2P points: those in [0, 1] number 2P − n_left − n_right.
-                Index inside = 0;
-                for (Index q = 0; q < 2 * p; ++q) {
-                    const double g = -0.5 + s + h * static_cast<double>(q);
-                    if (g >= 0.0 && g <= 1.0) ++inside;
-                }
-                REQUIRE(inside == 2 * p - n_left - n_right);
-                for (Index q = 1; q < total; ++q)
-                    REQUIRE(pos.all[static_cast<std::size_t>(q)] >
-                            pos.all[static_cast<std::size_t>(q - 1)]);
-                // For even L the reference keeps rows ⌊P/2⌋…: the left pads must number
-                // exactly ⌊(M + L)/2⌋ (and so do the right ones).
-                if (l % 2 == 0) {
-                    REQUIRE(n_left == p / 2);
-                    REQUIRE(n_right == p / 2);
-                }
-            }
-        }
-    }
-}
 
 TEST_CASE("ridge: a signal in the span of the basis is recovered exactly", "[ridge]") {
     // 8 basis functions, centres spread over [0, 1] with a width that keeps F Fᵀ well
@@ -276,4 +200,37 @@ TEST_CASE("ridge: float G agrees with double G", "[ridge]") {
         const MatrixXd b_f = gf.fit(y.cast<float>()).cast<double>();
         CHECK(max_abs(b_f - b_d) <= 1e-5 * max_abs(b_d));
     }
+}
+
+// Split from "errors: positions and RidgeFit" (the RidgeFit part).
+TEST_CASE("ridge: RidgeFit rejects bad input", "[ridge][errors]") {
+    const auto basis = GaussianBasis<double>::default_family(8, {0.01, 0.05});
+    const FitPositions good = single_chunk_positions(6);  // 12 positions, kept [3, 9)
+    const char* where = "RidgeFit::RidgeFit: ";
+    REQUIRE_INVALID(RidgeFit<double>(basis, good, 0.0), has(where) && has("ridge_lambda is 0"));
+    REQUIRE_INVALID(RidgeFit<double>(basis, good, -0.5), has(where) && has("ridge_lambda is -0.5"));
+    REQUIRE_INVALID(RidgeFit<double>(basis, good, kNaN), has(where) && has("ridge_lambda is nan"));
+    FitPositions p = good;
+    p.first_kept = -1;
+    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0),
+                    has(where) && has("kept positions [-1, 5)") && has("12 positions"));
+    p = good;
+    p.num_kept = 0;
+    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0), has(where) && has("kept positions [3, 3)"));
+    p = good;
+    p.first_kept = 8;
+    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0),
+                    has(where) && has("kept positions [8, 14)") && has("12 positions"));
+    p = good;
+    p.all[4] = kNaN;
+    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0), has(where) && has("positions[4] is nan"));
+    const RidgeFit<double> fit(basis, good, 1.0);
+    Normal rng(1);
+    const MatrixXd y = rng.matrix(6, 3);
+    REQUIRE_INVALID(fit.fit(rng.matrix(5, 3)), has("RidgeFit::fit: Y has 5 rows, expected 6"));
+    REQUIRE_INVALID(fit.fit(with(y, 2, 1, kInf)),
+                    has("RidgeFit::fit: Y has a non-finite entry inf"));
+    MatrixXd b(8, 2);
+    REQUIRE_INVALID(fit.fit(y, b), has("RidgeFit::fit: B is 8x2, expected 8x3"));
+    CHECK_NOTHROW(fit.fit(y));
 }

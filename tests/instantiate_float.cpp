@@ -1,0 +1,5 @@
+// The explicit instantiations that tests/extern_templates.hpp declares, for float.
+#define INFINITYFORMER_TEST_INSTANTIATE
+#include "extern_templates.hpp"
+
+INFINITYFORMER_TEST_CLASSES(template, float)
