@@ -80,20 +80,19 @@ public:
 
         /// Equal in every computed value (the workspace rb is not compared).
         friend bool operator==(const Trace& a, const Trace& b) {
-            return same(a.u_mu, b.u_mu) && same(a.u_sigma, b.u_sigma) && same(a.key_mu, b.key_mu) &&
-                   same(a.key_sigma, b.key_sigma) && same(a.values, b.values) &&
-                   same(a.a_mu, b.a_mu) && same(a.a_sigma, b.a_sigma) && same(a.mu, b.mu) &&
-                   same(a.sigma_sq, b.sigma_sq) && same(a.r, b.r) && same(a.context, b.context) &&
-                   same(a.output, b.output) && same(a.kl_reg, b.kl_reg) && same(a.B, b.B) &&
-                   same(a.queries, b.queries);
+            return detail::same_values(a.u_mu, b.u_mu) &&
+                   detail::same_values(a.u_sigma, b.u_sigma) &&
+                   detail::same_values(a.key_mu, b.key_mu) &&
+                   detail::same_values(a.key_sigma, b.key_sigma) &&
+                   detail::same_values(a.values, b.values) && detail::same_values(a.a_mu, b.a_mu) &&
+                   detail::same_values(a.a_sigma, b.a_sigma) && detail::same_values(a.mu, b.mu) &&
+                   detail::same_values(a.sigma_sq, b.sigma_sq) && detail::same_values(a.r, b.r) &&
+                   detail::same_values(a.context, b.context) &&
+                   detail::same_values(a.output, b.output) &&
+                   detail::same_values(a.kl_reg, b.kl_reg) && detail::same_values(a.B, b.B) &&
+                   detail::same_values(a.queries, b.queries);
         }
         friend bool operator!=(const Trace& a, const Trace& b) { return !(a == b); }
-
-    private:
-        template <typename M>
-        static bool same(const M& x, const M& y) {
-            return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
-        }
     };
 
     /// @param basis the memory's basis (N functions; N is the basis's).

@@ -111,46 +111,21 @@ struct AttentionParams {
     }
 };
 
-/// Every hyper-parameter of the long-term part (memory, attention, gate) in one flat set,
-/// with the paper's two configurations as presets. Each part takes only its own slice
-/// (memory_params(), attention_params(); the gate takes `gate` and the seed).
+/// Every hyper-parameter of the long-term part (memory, attention, gate) in one set, with
+/// the paper's two configurations as presets: the memory's fields (MemoryParams), the
+/// attention's (AttentionParams) and the gate's switch. Each part takes only its own slice
+/// (memory_params(), attention_params(); the gate takes `gate` and the seed). `seed` is the
+/// base seed of every generator: initial weights (attention, gate, short-term) and each
+/// stream's sticky sampling draw from seeds derived from it by purpose and stream
+/// (detail::derive_seed), so no two share a sequence.
 ///
 /// The defaults are the paper's synthetic `sorting` model (Martins et al. 2022, §4.1 and
 /// the authors' code); lm() gives the GPT-2 language-model configuration (§4.2).
 /// Shapes (model width, heads, chunk length) are constructor arguments of the classes.
-struct LongTermParams {
-    /// N, number of basis functions; a multiple of widths.size(). Paper: 512.
-    Eigen::Index num_basis = 512;
-    /// Basis widths S (standard deviations). Sorting: {0.01, 0.05}; LM: {0.005, 0.01}.
-    std::vector<double> widths = {0.01, 0.05};
-    /// λ of the ridge regression, > 0. Sorting: 1; LM: 0.5.
-    double ridge_lambda = 1.0;
-    /// τ ∈ (0, 1): share of [0, 1] given to the compressed past. Sorting: 0.75; LM: 0.5.
-    double tau = 0.75;
-    /// M ≥ 1, points at which the old memory is read before each refit. Paper: 512.
-    Eigen::Index num_samples = 512;
-    /// D ≥ 1, bins of the sticky-memory histogram. Paper: 128.
-    Eigen::Index num_bins = 128;
-    /// Choice of the M points. Sorting: uniform; LM: sticky.
-    Sampling sampling = Sampling::uniform;
-    /// Lower clamp of σ² after softplus, > 0. Sorting: 1e-6; LM: 1e-4.
-    double sigma_sq_min = 1e-6;
-    /// σ₀ of the KL regulariser KL(N(μ, σ²) ‖ N(μ₀, σ₀²)), > 0. Paper: 0.05.
-    double kl_sigma_0 = 0.05;
-    /// Whether the KL regulariser includes the μ term ½(μ − μ₀)²/σ₀². Sorting: no; LM: yes.
-    bool kl_mu_term = false;
-    /// μ₀ of the KL regulariser (used when kl_mu_term). LM: −1.
-    double kl_mu_0 = -1.0;
+struct LongTermParams : MemoryParams, AttentionParams {
     /// Memory gate (the authors' "mask"): a width-3 convolution over time and a sigmoid
     /// scaling every vector that enters the memory. Sorting: off; LM: on.
     bool gate = false;
-    /// If > 0, the memory is forgotten at the start of a chunk once this many tokens have
-    /// been stored since the last reset (the LM code uses 2048). 0 = never (default).
-    Eigen::Index reset_after_tokens = 0;
-    /// Base seed of every generator: initial weights (attention, gate, short-term) and
-    /// each stream's sticky sampling draw from seeds derived from it by purpose and stream
-    /// (detail::derive_seed), so no two share a sequence.
-    std::uint64_t seed = 0;
 
     /// The synthetic sorting model (the defaults).
     static LongTermParams sorting() { return LongTermParams{}; }
@@ -172,29 +147,9 @@ struct LongTermParams {
     }
 
     /// The memory's slice.
-    MemoryParams memory_params() const {
-        MemoryParams m;
-        m.num_basis = num_basis;
-        m.widths = widths;
-        m.ridge_lambda = ridge_lambda;
-        m.tau = tau;
-        m.num_samples = num_samples;
-        m.num_bins = num_bins;
-        m.sampling = sampling;
-        m.reset_after_tokens = reset_after_tokens;
-        m.seed = seed;
-        return m;
-    }
-
+    const MemoryParams& memory_params() const { return *this; }
     /// The attention's slice.
-    AttentionParams attention_params() const {
-        AttentionParams a;
-        a.sigma_sq_min = sigma_sq_min;
-        a.kl_sigma_0 = kl_sigma_0;
-        a.kl_mu_term = kl_mu_term;
-        a.kl_mu_0 = kl_mu_0;
-        return a;
-    }
+    const AttentionParams& attention_params() const { return *this; }
 
     /// Checks every field (each slice's validate()). @throws infinityformer::invalid_argument
     /// naming the field, the range expected and the value received.

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
@@ -43,9 +44,9 @@ struct LayerStream {
 
     /// Equal in everything a later call reads (the workspace below is not compared).
     friend bool operator==(const LayerStream& a, const LayerStream& b) {
-        return a.phase == b.phase && a.used_long_term == b.used_long_term && same(a.prev, b.prev) &&
-               same(a.pending, b.pending) && a.short_term == b.short_term &&
-               a.long_term == b.long_term;
+        return a.phase == b.phase && a.used_long_term == b.used_long_term &&
+               detail::same_values(a.prev, b.prev) && detail::same_values(a.pending, b.pending) &&
+               a.short_term == b.short_term && a.long_term == b.long_term;
     }
     friend bool operator!=(const LayerStream& a, const LayerStream& b) { return !(a == b); }
 
@@ -53,11 +54,6 @@ struct LayerStream {
     Matrix q_next, y_long, y_next, dq_long, dx_stored;
     typename ShortTermAttention<Scalar>::Trace next_short_term;
     typename ShortTermAttention<Scalar>::Work work;
-
-private:
-    static bool same(const Matrix& x, const Matrix& y) {
-        return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
-    }
 };
 
 /// A read-only view of a layer's long-term part: the module's settings and weights, and

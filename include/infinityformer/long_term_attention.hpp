@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "continuous_attention.hpp"
+#include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "gate.hpp"
@@ -45,8 +46,9 @@ struct LongTermStream {
 
     /// Equal in everything a later call reads (the workspace below is not compared).
     friend bool operator==(const LongTermStream& a, const LongTermStream& b) {
-        return a.phase == b.phase && a.memory == b.memory && same(a.input, b.input) &&
-               same(a.gate, b.gate) && same(a.gated, b.gated) && a.trace == b.trace;
+        return a.phase == b.phase && a.memory == b.memory &&
+               detail::same_values(a.input, b.input) && detail::same_values(a.gate, b.gate) &&
+               detail::same_values(a.gated, b.gated) && a.trace == b.trace;
     }
     friend bool operator!=(const LongTermStream& a, const LongTermStream& b) { return !(a == b); }
 
@@ -54,11 +56,6 @@ struct LongTermStream {
     Matrix next_input, next_gate, next_gated;
     Trace next_trace;
     Matrix dB, dgated;
-
-private:
-    static bool same(const Matrix& x, const Matrix& y) {
-        return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
-    }
 };
 
 namespace detail {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
@@ -75,18 +76,13 @@ public:
         detail::Random rng;  ///< the sticky-sampling generator
 
         friend bool operator==(const State& a, const State& b) {
-            return a.empty == b.empty && a.tokens == b.tokens && same(a.B, b.B) &&
-                   same(a.obs_mu, b.obs_mu) && same(a.obs_sigma, b.obs_sigma) &&
-                   same(a.last_points, b.last_points) && same(a.B_prev, b.B_prev) &&
-                   a.rng.engine() == b.rng.engine();
+            return a.empty == b.empty && a.tokens == b.tokens && detail::same_values(a.B, b.B) &&
+                   detail::same_values(a.obs_mu, b.obs_mu) &&
+                   detail::same_values(a.obs_sigma, b.obs_sigma) &&
+                   detail::same_values(a.last_points, b.last_points) &&
+                   detail::same_values(a.B_prev, b.B_prev) && a.rng.engine() == b.rng.engine();
         }
         friend bool operator!=(const State& a, const State& b) { return !(a == b); }
-
-    private:
-        template <typename M>
-        static bool same(const M& x, const M& y) {
-            return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
-        }
     };
 
     /// @param dim e ≥ 1, width of the memory vectors.

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "parameter_view.hpp"
@@ -55,16 +56,13 @@ public:
         Matrix output;   ///< context W_Oᵀ, L × d
 
         friend bool operator==(const Trace& a, const Trace& b) {
-            return same(a.x, b.x) && same(a.q, b.q) && same(a.kv_in, b.kv_in) && same(a.k, b.k) &&
-                   same(a.v, b.v) && same(a.probs, b.probs) && same(a.context, b.context) &&
-                   same(a.output, b.output);
+            return detail::same_values(a.x, b.x) && detail::same_values(a.q, b.q) &&
+                   detail::same_values(a.kv_in, b.kv_in) && detail::same_values(a.k, b.k) &&
+                   detail::same_values(a.v, b.v) && detail::same_values(a.probs, b.probs) &&
+                   detail::same_values(a.context, b.context) &&
+                   detail::same_values(a.output, b.output);
         }
         friend bool operator!=(const Trace& a, const Trace& b) { return !(a == b); }
-
-    private:
-        static bool same(const Matrix& x, const Matrix& y) {
-            return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
-        }
     };
 
     /// Workspace of backward(); ∂ℓ/∂Q, ∂ℓ/∂K, ∂ℓ/∂V of the last call.

@@ -40,6 +40,13 @@ Scalar gaussian_density(Scalar x, Scalar c, Scalar v) {
     return Scalar(kInvSqrt2Pi) / sqrt(v) * exp(Scalar(-0.5) * (d / v) * d);
 }
 
+/// Same shape and the same entries, bit for bit (NaN ≠ NaN); two empty matrices of the
+/// same shape are equal. For the operator== of the stream states.
+template <typename A, typename B>
+bool same_values(const Eigen::MatrixBase<A>& x, const Eigen::MatrixBase<B>& y) {
+    return x.rows() == y.rows() && x.cols() == y.cols() && (x.size() == 0 || x == y);
+}
+
 /// linspace(a, b, n)[m] as the reference computes it: a + m·h below the middle,
 /// b − (n−1−m)·h from the middle on, h = (b − a)/(n − 1); both ends exact.
 inline double linspace_at(double a, double b, Eigen::Index n, Eigen::Index m) {
