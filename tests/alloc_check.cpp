@@ -36,6 +36,8 @@ long count_training(infinityformer::Sampling sampling, bool gate) {
     p.num_samples = 8;
     p.sampling = sampling;
     p.gate = gate;
+    // An under-resolved basis (N = 16): the stabilised update runs, rescaling included.
+    p.stability = infinityformer::Stability::stabilise;
     const Eigen::Index d = 8, l = 6;
     Layer layer(d, 2, l, p);
     layer.set_num_streams(3);

@@ -250,6 +250,7 @@ inline LongTermParams lm_small(Index n, Index m, std::uint64_t seed) {
     p.num_samples = m;
     p.num_bins = 16;
     p.seed = seed;
+    p.stability = Stability::allow;  // short streams of an under-resolved basis
     return p;
 }
 
@@ -260,6 +261,7 @@ inline LongTermParams small_params(Sampling sampling = Sampling::uniform) {
     p.num_samples = 8;
     p.num_bins = 16;
     p.sampling = sampling;
+    p.stability = Stability::allow;  // N = 16 with the paper's widths: ρ(A) = 1.15
     return p;
 }
 
@@ -271,6 +273,7 @@ inline LongTermParams twin_params(bool lm) {
     p.num_samples = 8;
     p.num_bins = 6;  // D < M: the sticky update reads the memory at the bin edges
     p.seed = 3;
+    p.stability = Stability::allow;  // N = 16 with the paper's widths: ρ(A) = 1.15
     return p;
 }
 

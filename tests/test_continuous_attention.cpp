@@ -591,7 +591,7 @@ TEST_CASE("continuous attention: the constructor validates the attention's setti
     q.num_basis = 16;
     q.sigma_sq_min = 0;
     REQUIRE_INVALID(ContinuousAttention<double>(basis, 4, 2, 0, q),
-                    has("AttentionParams") && has("sigma_sq_min is 0"));
+                    has("ContinuousAttention::ContinuousAttention: sigma_sq_min is 0"));
 }
 
 // Split from "training: backward without forward is a logic_error" (the continuous attention

@@ -59,6 +59,7 @@ const std::vector<LtaCase>& lta_cases() {
             true, {{1, 3e-3, 0.5}});
         LongTermParams sorting;
         sorting.num_basis = 8;
+        sorting.stability = Stability::allow;
         sorting.num_samples = 4;
         sorting.seed = 8;
         // A placed μ of 0.45, not 0.5: see attention_cases() in test_continuous_attention.cpp.
@@ -137,6 +138,7 @@ TEMPLATE_TEST_CASE("long-term attention: forward is gate, memory update, attenti
         INFO((lm ? "lm (gate, sticky)" : "sorting (uniform, no gate)"));
         LongTermParams p = lm ? LongTermParams::lm() : LongTermParams::sorting();
         p.num_basis = 16;
+        p.stability = Stability::allow;
         p.num_samples = 8;
         p.num_bins = 16;
         p.seed = 41;
@@ -212,6 +214,7 @@ TEST_CASE("long-term attention: attend records the densities for sticky sampling
           "[long_term_attention]") {
     LongTermParams p = LongTermParams::lm();
     p.num_basis = 16;
+    p.stability = Stability::allow;
     p.num_samples = 8;
     p.num_bins = 32;
     LongTermAttention<double> lta(4, 2, 8, p);
@@ -392,6 +395,7 @@ TEST_CASE("long-term attention: rejects bad input and keeps its state",
         INFO((lm ? "lm (gate, sticky)" : "sorting"));
         LongTermParams p = lm ? LongTermParams::lm() : LongTermParams::sorting();
         p.num_basis = 16;
+        p.stability = Stability::allow;
         p.num_samples = 8;
         p.num_bins = 16;
         REQUIRE_INVALID(LongTermAttention<double>(6, 4, 8, p), has("num_heads is 4"));
@@ -540,10 +544,12 @@ TEST_CASE(
     "[long_term_attention][errors]") {
     LongTermParams p;
     p.num_basis = 16;
+    p.stability = Stability::allow;
     p.tau = 1;
     REQUIRE_INVALID(LongTermAttention<double>(4, 2, 8, p), has("tau is 1"));
     LongTermParams q;
     q.num_basis = 16;
+    q.stability = Stability::allow;
     q.sigma_sq_min = 0;
     REQUIRE_INVALID(LongTermAttention<double>(4, 2, 8, q), has("sigma_sq_min is 0"));
 }

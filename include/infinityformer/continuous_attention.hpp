@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -106,7 +107,7 @@ public:
                         Index d_model, const AttentionParams& params, std::uint64_t seed = 0)
         : basis_(basis), dim_(dim), heads_(num_heads), d_model_(d_model == 0 ? dim : d_model) {
         constexpr const char* where = "ContinuousAttention::ContinuousAttention";
-        params.validate();
+        params.template validate_for<Scalar>(where);
         detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
         detail::require(num_heads >= 1 && dim % num_heads == 0, where, "num_heads is ", num_heads,
                         ", expected a positive divisor of dim (", dim, ")");
@@ -228,6 +229,51 @@ public:
     void forward_unchecked(const Eigen::Ref<const Matrix>& B,
                            const Eigen::Ref<const Matrix>& queries, Trace& t) const {
         compute(B, queries, t);
+    }
+
+    /// True if every value of a trace that a later call reads is finite (and σ² > 0): the
+    /// check after forward_unchecked(), a few reductions beside the products.
+    bool trace_finite(const Trace& t) const {
+        return t.a_mu.allFinite() && t.a_sigma.allFinite() && t.key_mu.allFinite() &&
+               t.key_sigma.allFinite() && t.sigma_sq.allFinite() &&
+               (t.sigma_sq.size() == 0 || t.sigma_sq.minCoeff() > Scalar(0)) &&
+               t.kl_reg.allFinite() && t.context.allFinite() && t.output.allFinite();
+    }
+
+    /// Throws infinityformer::invalid_argument saying why a trace is not finite: a weight
+    /// with a non-finite entry (named `prefix` + its parameters() name), or else the first
+    /// stage that overflowed, with the magnitudes that made it overflow.
+    [[noreturn]] void explain_trace(const char* where, const std::string& prefix,
+                                    const Trace& t) const {
+        check_weights(where, prefix);
+        const double b = detail::largest_abs(t.B), q = detail::largest_abs(t.queries);
+        if (!(t.key_mu.allFinite() && t.key_sigma.allFinite() && t.a_mu.allFinite() &&
+              t.a_sigma.allFinite()))
+            detail::fail(where,
+                         "the long-term attention scores w_mu . s and w_sigma . s "
+                         "overflowed (largest |B| ",
+                         b, ", largest |query| ", q,
+                         "), expected a memory and queries whose products stay below ",
+                         static_cast<double>(std::numeric_limits<Scalar>::max()));
+        if (!(t.kl_reg.allFinite() && t.sigma_sq.allFinite()))
+            detail::fail(where, "the KL regulariser overflowed (sigma^2 up to ",
+                         detail::largest_abs(t.sigma_sq),
+                         " against kl_sigma_0^2 = ", kl_sigma_0_ * kl_sigma_0_, "; largest |B| ", b,
+                         ", largest |query| ", q, "), expected smaller memory or queries");
+        detail::fail(where, "the long-term attention output overflowed (largest |B| ", b,
+                     ", largest |context| ", detail::largest_abs(t.context),
+                     "), expected a memory whose values stay below ",
+                     static_cast<double>(std::numeric_limits<Scalar>::max()));
+    }
+
+    /// Throws infinityformer::invalid_argument if a weight has a non-finite entry (named
+    /// `prefix` + its parameters() name).
+    void check_weights(const char* where, const std::string& prefix) const {
+        detail::check_weight(where, prefix, "proj_key.weight", weights_.proj_key);
+        detail::check_weight(where, prefix, "proj_value.weight", weights_.proj_value);
+        detail::check_weight(where, prefix, "attn_out.weight", weights_.attn_out);
+        detail::check_weight(where, prefix, "mu.weight", weights_.mu);
+        detail::check_weight(where, prefix, "sigma.weight", weights_.sigma);
     }
 
     /// KL(N(μ, σ²) ‖ N(μ₀, σ₀²)) with this object's constants.
@@ -377,11 +423,11 @@ private:
         detail::check_finite(where, "queries", queries);
     }
 
-    // Computes into the spare trace and keeps it only if the output is finite, so that a
-    // failed forward() leaves last() and the next backward() as they were.
+    // Computes into the spare trace and keeps it only if it is finite, so that a failed
+    // forward() leaves last() and the next backward() as they were.
     void compute(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries) {
         compute(B, queries, spare_);
-        detail::check_finite("ContinuousAttention::forward", "output", spare_.output);
+        if (!trace_finite(spare_)) explain_trace("ContinuousAttention::forward", "", spare_);
         std::swap(trace_, spare_);
     }
 

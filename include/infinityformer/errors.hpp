@@ -54,6 +54,28 @@ void require(bool condition, const char* where, const Args&... args) {
     if (!condition) fail(where, args...);
 }
 
+/// An error message with its "[infinityformer] Class::method: " prefix naming `where`.
+inline std::string renamed(const char* what, const char* where) {
+    const std::string m(what), tag = "[infinityformer] ";
+    if (m.rfind(tag, 0) != 0) return m;
+    const auto colon = m.find(": ", tag.size());
+    return colon == std::string::npos ? m : tag + where + m.substr(colon);
+}
+
+/// Inside a catch block: rethrows the library's exception with its message renamed to
+/// `where`, the public call the user made (composite constructors); others unchanged.
+[[noreturn]] inline void rethrow_as(const char* where) {
+    try {
+        throw;
+    } catch (const infinityformer::invalid_argument& e) {
+        throw infinityformer::invalid_argument(renamed(e.what(), where));
+    } catch (const infinityformer::runtime_error& e) {
+        throw infinityformer::runtime_error(renamed(e.what(), where));
+    } catch (const infinityformer::logic_error& e) {
+        throw infinityformer::logic_error(renamed(e.what(), where));
+    }
+}
+
 /// Checks the shape of a matrix argument.
 template <typename Derived>
 void check_shape(const char* where, const char* name, const Eigen::DenseBase<Derived>& m,
@@ -79,6 +101,25 @@ template <typename Scalar>
 void check_kl_weight(const char* where, Scalar kl_weight) {
     require(std::isfinite(static_cast<double>(kl_weight)) && kl_weight >= Scalar(0), where,
             "kl_weight is ", kl_weight, ", expected a finite value >= 0");
+}
+
+/// A weight read by a forward pass: throws infinityformer::invalid_argument naming it
+/// (`prefix` + `name`, as parameters() lists it) if it has a non-finite entry.
+template <typename Derived>
+void check_weight(const char* where, const std::string& prefix, const char* name,
+                  const Eigen::DenseBase<Derived>& m) {
+    for (Eigen::Index j = 0; j < m.cols(); ++j)
+        for (Eigen::Index i = 0; i < m.rows(); ++i)
+            if (!std::isfinite(static_cast<double>(m(i, j))))
+                fail(where, "weight ", prefix, name, " has a non-finite entry ", m(i, j), " at (",
+                     i, ", ", j,
+                     "), expected finite values (set through parameters() or an optimiser step?)");
+}
+
+/// The largest |entry| of a matrix (0 if empty), as a double, for messages.
+template <typename Derived>
+double largest_abs(const Eigen::DenseBase<Derived>& m) {
+    return m.size() == 0 ? 0.0 : static_cast<double>(m.derived().cwiseAbs().maxCoeff());
 }
 
 /// Shape and finiteness together.

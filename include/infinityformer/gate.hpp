@@ -94,6 +94,17 @@ public:
         gated = gate.cwiseProduct(X);
     }
 
+    /// Throws infinityformer::invalid_argument if a weight has a non-finite entry (named
+    /// `prefix` + weight.0/1/2 or bias, as parameters() lists them).
+    void check_weights(const char* where, const std::string& prefix) const {
+        for (int j = 0; j < 3; ++j) {
+            const std::string name = "weight." + std::to_string(j);
+            detail::check_weight(where, prefix, name.c_str(),
+                                 weights_.taps[static_cast<std::size_t>(j)]);
+        }
+        detail::check_weight(where, prefix, "bias", weights_.bias);
+    }
+
     /// Gradients accumulated by backward(), laid out as the weights.
     const Weights& gradients() const { return grads_; }
     void zero_grad() {

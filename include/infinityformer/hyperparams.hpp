@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,53 @@ inline std::string to_string(Sampling s) {
     return "unknown";
 }
 
+/// What the memory does about an update that could grow without bound (the recurrence
+/// B ← G_pastᵀ Ψ(s) B + G_newᵀ X amplifies the old memory when the basis is too narrow for
+/// its centre spacing, or when the sampled points concentrate; see MemoryStability).
+enum class Stability {
+    /// Default. The constructor refuses a configuration whose uniform recurrence has a
+    /// spectral radius ≥ 1 (every sampling reads the uniform points until it has observed
+    /// densities), or whose concentrated growth exceeds kMaxConcentratedGrowth (sticky,
+    /// stratified). Uniform sampling is then bounded for every input. Sticky and stratified
+    /// sampling read the memory through matrices that change every chunk, and no cheap
+    /// criterion over all of them is known: an update that would take max |B| above
+    /// kBoundSlack·κ·max|x| (MemoryStability) throws infinityformer::runtime_error, the memory
+    /// unchanged. Otherwise the update is the reference's, bit for bit.
+    refuse,
+    /// Opt-in deviation from the reference: nothing is refused; an update that would take
+    /// max |B| above kBoundSlack·κ·max|x| scales the old memory's share of it down until the
+    /// bound holds (LongTermMemory::State::rescaled counts those updates). Where the memory
+    /// stays within the bound, identical to the reference.
+    stabilise,
+    /// The reference's update, unchecked (golden data, replay of a short stream): the
+    /// memory may grow; a non-finite result still throws.
+    allow,
+};
+
+/// Name of a Stability value ("refuse", "stabilise", "allow").
+inline std::string to_string(Stability s) {
+    switch (s) {
+        case Stability::refuse: return "refuse";
+        case Stability::stabilise: return "stabilise";
+        case Stability::allow: return "allow";
+    }
+    return "unknown";
+}
+
+namespace detail {
+
+/// Checks that a positive double is a normal, finite number once rounded to Scalar.
+template <typename Scalar>
+void require_normal(const char* where, const char* name, double v, const char* why) {
+    using L = std::numeric_limits<Scalar>;
+    const bool ok = std::isfinite(v) && v >= static_cast<double>(L::min()) &&
+                    v <= static_cast<double>(L::max());
+    require(ok, where, name, " is ", v, ", outside the normal range of ",
+            sizeof(Scalar) == 4 ? "float" : "double", " (", L::min(), " to ", L::max(), "): ", why);
+}
+
+}  // namespace detail
+
 /// Settings of the long-term memory (LongTermMemory): the basis, the fit and the sampling.
 /// Defaults: the paper's synthetic `sorting` model.
 struct MemoryParams {
@@ -60,11 +108,13 @@ struct MemoryParams {
     /// Base seed: stream s draws its sticky samples from a generator seeded with
     /// detail::derive_seed(seed, SeedPurpose::sampling, s).
     std::uint64_t seed = 0;
+    /// What to do about an update that could grow without bound (Stability). Default:
+    /// refuse such configurations and such updates.
+    Stability stability = Stability::refuse;
 
     /// Checks every field. @throws infinityformer::invalid_argument naming the field, the
     /// range expected and the value received.
-    void validate() const {
-        constexpr const char* where = "MemoryParams::validate";
+    void validate(const char* where = "MemoryParams::validate") const {
         const auto w = static_cast<Eigen::Index>(widths.size());
         detail::require(w >= 1, where, "widths is empty, expected at least one width");
         for (std::size_t j = 0; j < widths.size(); ++j)
@@ -83,6 +133,22 @@ struct MemoryParams {
                             sampling == Sampling::stratified,
                         where, "sampling is ", static_cast<int>(sampling),
                         ", expected uniform, sticky or stratified");
+        detail::require(stability == Stability::refuse || stability == Stability::stabilise ||
+                            stability == Stability::allow,
+                        where, "stability is ", static_cast<int>(stability),
+                        ", expected refuse, stabilise or allow");
+    }
+
+    /// validate(), and what the Scalar's range adds: every width s must have s² a normal
+    /// number of Scalar (the basis divides by s²).
+    template <typename Scalar>
+    void validate_for(const char* where) const {
+        validate(where);
+        for (std::size_t j = 0; j < widths.size(); ++j) {
+            const std::string name = detail::concat("widths[", j, "]^2");
+            detail::require_normal<Scalar>(where, name.c_str(), widths[j] * widths[j],
+                                           "expected a width whose square is a normal number");
+        }
     }
 };
 
@@ -100,14 +166,34 @@ struct AttentionParams {
     double kl_mu_0 = -1.0;
 
     /// Checks every field. @throws infinityformer::invalid_argument naming the field.
-    void validate() const {
-        constexpr const char* where = "AttentionParams::validate";
+    void validate(const char* where = "AttentionParams::validate") const {
         detail::require(std::isfinite(sigma_sq_min) && sigma_sq_min > 0.0, where,
                         "sigma_sq_min is ", sigma_sq_min, ", expected > 0");
         detail::require(std::isfinite(kl_sigma_0) && kl_sigma_0 > 0.0, where, "kl_sigma_0 is ",
                         kl_sigma_0, ", expected > 0");
         detail::require(std::isfinite(kl_mu_0), where, "kl_mu_0 is ", kl_mu_0,
                         ", expected a finite value");
+    }
+
+    /// validate(), and what the Scalar's range adds: σ²_min and σ₀² normal numbers of
+    /// Scalar, the KL finite at σ² = σ²_min (σ²_min/σ₀² normal) and its μ term finite for
+    /// every μ ∈ [0, 1] ((1 + |μ₀|)²/σ₀² finite).
+    template <typename Scalar>
+    void validate_for(const char* where) const {
+        validate(where);
+        detail::require_normal<Scalar>(where, "sigma_sq_min", sigma_sq_min,
+                                       "expected a normal number");
+        detail::require_normal<Scalar>(where, "kl_sigma_0^2", kl_sigma_0 * kl_sigma_0,
+                                       "expected a normal number");
+        detail::require_normal<Scalar>(where, "sigma_sq_min / kl_sigma_0^2",
+                                       sigma_sq_min / (kl_sigma_0 * kl_sigma_0),
+                                       "so that the KL regulariser is finite at sigma^2_min");
+        if (kl_mu_term) {
+            const double d = 1.0 + std::abs(kl_mu_0);
+            detail::require_normal<Scalar>(where, "(1 + |kl_mu_0|)^2 / kl_sigma_0^2",
+                                           d * d / (kl_sigma_0 * kl_sigma_0),
+                                           "so that the KL's mu term is finite");
+        }
     }
 };
 
@@ -156,6 +242,12 @@ struct LongTermParams : MemoryParams, AttentionParams {
     void validate() const {
         memory_params().validate();
         attention_params().validate();
+    }
+    /// Each slice's validate_for<Scalar>(), messages prefixed with `where`.
+    template <typename Scalar>
+    void validate_for(const char* where) const {
+        memory_params().template validate_for<Scalar>(where);
+        attention_params().template validate_for<Scalar>(where);
     }
 };
 

@@ -136,12 +136,14 @@ public:
     /// @param params long-term memory hyper-parameters (validated); params.seed is the base
     ///        seed of every initial weight and of the streams' sampling.
     InfinityFormerLayer(Index d_model, Index num_heads, Index chunk_length,
-                        const LongTermParams& params = LongTermParams{})
-        : length_(chunk_length),
+                        const LongTermParams& params = LongTermParams{}) try
+        : length_(validated(d_model, num_heads, chunk_length, params)),
           short_(d_model, num_heads,
                  detail::derive_seed(params.seed, detail::SeedPurpose::short_term_weights)),
           ltm_(d_model, num_heads, chunk_length, params, d_model) {
         streams_.push_back(StreamState(ltm_.make_stream(0)));
+    } catch (...) {
+        detail::rethrow_as("InfinityFormerLayer::InfinityFormerLayer");
     }
 
     Index d_model() const { return short_.d_model(); }
@@ -177,8 +179,15 @@ public:
     /// Adds or removes streams; new streams start empty, existing ones keep their state.
     /// @throws infinityformer::invalid_argument if n < 1 (nothing changed).
     void set_num_streams(Index n) {
-        detail::require(n >= 1, "InfinityFormerLayer::set_num_streams", "n is ", n,
-                        ", expected >= 1");
+        constexpr const char* where = "InfinityFormerLayer::set_num_streams";
+        detail::require(n >= 1, where, "n is ", n, ", expected >= 1");
+        const double l = static_cast<double>(length_), d = static_cast<double>(d_model()),
+                     h = static_cast<double>(num_heads());
+        const double per_stream =
+            static_cast<double>(sizeof(Scalar)) * (4 * h * l * l + 24 * l * d) +
+            ltm_.stream_bytes();
+        detail::require_allocatable(where, "n streams", static_cast<double>(n),
+                                    static_cast<double>(n) * per_stream);
         std::vector<StreamState> next;
         next.reserve(static_cast<std::size_t>(n));
         for (Index s = 0; s < n; ++s)
@@ -209,20 +218,26 @@ public:
         detail::check_shape(where, "Y", Y, length_, d_model());
         // 1. Compute aside: the queries, the short-term attention, the long-term step.
         short_.project_queries(X, s.q_next);
-        detail::check_finite(where, "projected queries X W_Q^T", s.q_next);
         short_.forward_unchecked(s.prev, X, s.q_next, s.next_short_term);
-        detail::check_finite(where, "short-term output", s.next_short_term.output);
+        short_.check_trace(where, "short_term.", s.next_short_term);
         const Eigen::Ref<const Matrix> pending(s.pending);
         const Eigen::Ref<const Matrix> queries(s.next_short_term.q);
         const bool store = s.pending.rows() > 0;  // chunk c−2
         const bool use_long = store || !s.long_term.memory.empty();
         if (use_long) {
-            ltm_.prepare_step(s.long_term, store ? &pending : nullptr, nullptr, &queries);
+            ltm_.prepare_step(where, s.long_term, store ? &pending : nullptr, nullptr, &queries,
+                              "long_term.");
             s.y_next = s.next_short_term.output + s.long_term.next_trace.output;
         } else {
             s.y_next = s.next_short_term.output;
         }
-        detail::check_finite(where, "output Y (short-term + long-term)", s.y_next);
+        if (!s.y_next.allFinite())
+            detail::fail(where,
+                         "the output Y = short-term + long-term overflowed (largest "
+                         "|short-term| ",
+                         detail::largest_abs(s.next_short_term.output), ", |long-term| ",
+                         detail::largest_abs(s.long_term.next_trace.output),
+                         "), expected smaller inputs");
         // 2. Everything is computed and finite: keep it (nothing below throws).
         if (use_long) ltm_.commit_step(s.long_term, store, true);
         std::swap(s.short_term, s.next_short_term);
@@ -298,6 +313,21 @@ public:
     }
 
 private:
+    static Index validated(Index d_model, Index heads, Index length, const LongTermParams& p) {
+        constexpr const char* where = "InfinityFormerLayer::InfinityFormerLayer";
+        detail::require(d_model >= 1, where, "d_model is ", d_model, ", expected >= 1");
+        detail::require(heads >= 1 && d_model % heads == 0, where, "num_heads is ", heads,
+                        ", expected a positive divisor of d_model (", d_model, ")");
+        detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
+        p.template validate_for<Scalar>(where);
+        const double l = static_cast<double>(length), d = static_cast<double>(d_model);
+        detail::require_allocatable(where, "the short-term window (num_heads x 2 chunk_length^2)",
+                                    2 * static_cast<double>(heads) * l * l,
+                                    static_cast<double>(sizeof(Scalar)) *
+                                        (4 * static_cast<double>(heads) * l * l + 24 * l * d));
+        return length;
+    }
+
     StreamState& state(const char* where, Index stream) {
         detail::check_stream_index(where, stream, num_streams());
         return streams_[static_cast<std::size_t>(stream)];

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "continuous_attention.hpp"
+#include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
@@ -151,8 +152,8 @@ public:
     /// @param chunk_length L, vectors per chunk. @param params hyper-parameters (validated).
     /// @param d_model output width (0 means e).
     LongTermAttention(Index dim, Index num_heads, Index chunk_length,
-                      const LongTermParams& params = LongTermParams{}, Index d_model = 0)
-        : params_(validated(params, dim, chunk_length)),
+                      const LongTermParams& params = LongTermParams{}, Index d_model = 0) try
+        : params_(validated(params, dim, num_heads, chunk_length, d_model)),
           length_(chunk_length),
           prototype_(dim, chunk_length, params.memory_params()),
           attention_(prototype_.basis(), dim, num_heads, d_model, params.attention_params(),
@@ -161,6 +162,8 @@ public:
             gate_.emplace(dim, detail::derive_seed(params.seed, detail::SeedPurpose::gate_weights));
         streams_.push_back(make_stream(0));
         zero_grad();
+    } catch (...) {
+        detail::rethrow_as("LongTermAttention::LongTermAttention");
     }
 
     Index dim() const { return attention_.dim(); }
@@ -172,14 +175,25 @@ public:
     /// Adds or removes streams; new streams start empty, existing ones keep their state.
     /// @throws infinityformer::invalid_argument if n < 1 (nothing changed).
     void set_num_streams(Index n) {
-        detail::require(n >= 1, "LongTermAttention::set_num_streams", "n is ", n,
-                        ", expected >= 1");
+        constexpr const char* where = "LongTermAttention::set_num_streams";
+        detail::require(n >= 1, where, "n is ", n, ", expected >= 1");
+        detail::require_allocatable(where, "n streams", static_cast<double>(n),
+                                    static_cast<double>(n) * stream_bytes());
         std::vector<StreamState> next;
         next.reserve(static_cast<std::size_t>(n));
         for (Index s = 0; s < n; ++s)
             next.push_back(s < stream_count() ? streams_[static_cast<std::size_t>(s)]
                                               : make_stream(s));
         streams_.swap(next);
+    }
+
+    /// Bytes of one stream's state and workspace, estimated (set_num_streams() refuses a
+    /// count whose streams would not fit in the machine's memory).
+    double stream_bytes() const {
+        const double n = static_cast<double>(attention_.num_basis()),
+                     e = static_cast<double>(dim()), l = static_cast<double>(length_),
+                     h = static_cast<double>(num_heads());
+        return static_cast<double>(sizeof(Scalar)) * (2 * h * l * n + 8 * n * e + 8 * l * e);
     }
 
     /// The continuous attention (read-only; set its weights with set_attention_weights()).
@@ -212,7 +226,7 @@ public:
         constexpr const char* where = "LongTermAttention::update";
         StreamState& s = stream_at(where, stream);
         check_chunk(where, X);
-        step(s, &X, nullptr, nullptr);
+        step(where, s, &X, nullptr, nullptr);
     }
     /// As update(X), reading the old memory at the given M points (replay, tests).
     void update(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>& sample_points,
@@ -221,22 +235,24 @@ public:
         StreamState& s = stream_at(where, stream);
         check_chunk(where, X);
         check_points(where, sample_points);
-        step(s, &X, &sample_points, nullptr);
+        step(where, s, &X, &sample_points, nullptr);
     }
 
     /// Attention of queries Q (q × e) over the stream's memory; returns q × d_model and
     /// records the densities for the next sticky sampling.
     /// @throws infinityformer::logic_error if nothing has been stored yet.
     Matrix attend(const Eigen::Ref<const Matrix>& queries, Index stream = 0) {
-        StreamState& s = checked_attend("LongTermAttention::attend", queries, stream);
-        step(s, nullptr, nullptr, &queries);
+        constexpr const char* where = "LongTermAttention::attend";
+        StreamState& s = checked_attend(where, queries, stream);
+        step(where, s, nullptr, nullptr, &queries);
         return s.trace.output;
     }
     /// attend() into caller storage (q × d_model); no allocation in a steady stream.
     void attend(const Eigen::Ref<const Matrix>& queries, Eigen::Ref<Matrix> out, Index stream = 0) {
-        StreamState& s = checked_attend("LongTermAttention::attend", queries, stream);
-        detail::check_shape("LongTermAttention::attend", "out", out, queries.rows(), d_model());
-        step(s, nullptr, nullptr, &queries);
+        constexpr const char* where = "LongTermAttention::attend";
+        StreamState& s = checked_attend(where, queries, stream);
+        detail::check_shape(where, "out", out, queries.rows(), d_model());
+        step(where, s, nullptr, nullptr, &queries);
         out = s.trace.output;
     }
 
@@ -247,7 +263,7 @@ public:
         StreamState& s = stream_at(where, stream);
         check_chunk(where, X);
         check_queries(where, queries);
-        step(s, &X, nullptr, &queries);
+        step(where, s, &X, nullptr, &queries);
         return s.trace.output;
     }
     /// update(X, sample_points) then attend(queries).
@@ -258,7 +274,7 @@ public:
         check_chunk(where, X);
         check_queries(where, queries);
         check_points(where, sample_points);
-        step(s, &X, &sample_points, &queries);
+        step(where, s, &X, &sample_points, &queries);
         return s.trace.output;
     }
 
@@ -320,42 +336,43 @@ public:
     /// given points if any), then attends with Q if given over the memory that results,
     /// and keeps everything only once the whole step has succeeded. Inputs must have been
     /// checked (check_chunk(), check_queries(), check_points(); attending needs a memory).
-    /// @throws infinityformer::invalid_argument if a result is not finite (nothing changed).
-    void step(StreamState& s, const Eigen::Ref<const Matrix>* X,
-              const Eigen::Ref<const Vector>* points, const Eigen::Ref<const Matrix>* queries) {
-        prepare_step(s, X, points, queries);
+    /// Errors name `where` (the public call) and weights as `prefix` + parameters() name.
+    /// @throws infinityformer::invalid_argument if a weight is not finite or a result
+    ///         overflowed; infinityformer::runtime_error if the memory would diverge
+    ///         (Stability::refuse). Nothing changed.
+    void step(const char* where, StreamState& s, const Eigen::Ref<const Matrix>* X,
+              const Eigen::Ref<const Vector>* points, const Eigen::Ref<const Matrix>* queries,
+              const char* prefix = "") {
+        prepare_step(where, s, X, points, queries, prefix);
         commit_step(s, X != nullptr, queries != nullptr);
     }
 
     /// The first half of step(): computes everything into the stream's workspace (the
     /// output is then s.next_trace.output) and changes nothing a later call reads.
-    void prepare_step(StreamState& s, const Eigen::Ref<const Matrix>* X,
+    void prepare_step(const char* where, StreamState& s, const Eigen::Ref<const Matrix>* X,
                       const Eigen::Ref<const Vector>* points,
-                      const Eigen::Ref<const Matrix>* queries) {
-        constexpr const char* where = "LongTermAttention::forward";
+                      const Eigen::Ref<const Matrix>* queries, const char* prefix = "") {
         if (X) {
             if (gate_) {
                 s.next_input = *X;
                 s.next_gate.resize(X->rows(), dim());
                 s.next_gated.resize(X->rows(), dim());
                 gate_->forward(*X, s.next_gate, s.next_gated);
-                detail::check_finite(where, "gated chunk g * X", s.next_gated);
-                s.memory.prepare(s.next_gated, points);
+                if (!s.next_gated.allFinite()) {
+                    gate_->check_weights(where, std::string(prefix) + "mask_net.");
+                    detail::fail(where, "the memory gate's pre-activation overflowed (largest |x| ",
+                                 detail::largest_abs(*X), "), expected smaller inputs");
+                }
+                s.memory.prepare(where, s.next_gated, points);
             } else {
-                s.memory.prepare(*X, points);
+                s.memory.prepare(where, *X, points);
             }
         }
         if (queries) {
             const Matrix& B = X ? s.memory.pending_coefficients() : s.memory.coefficients();
             attention_.forward_unchecked(B, *queries, s.next_trace);
-            detail::check_finite(where, "long-term attention means mu", s.next_trace.mu);
-            detail::check_finite(where, "long-term attention variances sigma^2",
-                                 s.next_trace.sigma_sq);
-            for (Index i = 0; i < s.next_trace.sigma_sq.size(); ++i)
-                detail::require(s.next_trace.sigma_sq[i] > Scalar(0), where,
-                                "long-term attention variance sigma^2[", i, "] is ",
-                                s.next_trace.sigma_sq[i], ", expected > 0");
-            detail::check_finite(where, "long-term output", s.next_trace.output);
+            if (!attention_.trace_finite(s.next_trace))
+                attention_.explain_trace(where, prefix, s.next_trace);
         }
     }
 
@@ -429,11 +446,22 @@ public:
     }
 
 private:
-    static const LongTermParams& validated(const LongTermParams& p, Index dim, Index length) {
+    static const LongTermParams& validated(const LongTermParams& p, Index dim, Index heads,
+                                           Index length, Index d_model) {
         constexpr const char* where = "LongTermAttention::LongTermAttention";
-        p.validate();
+        p.template validate_for<Scalar>(where);
         detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
+        detail::require(heads >= 1 && dim % heads == 0, where, "num_heads is ", heads,
+                        ", expected a positive divisor of dim (", dim, ")");
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
+        detail::require(d_model >= 0, where, "d_model is ", d_model,
+                        ", expected >= 1 (or 0 for d_model = dim)");
+        const double r = static_cast<double>(heads) * static_cast<double>(length) *
+                         static_cast<double>(p.num_basis);
+        detail::require_allocatable(where,
+                                    "one stream's attention trace (num_heads x "
+                                    "chunk_length x num_basis)",
+                                    r, 2 * r * static_cast<double>(sizeof(Scalar)));
         return p;
     }
 

@@ -8,11 +8,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
+#include <sstream>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
@@ -20,6 +24,7 @@
 #include "positions.hpp"
 #include "ridge.hpp"
 #include "sampling.hpp"
+#include "stability.hpp"
 
 namespace infinityformer {
 
@@ -74,9 +79,12 @@ public:
         Vector last_points;  ///< points the last update read the memory at (0: first chunk)
         Matrix B_prev;       ///< the memory before the last update (for last_past())
         detail::Random rng;  ///< the sticky-sampling generator
+        Scalar peak = 0;     ///< largest |x| stored since the last reset (the run-time bound)
+        Index rescaled = 0;  ///< updates whose old memory Stability::stabilise scaled down
 
         friend bool operator==(const State& a, const State& b) {
-            return a.empty == b.empty && a.tokens == b.tokens && detail::same_values(a.B, b.B) &&
+            return a.empty == b.empty && a.tokens == b.tokens && a.rescaled == b.rescaled &&
+                   (a.peak == b.peak) && detail::same_values(a.B, b.B) &&
                    detail::same_values(a.obs_mu, b.obs_mu) &&
                    detail::same_values(a.obs_sigma, b.obs_sigma) &&
                    detail::same_values(a.last_points, b.last_points) &&
@@ -94,7 +102,7 @@ public:
         : params_(validated(params, dim, chunk_length)),
           dim_(dim),
           length_(chunk_length),
-          ops_(std::make_shared<const Operators>(params, chunk_length)),
+          ops_(std::make_shared<const Operators>(params, chunk_length, dim)),
           chooser_(params.sampling, params.num_samples, params.num_bins) {
         detail::require(stream >= 0, "LongTermMemory::LongTermMemory", "stream is ", stream,
                         ", expected >= 0");
@@ -117,6 +125,14 @@ public:
     const RidgeFit<Scalar>& first_fit() const { return ops_->first; }
     /// Unbounded-memory operator ((M + L) × N).
     const RidgeFit<Scalar>& unbounded_fit() const { return ops_->inf; }
+    /// How far this configuration's update can amplify the old memory (computed once per
+    /// configuration when the first such memory is built).
+    const MemoryStability& stability() const { return ops_->stability; }
+    /// The run-time bound on max |B|: kBoundSlack · κ · (largest |x| stored since the last
+    /// reset); see Stability.
+    double coefficient_bound() const {
+        return kBoundSlack * ops_->stability.fit_bound * static_cast<double>(state_.peak);
+    }
 
     /// The stream's state (a value: copy it, compare it).
     const State& state() const { return state_; }
@@ -141,8 +157,9 @@ public:
     /// Stores a chunk. @param X L × e, finite.
     /// @throws infinityformer::invalid_argument (memory unchanged).
     void update(const Eigen::Ref<const Matrix>& X) {
-        check_chunk("LongTermMemory::update", X);
-        prepare(X, nullptr);
+        constexpr const char* where = "LongTermMemory::update";
+        check_chunk(where, X);
+        prepare(where, X, nullptr);
         commit();
     }
 
@@ -153,7 +170,7 @@ public:
         constexpr const char* where = "LongTermMemory::update";
         check_chunk(where, X);
         detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
-        prepare(X, &sample_points);
+        prepare(where, X, &sample_points);
         commit();
     }
 
@@ -221,6 +238,7 @@ public:
         state_.obs_sigma.resize(0);
         state_.last_points.resize(0);
         state_.B_prev.resize(0, dim_);
+        state_.peak = Scalar(0);
     }
 
     /// A memory of the same configuration for stream `stream`: empty, its generator seeded
@@ -258,16 +276,21 @@ public:
     /// keeping it: prepare() computes the next state aside (nothing observable changes;
     /// pending_coefficients() is the memory it would store), commit() keeps it, and a
     /// prepare() not followed by commit() is simply forgotten. X (L × e) must have been
-    /// checked; `points` (M) replaces the chosen points when given.
-    /// @throws infinityformer::invalid_argument if the new coefficients are not finite.
-    void prepare(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>* points) {
+    /// checked; `points` (M) replaces the chosen points when given; errors name `where`.
+    /// @throws infinityformer::runtime_error if the update would exceed the run-time bound
+    ///         (Stability::refuse); infinityformer::invalid_argument if it overflows.
+    void prepare(const char* where, const Eigen::Ref<const Matrix>& X,
+                 const Eigen::Ref<const Vector>* points) {
         const bool reset =
             params_.reset_after_tokens > 0 && state_.tokens >= params_.reset_after_tokens;
         const bool first = state_.empty || reset;
         const Matrix& G = ops_->inf.G();
         next_rng_ = state_.rng;
         next_reset_ = reset;
+        next_rescaled_ = false;
+        next_peak_ = std::max(first ? Scalar(0) : state_.peak, X.cwiseAbs().maxCoeff());
         next_B_.resize(num_basis(), dim_);
+        fresh_.resize(num_basis(), dim_);  // sized here: a first rescale allocates nothing
         if (first) {
             next_B_.noalias() = ops_->first.G().transpose() * X;
             next_points_.resize(0);
@@ -298,8 +321,13 @@ public:
                 next_B_.noalias() = G.topRows(m).transpose() * past_;
             }
             next_B_.noalias() += G.bottomRows(length_).transpose() * X;
+            if (!next_B_.allFinite()) overflow(where, X);
+            // Uniform sampling under refuse is bounded by construction (ρ(A) < 1).
+            if (params_.stability == Stability::stabilise ||
+                (params_.stability == Stability::refuse && params_.sampling != Sampling::uniform))
+                hold_bound(where, X);
         }
-        detail::check_finite("LongTermMemory::update", "the new memory coefficients B", next_B_);
+        if (!next_B_.allFinite()) overflow(where, X);
         prepared_ = true;
     }
     /// The coefficients prepare() computed (N × e).
@@ -320,17 +348,21 @@ public:
         state_.rng = next_rng_;
         state_.empty = false;
         state_.tokens += length_;
+        state_.peak = next_peak_;
+        if (next_rescaled_) ++state_.rescaled;
         prepared_ = false;
     }
 
 private:
     // What depends only on the configuration, built once and shared by copies.
     struct Operators {
-        Operators(const MemoryParams& p, Index length)
+        Operators(const MemoryParams& p, Index length, Index dim)
             : basis(GaussianBasis<Scalar>::default_family(p.num_basis, p.widths)),
               first(infinityformer::single_chunk_fit(basis, length, p.ridge_lambda)),
               inf(infinityformer::unbounded_fit(basis, length, p.num_samples, p.tau,
-                                                p.ridge_lambda)) {
+                                                p.ridge_lambda)),
+              stability(detail::cached_analysis(basis, first, inf, p, length)) {
+            if (p.stability == Stability::refuse) refuse_unstable(p, length, dim, stability);
             const Index m = p.num_samples;
             const SamplePointChooser<Scalar> chooser(p.sampling, m, p.num_bins);
             // A = G_pastᵀ Ψ(uniform points), N × N, in double then rounded.
@@ -349,15 +381,100 @@ private:
         GaussianBasis<Scalar> basis;
         RidgeFit<Scalar> first;
         RidgeFit<Scalar> inf;
+        MemoryStability stability;
         Matrix uniform_op;  // A of the uniform recurrence
         Matrix edge_psi;
     };
 
+    // The constructor's refusal under Stability::refuse.
+    static void refuse_unstable(const MemoryParams& p, Index length, Index dim,
+                                const MemoryStability& s) {
+        constexpr const char* where = "LongTermMemory::LongTermMemory";
+        const auto num = [](double v) {
+            std::ostringstream os;
+            os << v;  // 6 significant digits
+            return os.str();
+        };
+        std::string widths;
+        for (double w : p.widths) widths += (widths.empty() ? "" : ", ") + num(w);
+        const Index centres = p.num_basis / static_cast<Index>(p.widths.size());
+        const std::string config =
+            detail::concat("(N = ", p.num_basis, ", widths {", widths, "}, L = ", length,
+                           ", M = ", p.num_samples, ", D = ", p.num_bins, ", tau = ", num(p.tau),
+                           ", lambda = ", num(p.ridge_lambda), ", e = ", dim, "; centre spacing ",
+                           num(centres > 1 ? 1.0 / static_cast<double>(centres - 1) : 1.0), ")");
+        const char* advice =
+            ": use more basis functions (num_basis) or wider widths, or set stability = "
+            "Stability::stabilise (bounded, a deviation from the reference) or "
+            "Stability::allow (the reference's unbounded update)";
+        detail::require(s.uniform_radius < 1.0, where,
+                        "the memory diverges: the uniform recurrence B <- A B + C X has spectral "
+                        "radius ",
+                        num(s.uniform_radius), " ", config, ", expected < 1", advice);
+        detail::require(
+            s.concentrated_growth <= kMaxConcentratedGrowth, where,
+            "the memory diverges when the attention concentrates: ", to_string(p.sampling),
+            " sampling with every point in one place grows the memory by ",
+            num(s.concentrated_growth), " per chunk ", config,
+            ", expected <= ", kMaxConcentratedGrowth, advice);
+    }
+
+    // max |B| ≤ kBoundSlack · κ · peak (κ · peak: the largest coefficient of a fit of
+    // values no larger than the largest stored); only an amplified old memory breaks it.
+    void hold_bound(const char* where, const Eigen::Ref<const Matrix>& X) {
+        const double bound =
+            kBoundSlack * ops_->stability.fit_bound * static_cast<double>(next_peak_);
+        const double top = static_cast<double>(next_B_.cwiseAbs().maxCoeff());
+        if (top <= bound) return;
+        if (params_.stability == Stability::refuse)
+            throw infinityformer::runtime_error(detail::concat(
+                "[infinityformer] ", where, ": the memory diverges: max |B| would be ", top,
+                ", above the bound ", bound, " = ", kBoundSlack, " x kappa (",
+                ops_->stability.fit_bound, ") x the largest stored |x| (", next_peak_,
+                "), where kappa x |x| bounds every fit of the stored values; the old memory "
+                "was amplified "
+                "by reading it at the sampled points (",
+                to_string(params_.sampling), " sampling, growth up to ",
+                ops_->stability.concentrated_growth,
+                " per chunk when the points concentrate); expected stability = "
+                "Stability::stabilise, more basis functions or wider widths (memory unchanged)"));
+        // stabilise: B' = γ·(old memory's share) + G_newᵀ X with max |B'| ≤ bound.
+        fresh_.noalias() = ops_->inf.G().bottomRows(length_).transpose() * X;
+        next_B_ -= fresh_;
+        const double past = static_cast<double>(next_B_.cwiseAbs().maxCoeff());
+        const double now = static_cast<double>(fresh_.cwiseAbs().maxCoeff());
+        const double gamma = past > 0.0 ? std::clamp((bound - now) / past, 0.0, 1.0) : 0.0;
+        next_B_ *= static_cast<Scalar>(gamma);
+        next_B_ += fresh_;
+        next_rescaled_ = true;
+    }
+
+    // A non-finite update from finite input: the chunk's magnitude overflowed the fit.
+    [[noreturn]] void overflow(const char* where, const Eigen::Ref<const Matrix>& X) const {
+        detail::fail(where, "the new memory coefficients B overflowed (largest |x| of the chunk ",
+                     X.cwiseAbs().maxCoeff(), ", of the memory so far ",
+                     state_.empty ? Scalar(0) : state_.B.cwiseAbs().maxCoeff(), ", kappa ",
+                     ops_->stability.fit_bound, "), expected a chunk with |x| below ",
+                     static_cast<double>(std::numeric_limits<Scalar>::max()) /
+                         std::max(1.0, ops_->stability.fit_bound),
+                     " (memory unchanged)");
+    }
+
     static const MemoryParams& validated(const MemoryParams& p, Index dim, Index length) {
         constexpr const char* where = "LongTermMemory::LongTermMemory";
-        p.validate();
+        p.template validate_for<Scalar>(where);
         detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
+        const double n = static_cast<double>(p.num_basis), m = static_cast<double>(p.num_samples),
+                     l = static_cast<double>(length), e = static_cast<double>(dim),
+                     d = static_cast<double>(p.num_bins);
+        // The fits are computed in double over ~2(M + L) positions; the state is N × e.
+        const double largest = std::max({n * n, n * 2 * (m + l + 1), m * e, d * n});
+        const double bytes =
+            8 * (3 * n * n + 6 * n * (m + l + 1)) +
+            static_cast<double>(sizeof(Scalar)) * (6 * n * e + m * n + m * e + d * n);
+        detail::require_allocatable(
+            where, "this memory (num_basis, num_samples, chunk_length, dim)", largest, bytes);
         return p;
     }
 
@@ -366,7 +483,7 @@ private:
                a.ridge_lambda == b.ridge_lambda && a.tau == b.tau &&
                a.num_samples == b.num_samples && a.num_bins == b.num_bins &&
                a.sampling == b.sampling && a.reset_after_tokens == b.reset_after_tokens &&
-               a.seed == b.seed;
+               a.seed == b.seed && a.stability == b.stability;
     }
 
     void check_chunk(const char* where, const Eigen::Ref<const Matrix>& X) const {
@@ -381,9 +498,11 @@ private:
     State state_;
     // workspace of prepare(): no allocation once sized
     SamplePointChooser<Scalar> chooser_;
-    Matrix next_B_, psi_, past_, edge_past_, gathered_;
+    Matrix next_B_, psi_, past_, edge_past_, gathered_, fresh_;
     Vector next_points_;
     detail::Random next_rng_;
+    Scalar next_peak_ = 0;
+    bool next_rescaled_ = false;
     bool next_reset_ = false;
     bool prepared_ = false;
 };

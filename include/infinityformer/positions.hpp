@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "errors.hpp"
 #include "ridge.hpp"
@@ -20,6 +21,9 @@ namespace infinityformer {
 /// @throws infinityformer::invalid_argument if length < 1.
 inline FitPositions single_chunk_positions(Eigen::Index length) {
     detail::require(length >= 1, "single_chunk_positions", "length is ", length, ", expected >= 1");
+    detail::require_allocatable("single_chunk_positions", "length",
+                                2.0 * static_cast<double>(length),
+                                16.0 * static_cast<double>(length));
     const Eigen::Index a = length / 2;
     const Eigen::Index p = length + 2 * a;
     const double l = static_cast<double>(length);
@@ -48,6 +52,8 @@ inline FitPositions unbounded_positions(Eigen::Index length, Eigen::Index num_sa
     detail::require(length >= 1, where, "length is ", length, ", expected >= 1");
     detail::require(num_samples >= 1, where, "num_samples is ", num_samples, ", expected >= 1");
     detail::require(tau > 0.0 && tau < 1.0, where, "tau is ", tau, ", expected 0 < tau < 1");
+    const double grid = 4.0 * (static_cast<double>(length) + static_cast<double>(num_samples));
+    detail::require_allocatable(where, "length + num_samples", grid, 16.0 * grid);
     const Eigen::Index p = num_samples + length;
     const double s = 1.0 / static_cast<double>(2 * length + num_samples);
     std::vector<double> left, right;

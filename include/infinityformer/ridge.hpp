@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/limits.hpp"
 #include "errors.hpp"
 
 namespace infinityformer {
@@ -58,10 +59,16 @@ public:
                         "ridge_lambda is ", ridge_lambda, ", expected > 0");
         const auto total = static_cast<Index>(positions.all.size());
         detail::require(positions.num_kept >= 1 && positions.first_kept >= 0 &&
-                            positions.first_kept + positions.num_kept <= total,
+                            positions.num_kept <= total &&
+                            positions.first_kept <= total - positions.num_kept,
                         where, "kept positions [", positions.first_kept, ", ",
                         positions.first_kept + positions.num_kept, ") are not within the ", total,
                         " positions");
+        detail::require_allocatable(
+            where, "the fit (basis size x positions)",
+            static_cast<double>(basis.size()) * static_cast<double>(total),
+            8.0 * static_cast<double>(basis.size()) *
+                (static_cast<double>(total) + 2.0 * static_cast<double>(basis.size())));
         for (std::size_t i = 0; i < positions.all.size(); ++i)
             detail::require(std::isfinite(positions.all[i]), where, "positions[", i, "] is ",
                             positions.all[i], ", expected a finite value");

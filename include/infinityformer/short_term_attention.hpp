@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -149,6 +150,33 @@ public:
             t.context.middleCols(h * dh, dh).noalias() = a * t.v.middleCols(h * dh, dh);
         }
         t.output.noalias() = t.context * weights_.out.transpose();
+    }
+
+    /// Throws infinityformer::invalid_argument unless every value of t is finite, saying
+    /// why: a weight with a non-finite entry (named `prefix` + its parameters() name), or
+    /// the first stage that overflowed (projections, scores, output) with the magnitudes
+    /// that made it overflow. A few reductions beside the products.
+    void check_trace(const char* where, const std::string& prefix, const Trace& t) const {
+        if (t.q.allFinite() && t.k.allFinite() && t.v.allFinite() && t.probs.allFinite() &&
+            t.output.allFinite())
+            return;
+        detail::check_weight(where, prefix, "query.weight", weights_.query);
+        detail::check_weight(where, prefix, "key.weight", weights_.key);
+        detail::check_weight(where, prefix, "value.weight", weights_.value);
+        detail::check_weight(where, prefix, "out.weight", weights_.out);
+        const double x = detail::largest_abs(t.kv_in);
+        const double top = static_cast<double>(std::numeric_limits<Scalar>::max());
+        if (!(t.q.allFinite() && t.k.allFinite() && t.v.allFinite()))
+            detail::fail(where, "the short-term projections X W^T overflowed (largest |x| ", x,
+                         "), expected inputs whose products with the weights stay below ", top);
+        if (!t.probs.allFinite())
+            detail::fail(where,
+                         "the short-term attention scores Q K^T / sqrt(d_h) overflowed "
+                         "(largest |x| ",
+                         x, ", |q| ", detail::largest_abs(t.q), ", |k| ", detail::largest_abs(t.k),
+                         "), expected |q| |k| below ", top);
+        detail::fail(where, "the short-term output overflowed (largest |x| ", x, ", |context| ",
+                     detail::largest_abs(t.context), "), expected smaller inputs");
     }
 
     /// First half of the backward of trace t for ∂ℓ/∂output = dY (checked): ∂ℓ/∂Q, ∂ℓ/∂K
