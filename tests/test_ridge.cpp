@@ -213,14 +213,14 @@ TEST_CASE("ridge: RidgeFit rejects bad input", "[ridge][errors]") {
     FitPositions p = good;
     p.first_kept = -1;
     REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0),
-                    has(where) && has("kept positions [-1, 5)") && has("12 positions"));
+                    has(where) && has("kept positions: 6 from index -1") && has("12 positions"));
     p = good;
     p.num_kept = 0;
-    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0), has(where) && has("kept positions [3, 3)"));
+    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0), has(where) && has("kept positions: 0 from index 3"));
     p = good;
     p.first_kept = 8;
     REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0),
-                    has(where) && has("kept positions [8, 14)") && has("12 positions"));
+                    has(where) && has("kept positions: 6 from index 8") && has("12 positions"));
     p = good;
     p.all[4] = kNaN;
     REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0), has(where) && has("positions[4] is nan"));

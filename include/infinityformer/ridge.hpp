@@ -61,8 +61,8 @@ public:
         detail::require(positions.num_kept >= 1 && positions.first_kept >= 0 &&
                             positions.num_kept <= total &&
                             positions.first_kept <= total - positions.num_kept,
-                        where, "kept positions [", positions.first_kept, ", ",
-                        positions.first_kept + positions.num_kept, ") are not within the ", total,
+                        where, "kept positions: ", positions.num_kept, " from index ",
+                        positions.first_kept, ", expected at least 1 within the ", total,
                         " positions");
         detail::require_allocatable(
             where, "the fit (basis size x positions)",

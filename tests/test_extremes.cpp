@@ -1,0 +1,326 @@
+// Extreme but legal values, and values just beyond what a Scalar can hold: one table of
+// cases, each with the outcome it must have — finite results, or an exception naming the
+// cause (the input or weight, and that it overflowed) with the object unchanged.
+// Set INFINITYFORMER_PRINT_TABLE=1 to print the table as Markdown.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <infinityformer/infinityformer.hpp>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "extern_templates.hpp"
+#include "part_util.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace part_util;
+
+// One row: what was tried and what it must give ("finite" or an error containing `error`).
+struct Row {
+    std::string what;
+    std::string error;  // empty: the call must complete with finite results
+    std::function<void()> call;
+};
+
+void print_row(const Row& r, const std::string& got) {
+    if (std::getenv("INFINITYFORMER_PRINT_TABLE"))
+        std::printf("| %s | %s |\n", r.what.c_str(), got.c_str());
+}
+
+void check_rows(const std::vector<Row>& rows) {
+    for (const auto& r : rows) {
+        INFO(r.what);
+        std::string got = "finite";
+        try {
+            r.call();
+        } catch (const std::exception& e) {
+            got = e.what();
+        }
+        print_row(r, got.substr(0, 200));
+        if (r.error.empty())
+            CHECK(got == "finite");
+        else
+            CHECK_THAT(got, Catch::Contains(r.error));
+    }
+}
+
+// A small layer whose memory is accepted by the default policy (widths {0.1, 0.2}, N = 16,
+// L = M = 8: ρ(A) = 0.51).
+template <typename S>
+InfinityFormerLayer<S> small_layer() {
+    LongTermParams p;
+    p.num_basis = 16;
+    p.widths = {0.1, 0.2};
+    p.num_samples = 8;
+    p.num_bins = 8;
+    return InfinityFormerLayer<S>(8, 2, 8, p);
+}
+
+// Three chunks of N(0, scale²) through a fresh layer (the third reads the memory), then a
+// backward; throws what the layer throws. The layer must be unchanged by a failed call.
+template <typename S>
+void stream_layer(double scale) {
+    using M = typename InfinityFormerLayer<S>::Matrix;
+    auto layer = small_layer<S>();
+    Normal rng(3);
+    for (int c = 0; c < 3; ++c) {
+        const M x = (rng.matrix(8, 8) * scale).template cast<S>();
+        const auto twin = layer.stream_state();
+        try {
+            const M y = layer.forward(x);
+            REQUIRE(y.allFinite());
+        } catch (...) {
+            CHECK(layer.stream_state() == twin);
+            throw;
+        }
+    }
+    M dx(8, 8);
+    layer.backward(M::Ones(8, 8), S(0.01), dx);
+}
+
+template <typename S>
+void attention_over(double b_scale, double q_scale) {
+    using M = typename ContinuousAttention<S>::Matrix;
+    LongTermParams p;
+    p.num_basis = 16;
+    const auto basis = GaussianBasis<S>::default_family(16, p.widths);
+    ContinuousAttention<S> att(basis, 4, 2, 0, p);
+    Normal rng(5);
+    const M b = (rng.matrix(16, 4) * b_scale).template cast<S>();
+    const M q = (rng.matrix(3, 4) * q_scale).template cast<S>();
+    const M out = att.forward(b, q);
+    REQUIRE(out.allFinite());
+    REQUIRE(att.last().kl_reg.allFinite());
+}
+
+template <typename S>
+void layer_shape(Index d, Index heads, Index l, Index n, Index m, Index bins) {
+    LongTermParams p;
+    p.num_basis = n;
+    p.widths = {0.3};
+    p.num_samples = m;
+    p.num_bins = bins;
+    p.sampling = Sampling::sticky;
+    InfinityFormerLayer<S> layer(d, heads, l, p);
+    Normal rng(9);
+    typename InfinityFormerLayer<S>::Matrix dx(l, d);
+    for (int c = 0; c < 6; ++c) {
+        const auto y = layer.forward(rng.matrix(l, d).template cast<S>());
+        REQUIRE(y.allFinite());
+        layer.backward(rng.matrix(l, d).template cast<S>(), S(0.1), dx);
+        REQUIRE(dx.allFinite());
+    }
+}
+
+void memory_tau(double tau) {
+    LongTermParams p;
+    p.num_basis = 64;
+    p.widths = {0.05, 0.1};
+    p.num_samples = 16;
+    p.tau = tau;
+    LongTermMemory<double> mem(2, 8, p);
+    Normal rng(4);
+    for (int c = 0; c < 50; ++c) mem.update(rng.matrix(8, 2));
+    REQUIRE(mem.coefficients().allFinite());
+}
+
+}  // namespace
+
+TEST_CASE("extremes: magnitudes of the input", "[extremes][errors]") {
+    check_rows({
+        {"double, |x| ~ 1e150 (scores ~ 1e300)", "", [] { stream_layer<double>(1e150); }},
+        {"double, |x| ~ 1e155 (short-term scores overflow)",
+         "InfinityFormerLayer::forward: the short-term attention scores Q K^T / sqrt(d_h) "
+         "overflowed",
+         [] { stream_layer<double>(1e155); }},
+        {"double, x = DBL_MAX sign(W_Q[r, :]) (projections overflow)",
+         "InfinityFormerLayer::forward: the short-term projections X W^T overflowed",
+         [] {
+             auto layer = small_layer<double>();
+             const auto twin = layer.stream_state();
+             try {
+                 layer.forward(testutil::overflowing_input(layer.short_term_weights().query, 8));
+             } catch (...) {
+                 CHECK(layer.stream_state() == twin);
+                 throw;
+             }
+         }},
+        {"double, |x| ~ 1e-300", "", [] { stream_layer<double>(1e-300); }},
+        {"double, |x| ~ 1e-310 (subnormal input)", "", [] { stream_layer<double>(1e-310); }},
+        {"float, |x| ~ 1e17", "", [] { stream_layer<float>(1e17); }},
+        {"float, |x| ~ 1e20 (short-term scores overflow)",
+         "short-term attention scores Q K^T / sqrt(d_h) overflowed",
+         [] { stream_layer<float>(1e20); }},
+        {"float, |x| ~ 1e-40 (subnormal input)", "", [] { stream_layer<float>(1e-40); }},
+        {"continuous attention, double, |B| ~ 1e100, |Q| ~ 1e100", "",
+         [] { attention_over<double>(1e100, 1e100); }},
+        {"continuous attention, double, |B| ~ 1e160, |Q| ~ 1e160 (scores overflow)",
+         "ContinuousAttention::forward: the long-term attention scores w_mu . s and w_sigma . s "
+         "overflowed",
+         [] { attention_over<double>(1e160, 1e160); }},
+        {"continuous attention, float, |B| ~ 1e20, |Q| ~ 1e20 (scores overflow)",
+         "long-term attention scores w_mu . s and w_sigma . s overflowed",
+         [] { attention_over<float>(1e20, 1e20); }},
+        {"continuous attention, float, |B| ~ 1e17, |Q| ~ 1e17", "",
+         [] { attention_over<float>(1e17, 1e17); }},
+    });
+}
+
+TEST_CASE("extremes: densities, clamps and the smallest shapes", "[extremes]") {
+    check_rows({
+        {"E[psi] at mu = +-1e300, sigma^2 = 1e-300 and 1e300", "",
+         [] {
+             const auto basis = GaussianBasis<double>::default_family(16, {0.01, 0.05});
+             VectorXd mu(4), s2(4);
+             mu << 1e300, -1e300, 1e300, 0.5;
+             s2 << 1e-300, 1e-300, 1e300, 1e-300;
+             REQUIRE(basis.expect_psi(mu, s2).allFinite());
+         }},
+        {"observed mu = +-1e300 (sticky falls back to uniform points)", "",
+         [] {
+             LongTermMemory<double> mem(2, 8, small_params(Sampling::sticky));
+             Normal rng(2);
+             mem.update(rng.matrix(8, 2));
+             VectorXd mu(2), s2(2);
+             mu << 1e300, -1e300;
+             s2 << 1e-4, 1e-4;
+             mem.observe(mu, s2);
+             mem.update(rng.matrix(8, 2));
+             REQUIRE(mem.coefficients().allFinite());
+             REQUIRE(mem.last_sample_points() == uniform_points(8));
+         }},
+        {"sigma^2 at its clamp (w_sigma = -1e3: softplus ~ 0)", "",
+         [] {
+             LongTermParams p;
+             p.num_basis = 16;
+             const auto basis = GaussianBasis<double>::default_family(16, p.widths);
+             ContinuousAttention<double> att(basis, 4, 2, 0, p);
+             auto w = att.weights();
+             w.sigma.setConstant(-1e3);
+             att.set_weights(w);
+             Normal rng(1);
+             const MatrixXd out = att.forward(rng.matrix(16, 4), rng.matrix(3, 4));
+             REQUIRE(out.allFinite());
+             REQUIRE(att.last().sigma_sq.minCoeff() == p.sigma_sq_min);
+             REQUIRE(att.last().kl_reg.allFinite());
+         }},
+        {"N = 1, M = 1, D = 1, L = 1, d = 1, H = 1 (layer, sticky, 6 chunks)", "",
+         [] { layer_shape<double>(1, 1, 1, 1, 1, 1); }},
+        {"N = 1, M = 1, D = 1, L = 1, d = 1, H = 1, float", "",
+         [] { layer_shape<float>(1, 1, 1, 1, 1, 1); }},
+        {"N = 2, M = 1, D = 1, L = 2, d = 2, H = 2", "",
+         [] { layer_shape<double>(2, 2, 2, 2, 1, 1); }},
+        {"tau = 1e-9 (50 chunks)", "", [] { memory_tau(1e-9); }},
+        {"tau = 1 - 1e-9 (50 chunks)", "", [] { memory_tau(1 - 1e-9); }},
+    });
+}
+
+TEST_CASE("extremes: settings beyond the Scalar's range are refused", "[extremes][errors]") {
+    const auto memory = [](std::vector<double> widths) {
+        LongTermParams p;
+        p.widths = std::move(widths);
+        p.num_basis = 2 * static_cast<Index>(p.widths.size());
+        return p;
+    };
+    check_rows({
+        {"float, widths {1e-20} (square 1e-40 < FLT_MIN)",
+         "widths[0]^2 is 9.9999999999999993e-41, outside the normal range of float",
+         [&] { LongTermMemory<float>(2, 4, memory({1e-20})); }},
+        {"double, widths {1e-20}: accepted by validate_for<double>", "",
+         [&] { memory({1e-20}).validate_for<double>("test"); }},
+        {"double, widths {1e-160} (square below DBL_MIN)", "outside the normal range of double",
+         [&] { memory({1e-160}).validate_for<double>("test"); }},
+        {"float, widths {1e20} (square beyond FLT_MAX)", "outside the normal range of float",
+         [&] { LongTermMemory<float>(2, 4, memory({1e20})); }},
+        {"float, sigma_sq_min = 1e-40", "sigma_sq_min is 9.9999999999999993e-41, outside",
+         [] {
+             LongTermParams p;
+             p.sigma_sq_min = 1e-40;
+             LongTermAttention<float>(4, 2, 8, p);
+         }},
+        {"double, sigma_sq_min = 1e-40: accepted", "",
+         [] {
+             LongTermParams p;
+             p.sigma_sq_min = 1e-40;
+             p.kl_sigma_0 = 1e-10;
+             p.validate_for<double>("test");
+         }},
+        {"float, kl_sigma_0 = 1e-25 (sigma_0^2 = 1e-50)", "kl_sigma_0^2 is",
+         [] {
+             LongTermParams p;
+             p.kl_sigma_0 = 1e-25;
+             LongTermAttention<float>(4, 2, 8, p);
+         }},
+        {"double, kl_sigma_0 = 1e-3, sigma_sq_min = 1e-310 (KL at the clamp underflows)",
+         "sigma_sq_min is 9.9999999999999694e-311, outside the normal range of double",
+         [] {
+             LongTermParams p;
+             p.kl_sigma_0 = 1e-3;
+             p.sigma_sq_min = 1e-310;
+             p.validate_for<double>("test");
+         }},
+        {"double, sigma_sq_min = 1e300, kl_sigma_0 = 1e-10 (sigma^2/sigma_0^2 overflows)",
+         "sigma_sq_min / kl_sigma_0^2 is",
+         [] {
+             LongTermParams p;
+             p.sigma_sq_min = 1e300;
+             p.kl_sigma_0 = 1e-10;
+             p.validate_for<double>("test");
+         }},
+        {"float, kl_mu_0 = 1e20 with the mu term", "(1 + |kl_mu_0|)^2 / kl_sigma_0^2 is",
+         [] {
+             LongTermParams p = LongTermParams::lm();
+             p.kl_mu_0 = 1e20;
+             p.validate_for<float>("test");
+         }},
+    });
+}
+
+TEST_CASE("extremes: sizes near the index limits are refused before allocating",
+          "[extremes][errors]") {
+    const Index big = Index(1) << 40;
+    check_rows({
+        {"num_basis = 2^40", "LongTermMemory::LongTermMemory: this memory",
+         [&] {
+             LongTermParams p;
+             p.num_basis = big;
+             LongTermMemory<double>(2, 8, p);
+         }},
+        {"num_samples = 2^62", "needs",
+         [&] {
+             LongTermParams p;
+             p.num_samples = Index(1) << 62;
+             LongTermMemory<double>(2, 8, p);
+         }},
+        {"chunk_length = 2^40 (layer)", "InfinityFormerLayer::InfinityFormerLayer: ",
+         [&] { InfinityFormerLayer<double>(8, 2, big); }},
+        {"d_model = 2^40 (layer)", "InfinityFormerLayer::InfinityFormerLayer: ",
+         [&] { InfinityFormerLayer<float>(big, 1, 8); }},
+        {"num_heads = 2^40, d_model = 2^40", "InfinityFormerLayer::InfinityFormerLayer: ",
+         [&] { InfinityFormerLayer<float>(big, big, 8); }},
+        {"RidgeFit with first_kept = INT64_MAX (no overflow in the check)",
+         "RidgeFit::RidgeFit: kept positions: 2 from index 9223372036854775807",
+         [] {
+             FitPositions pos;
+             pos.all = {0.0, 0.5, 1.0};
+             pos.first_kept = std::numeric_limits<Index>::max();
+             pos.num_kept = 2;
+             RidgeFit<double>(GaussianBasis<double>::default_family(4, {0.1}), pos, 1.0);
+         }},
+        {"unbounded_positions(2^62, 2^62, 0.5)", "unbounded_positions: length + num_samples",
+         [] { unbounded_positions(Index(1) << 62, Index(1) << 62, 0.5); }},
+    });
+    // A refused stream count leaves the count as it was.
+    auto layer = small_layer<double>();
+    layer.set_num_streams(3);
+    REQUIRE_INVALID(layer.set_num_streams(Index(1) << 50),
+                    has("InfinityFormerLayer::set_num_streams: n streams needs"));
+    CHECK(layer.num_streams() == 3);
+    LongTermAttention<double> lta(4, 2, 8, twin_params(false));
+    REQUIRE_INVALID(lta.set_num_streams(Index(1) << 50), has("n streams needs"));
+    CHECK(lta.num_streams() == 1);
+}
