@@ -61,6 +61,16 @@ enum class Stability {
     allow,
 };
 
+/// What reset() does to a stream's sticky-sampling generator.
+enum class ResetGenerator {
+    /// Default: the generator restarts as a new stream's would (from the seed it was last
+    /// given), so a document replayed after reset() gives the same outputs.
+    restart,
+    /// The generator continues where it was (as the reference's, which one generator serves
+    /// for the whole run): a replayed document draws other sticky samples.
+    keep,
+};
+
 /// Name of a Stability value ("refuse", "stabilise", "allow").
 inline std::string to_string(Stability s) {
     switch (s) {

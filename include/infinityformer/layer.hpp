@@ -6,12 +6,15 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "detail/math.hpp"
+#include "detail/parallel.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
@@ -51,9 +54,10 @@ struct LayerStream {
     friend bool operator!=(const LayerStream& a, const LayerStream& b) { return !(a == b); }
 
     // workspace
-    Matrix q_next, y_long, y_next, dq_long, dx_stored;
+    Matrix q_next, y_next, dq_long, dx_stored;
     typename ShortTermAttention<Scalar>::Trace next_short_term;
     typename ShortTermAttention<Scalar>::Work work;
+    bool next_uses_long = false;  // the forward being prepared reads the long-term memory
 };
 
 /// A read-only view of a layer's long-term part: the module's settings and weights, and
@@ -216,36 +220,43 @@ public:
         StreamState& s = state(where, stream);
         detail::check_matrix(where, "X", X, length_, d_model());
         detail::check_shape(where, "Y", Y, length_, d_model());
-        // 1. Compute aside: the queries, the short-term attention, the long-term step.
-        short_.project_queries(X, s.q_next);
-        short_.forward_unchecked(s.prev, X, s.q_next, s.next_short_term);
-        short_.check_trace(where, "short_term.", s.next_short_term);
-        const Eigen::Ref<const Matrix> pending(s.pending);
-        const Eigen::Ref<const Matrix> queries(s.next_short_term.q);
-        const bool store = s.pending.rows() > 0;  // chunk c−2
-        const bool use_long = store || !s.long_term.memory.empty();
-        if (use_long) {
-            ltm_.prepare_step(where, s.long_term, store ? &pending : nullptr, nullptr, &queries,
-                              "long_term.");
-            s.y_next = s.next_short_term.output + s.long_term.next_trace.output;
-        } else {
-            s.y_next = s.next_short_term.output;
-        }
-        if (!s.y_next.allFinite())
-            detail::fail(where,
-                         "the output Y = short-term + long-term overflowed (largest "
-                         "|short-term| ",
-                         detail::largest_abs(s.next_short_term.output), ", |long-term| ",
-                         detail::largest_abs(s.long_term.next_trace.output),
-                         "), expected smaller inputs");
-        // 2. Everything is computed and finite: keep it (nothing below throws).
-        if (use_long) ltm_.commit_step(s.long_term, store, true);
-        std::swap(s.short_term, s.next_short_term);
-        s.used_long_term = use_long;
-        s.pending.swap(s.prev);   // chunk c−1 leaves the window: stored at the next call
-        s.prev = s.short_term.x;  // (not X: Y may alias it)
-        s.phase = LayerPhase::forwarded;
+        prepare_forward(where, s, X);
+        commit_forward(s);
         Y = s.y_next;
+    }
+
+    /// forward() of one chunk on each of the streams 0 … S−1 (S = X.size() ≤ num_streams()),
+    /// the streams shared out between `threads` threads (contiguous blocks): Y[s] is what
+    /// forward(X[s], s) gives, bit for bit. All or nothing: if any stream's forward fails,
+    /// no stream changes and the error of the first failing stream is thrown.
+    /// @param X S chunks (L × d). @param Y resized to S outputs (L × d).
+    void forward_streams(const std::vector<Matrix>& X, std::vector<Matrix>& Y, int threads = 1) {
+        constexpr const char* where = "InfinityFormerLayer::forward_streams";
+        const Index count = check_batch(where, X.size(), threads);
+        for (Index i = 0; i < count; ++i) {
+            const std::string name = detail::concat("X[", i, "]");
+            detail::check_matrix(where, name.c_str(), X[static_cast<std::size_t>(i)], length_,
+                                 d_model());
+        }
+        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(count));
+        detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index) {
+            for (Index i = begin; i < end; ++i) {
+                try {
+                    const Eigen::Ref<const Matrix> x(X[static_cast<std::size_t>(i)]);
+                    prepare_forward(where, streams_[static_cast<std::size_t>(i)], x);
+                } catch (...) {
+                    errors[static_cast<std::size_t>(i)] = std::current_exception();
+                }
+            }
+        });
+        for (const auto& e : errors)
+            if (e) std::rethrow_exception(e);
+        Y.resize(static_cast<std::size_t>(count));
+        for (Index i = 0; i < count; ++i) {
+            StreamState& s = streams_[static_cast<std::size_t>(i)];
+            commit_forward(s);
+            Y[static_cast<std::size_t>(i)] = s.y_next;
+        }
     }
 
     /// Backward of the stream's last forward() for ℓ = Σ Y ⊙ dY + kl_weight · Σ KL (the
@@ -263,23 +274,61 @@ public:
                   Index stream = 0) {
         constexpr const char* where = "InfinityFormerLayer::backward";
         StreamState& s = state(where, stream);
-        if (s.phase != LayerPhase::forwarded)
-            throw infinityformer::logic_error(detail::concat(
-                "[infinityformer] ", where,
-                ": no forward() to differentiate, expected a call to forward() first"));
-        detail::check_matrix(where, "dY", dY, length_, d_model());
-        detail::check_kl_weight(where, kl_weight);
+        check_backward(where, s, dY, kl_weight);
         detail::check_shape(where, "dX", dX, length_, d_model());
-        if (s.used_long_term) ltm_.check_backward(where, s.long_term, dY, kl_weight);
-        // Every check is done: the rest only computes and accumulates.
-        short_.backward_unchecked(s.short_term, dY, s.work);
-        if (s.used_long_term) {
-            s.dq_long.resize(length_, d_model());
-            s.dx_stored.resize(length_, d_model());
-            ltm_.backward_stream(s.long_term, dY, kl_weight, s.dq_long, s.dx_stored);
-            s.work.dq += s.dq_long;  // chunk c−2's own gradient (s.dx_stored) is not propagated
+        backward_stream(s, dY, kl_weight, dX, short_, ltm_);
+    }
+
+    /// backward() of the last forward() of each of the streams 0 … S−1 (S = dY.size()), the
+    /// streams shared out between `threads` threads: each thread accumulates into its own
+    /// copy of the gradients, which are then added to the layer's in stream order. dX[s] is
+    /// what backward(dY[s], kl_weight, dX[s], s) gives, bit for bit; the gradients equal the
+    /// sequential loop's to rounding (the sum is grouped by thread). Every check is made
+    /// before anything is computed; the gradients change only once every stream is done.
+    /// Allocates a copy of the weights per thread. @param dX resized to S matrices (L × d).
+    void backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight, std::vector<Matrix>& dX,
+                          int threads = 1) {
+        constexpr const char* where = "InfinityFormerLayer::backward_streams";
+        const Index count = check_batch(where, dY.size(), threads);
+        for (Index i = 0; i < count; ++i)
+            check_backward(where, streams_[static_cast<std::size_t>(i)],
+                           dY[static_cast<std::size_t>(i)], kl_weight);
+        dX.resize(static_cast<std::size_t>(count));
+        for (auto& m : dX) m.resize(length_, d_model());
+        const Index workers = std::min<Index>(threads, count);
+        struct Copy {
+            ShortTermAttention<Scalar> st;
+            LongTermAttention<Scalar> lt;
+        };
+        std::vector<Copy> copies;
+        copies.reserve(static_cast<std::size_t>(workers));
+        for (Index w = 0; w < workers; ++w) {
+            copies.push_back(Copy{short_, ltm_});
+            copies.back().st.zero_grad();
+            copies.back().lt.zero_grad();
         }
-        short_.finish_backward(s.short_term, dY, s.work, dX);
+        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+        detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index w) {
+            Copy& c = copies[static_cast<std::size_t>(w)];
+            try {
+                for (Index i = begin; i < end; ++i)
+                    backward_stream(streams_[static_cast<std::size_t>(i)],
+                                    dY[static_cast<std::size_t>(i)], kl_weight,
+                                    dX[static_cast<std::size_t>(i)], c.st, c.lt);
+            } catch (...) {
+                errors[static_cast<std::size_t>(w)] = std::current_exception();
+            }
+        });
+        for (const auto& e : errors)
+            if (e) std::rethrow_exception(e);
+        const auto mine = parameters();
+        for (auto& c : copies) {
+            std::vector<Parameter<Scalar>> theirs;
+            c.st.append_parameters(theirs, "short_term.");
+            for (auto& p : c.lt.parameters("long_term.")) theirs.push_back(std::move(p));
+            for (std::size_t k = 0; k < mine.size(); ++k)
+                mine[k].gradient() += theirs[k].gradient();
+        }
     }
 
     /// Short-term gradients accumulated by backward() (layout of ShortTermWeights).
@@ -300,19 +349,93 @@ public:
         return out;
     }
 
-    /// Starts a new document on a stream: forgets its window and its long-term memory (the
-    /// stream's sampling generator continues).
-    void reset(Index stream = 0) {
+    /// Starts a new document on a stream: forgets its window and its long-term memory. The
+    /// stream's sticky-sampling generator restarts from its seed by default, so replaying a
+    /// document after reset() gives the same outputs as the first time;
+    /// ResetGenerator::keep lets it continue (the reference's behaviour: other samples).
+    void reset(Index stream = 0, ResetGenerator generator = ResetGenerator::restart) {
         StreamState& s = state("InfinityFormerLayer::reset", stream);
         s.prev.resize(0, d_model());
         s.pending.resize(0, d_model());
         s.short_term = typename ShortTermAttention<Scalar>::Trace{};
         s.used_long_term = false;
         s.phase = LayerPhase::idle;
-        ltm_.reset_stream(s.long_term);
+        ltm_.reset_stream(s.long_term, generator);
     }
 
 private:
+    // The computing half of forward(): everything into the stream's workspace (the output
+    // is then s.y_next); nothing a later call reads changes. X checked.
+    void prepare_forward(const char* where, StreamState& s, const Eigen::Ref<const Matrix>& X) {
+        short_.project_queries(X, s.q_next);
+        short_.forward_unchecked(s.prev, X, s.q_next, s.next_short_term);
+        short_.check_trace(where, "short_term.", s.next_short_term);
+        const Eigen::Ref<const Matrix> pending(s.pending);
+        const Eigen::Ref<const Matrix> queries(s.next_short_term.q);
+        const bool store = s.pending.rows() > 0;  // chunk c−2
+        s.next_uses_long = store || !s.long_term.memory.empty();
+        if (s.next_uses_long) {
+            ltm_.prepare_step(where, s.long_term, store ? &pending : nullptr, nullptr, &queries,
+                              "long_term.");
+            s.y_next = s.next_short_term.output + s.long_term.next_trace.output;
+        } else {
+            s.y_next = s.next_short_term.output;
+        }
+        if (!s.y_next.allFinite())
+            detail::fail(where,
+                         "the output Y = short-term + long-term overflowed (largest "
+                         "|short-term| ",
+                         detail::largest_abs(s.next_short_term.output), ", |long-term| ",
+                         detail::largest_abs(s.long_term.next_trace.output),
+                         "), expected smaller inputs");
+    }
+
+    // The keeping half: swaps and copies only (nothing throws).
+    void commit_forward(StreamState& s) {
+        if (s.next_uses_long) ltm_.commit_step(s.long_term, s.pending.rows() > 0, true);
+        std::swap(s.short_term, s.next_short_term);
+        s.used_long_term = s.next_uses_long;
+        s.pending.swap(s.prev);   // chunk c−1 leaves the window: stored at the next call
+        s.prev = s.short_term.x;  // (not X: Y may alias it)
+        s.phase = LayerPhase::forwarded;
+    }
+
+    // Every check of backward() but dX's shape.
+    void check_backward(const char* where, const StreamState& s, const Eigen::Ref<const Matrix>& dY,
+                        Scalar kl_weight) const {
+        if (s.phase != LayerPhase::forwarded)
+            throw infinityformer::logic_error(detail::concat(
+                "[infinityformer] ", where,
+                ": no forward() to differentiate, expected a call to forward() first"));
+        detail::check_matrix(where, "dY", dY, length_, d_model());
+        detail::check_kl_weight(where, kl_weight);
+        if (s.used_long_term) ltm_.check_backward(where, s.long_term, dY, kl_weight);
+    }
+
+    // backward() after the checks, accumulating into the given modules (the layer's own, or
+    // a thread's copy of them).
+    void backward_stream(StreamState& s, const Eigen::Ref<const Matrix>& dY, Scalar kl_weight,
+                         Eigen::Ref<Matrix> dX, ShortTermAttention<Scalar>& st,
+                         LongTermAttention<Scalar>& lt) const {
+        st.backward_unchecked(s.short_term, dY, s.work);
+        if (s.used_long_term) {
+            s.dq_long.resize(length_, d_model());
+            s.dx_stored.resize(length_, d_model());
+            lt.backward_stream(s.long_term, dY, kl_weight, s.dq_long, s.dx_stored);
+            s.work.dq += s.dq_long;  // chunk c−2's own gradient (s.dx_stored) is not propagated
+        }
+        st.finish_backward(s.short_term, dY, s.work, dX);
+    }
+
+    // The number of streams of a batch call, checked.
+    Index check_batch(const char* where, std::size_t size, int threads) const {
+        const auto count = static_cast<Index>(size);
+        detail::require(count >= 1 && count <= num_streams(), where, "the batch has ", count,
+                        " streams, expected 1 to num_streams() = ", num_streams());
+        detail::require(threads >= 1, where, "threads is ", threads, ", expected >= 1");
+        return count;
+    }
+
     static Index validated(Index d_model, Index heads, Index length, const LongTermParams& p) {
         constexpr const char* where = "InfinityFormerLayer::InfinityFormerLayer";
         detail::require(d_model >= 1, where, "d_model is ", d_model, ", expected >= 1");

@@ -314,17 +314,22 @@ public:
         return out;
     }
 
-    /// Forgets the stream's memory (a new document); weights and its generator are kept.
-    void reset(Index stream = 0) { reset_stream(stream_at("LongTermAttention::reset", stream)); }
+    /// Forgets the stream's memory (a new document); the weights are kept. The stream's
+    /// sticky-sampling generator restarts (default: a replayed document gives the same
+    /// outputs) or continues (ResetGenerator::keep).
+    void reset(Index stream = 0, ResetGenerator generator = ResetGenerator::restart) {
+        reset_stream(stream_at("LongTermAttention::reset", stream), generator);
+    }
 
     // ---- Steps on a stream state held by the caller (composite modules) ----------------
 
     /// A new, empty state for stream index `index` (its generator seeded for that index).
     StreamState make_stream(Index index) const { return StreamState(prototype_.for_stream(index)); }
 
-    /// Forgets a stream's memory, gate inputs and trace; its generator continues.
-    void reset_stream(StreamState& s) const {
+    /// Forgets a stream's memory, gate inputs and trace; its generator restarts or continues.
+    void reset_stream(StreamState& s, ResetGenerator generator = ResetGenerator::restart) const {
         s.memory.reset();
+        if (generator == ResetGenerator::restart) s.memory.restart_generator();
         s.input.resize(0, dim());
         s.gate.resize(0, dim());
         s.gated.resize(0, dim());

@@ -229,7 +229,8 @@ public:
         return psi * state_.B;
     }
 
-    /// Forgets everything stored (and the observed densities); the generator continues.
+    /// Forgets everything stored (and the observed densities); the generator continues (as
+    /// the periodic reset of reset_after_tokens needs; restart_generator() restarts it).
     void reset() {
         state_.empty = true;
         state_.B.setZero(num_basis(), dim_);
@@ -256,11 +257,14 @@ public:
     }
 
     /// Restarts the sticky-sampling generator as a memory of this stream built with
-    /// params.seed = `base` would have it.
+    /// params.seed = `base` would have it (and remembers `base` for restart_generator()).
     void seed(std::uint64_t base) {
+        seed_base_ = base;
         state_.rng.seed(detail::derive_seed(base, detail::SeedPurpose::sampling,
                                             static_cast<std::uint64_t>(stream_)));
     }
+    /// Restarts the generator from the seed it was last given (params.seed, or seed()'s).
+    void restart_generator() { seed(seed_base_); }
 
     /// Index of the stream this memory serves (its generator's seed depends on it).
     Index stream_index() const { return stream_; }
@@ -268,7 +272,8 @@ public:
     /// Same configuration and the same state (the workspace is not compared).
     friend bool operator==(const LongTermMemory& a, const LongTermMemory& b) {
         return a.dim_ == b.dim_ && a.length_ == b.length_ && a.stream_ == b.stream_ &&
-               same_params(a.params_, b.params_) && a.state_ == b.state_;
+               a.seed_base_ == b.seed_base_ && same_params(a.params_, b.params_) &&
+               a.state_ == b.state_;
     }
     friend bool operator!=(const LongTermMemory& a, const LongTermMemory& b) { return !(a == b); }
 
@@ -494,6 +499,7 @@ private:
     Index dim_ = 0;
     Index length_ = 0;
     Index stream_ = 0;
+    std::uint64_t seed_base_ = 0;  // the seed the generator was last given (seed())
     std::shared_ptr<const Operators> ops_;
     State state_;
     // workspace of prepare(): no allocation once sized

@@ -58,12 +58,11 @@ public:
         detail::require(std::isfinite(ridge_lambda) && ridge_lambda > 0.0, where,
                         "ridge_lambda is ", ridge_lambda, ", expected > 0");
         const auto total = static_cast<Index>(positions.all.size());
-        detail::require(positions.num_kept >= 1 && positions.first_kept >= 0 &&
-                            positions.num_kept <= total &&
-                            positions.first_kept <= total - positions.num_kept,
-                        where, "kept positions: ", positions.num_kept, " from index ",
-                        positions.first_kept, ", expected at least 1 within the ", total,
-                        " positions");
+        detail::require(
+            positions.num_kept >= 1 && positions.first_kept >= 0 && positions.num_kept <= total &&
+                positions.first_kept <= total - positions.num_kept,
+            where, "kept positions: ", positions.num_kept, " from index ", positions.first_kept,
+            ", expected at least 1 within the ", total, " positions");
         detail::require_allocatable(
             where, "the fit (basis size x positions)",
             static_cast<double>(basis.size()) * static_cast<double>(total),
