@@ -216,7 +216,8 @@ TEST_CASE("ridge: RidgeFit rejects bad input", "[ridge][errors]") {
                     has(where) && has("kept positions: 6 from index -1") && has("12 positions"));
     p = good;
     p.num_kept = 0;
-    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0), has(where) && has("kept positions: 0 from index 3"));
+    REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0),
+                    has(where) && has("kept positions: 0 from index 3"));
     p = good;
     p.first_kept = 8;
     REQUIRE_INVALID(RidgeFit<double>(basis, p, 1.0),
