@@ -722,10 +722,15 @@ TEST_CASE("layer: rejects bad input and keeps its state", "[layer][errors]") {
     p.stability = Stability::allow;
     p.num_samples = 8;
     p.num_bins = 16;
-    REQUIRE_INVALID(InfinityFormerLayer<double>(6, 4, 4, p), has("num_heads is 4"));
-    REQUIRE_INVALID(InfinityFormerLayer<double>(6, 0, 4, p), has("num_heads is 0"));
-    REQUIRE_INVALID(InfinityFormerLayer<double>(6, 2, 0, p), has("chunk_length is 0"));
-    REQUIRE_INVALID(InfinityFormerLayer<double>(0, 1, 4, p), has("d_model is 0"));
+    // The messages name the constructor the user called, not a part's.
+    const char* ctor = "InfinityFormerLayer::InfinityFormerLayer: ";
+    REQUIRE_INVALID(InfinityFormerLayer<double>(6, 4, 4, p), has(ctor) && has("num_heads is 4"));
+    REQUIRE_INVALID(InfinityFormerLayer<double>(6, 0, 4, p), has(ctor) && has("num_heads is 0"));
+    REQUIRE_INVALID(InfinityFormerLayer<double>(6, 2, 0, p), has(ctor) && has("chunk_length is 0"));
+    REQUIRE_INVALID(InfinityFormerLayer<double>(0, 1, 4, p), has(ctor) && has("d_model is 0"));
+    LongTermParams q = p;
+    q.tau = 2;
+    REQUIRE_INVALID(InfinityFormerLayer<double>(6, 2, 4, q), has(ctor) && has("tau is 2"));
     InfinityFormerLayer<double> layer(6, 2, 4, p), twin(6, 2, 4, p);
     Normal rng(12);
     const MatrixXd x = rng.matrix(4, 6);

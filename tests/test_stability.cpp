@@ -74,7 +74,7 @@ TEST_CASE("stability: the uniform radius is the spectral radius of A", "[stabili
         Index n, m, l;
         std::vector<double> widths;
     };
-    // Exact below 48 × 48, power iteration above (M = 64 < N = 96: the M × M matrix).
+    // Power iteration, on the smaller of N × N and M × M (M = 64 < N = 96: M × M).
     const std::vector<Case> cases = {{16, 8, 8, {0.01, 0.05}},
                                      {64, 16, 16, {0.01, 0.05}},
                                      {24, 10, 5, {0.005, 0.01}},
