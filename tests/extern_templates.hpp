@@ -18,6 +18,8 @@
     X class infinityformer::LongTermAttention<S>;   \
     X class infinityformer::ShortTermAttention<S>;  \
     X class infinityformer::InfinityFormerLayer<S>; \
+    X struct infinityformer::LongTermStream<S>;     \
+    X struct infinityformer::LayerStream<S>;        \
     X class infinityformer::Adam<S>;
 
 #ifndef INFINITYFORMER_TEST_INSTANTIATE
