@@ -444,7 +444,8 @@ private:
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
         p.template validate_for<Scalar>(where);
         const double l = static_cast<double>(length), d = static_cast<double>(d_model);
-        detail::require_allocatable(where, "the short-term window (num_heads x 2 chunk_length^2)",
+        detail::require_allocatable(where,
+                                    "the short-term window (num_heads, chunk_length, d_model)",
                                     2 * static_cast<double>(heads) * l * l,
                                     static_cast<double>(sizeof(Scalar)) *
                                         (4 * static_cast<double>(heads) * l * l + 24 * l * d));
