@@ -185,11 +185,8 @@ public:
     void set_num_streams(Index n) {
         constexpr const char* where = "InfinityFormerLayer::set_num_streams";
         detail::require(n >= 1, where, "n is ", n, ", expected >= 1");
-        const double l = static_cast<double>(length_), d = static_cast<double>(d_model()),
-                     h = static_cast<double>(num_heads());
         const double per_stream =
-            static_cast<double>(sizeof(Scalar)) * (4 * h * l * l + 24 * l * d) +
-            ltm_.stream_bytes();
+            window_bytes(num_heads(), length_, d_model()) + ltm_.stream_bytes();
         detail::require_allocatable(where, "n streams", static_cast<double>(n),
                                     static_cast<double>(n) * per_stream);
         std::vector<StreamState> next;
@@ -443,13 +440,18 @@ private:
                         ", expected a positive divisor of d_model (", d_model, ")");
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
         p.template validate_for<Scalar>(where);
-        const double l = static_cast<double>(length), d = static_cast<double>(d_model);
-        detail::require_allocatable(where,
-                                    "the short-term window (num_heads, chunk_length, d_model)",
-                                    2 * static_cast<double>(heads) * l * l,
-                                    static_cast<double>(sizeof(Scalar)) *
-                                        (4 * static_cast<double>(heads) * l * l + 24 * l * d));
+        const double l = static_cast<double>(length);
+        detail::require_allocatable(
+            where, "the short-term window (num_heads, chunk_length, d_model)",
+            2 * static_cast<double>(heads) * l * l, window_bytes(heads, length, d_model));
         return length;
+    }
+
+    // Bytes of one stream's short-term window, traces and workspace, estimated in double.
+    static double window_bytes(Index heads, Index length, Index d_model) {
+        const double h = static_cast<double>(heads), l = static_cast<double>(length),
+                     d = static_cast<double>(d_model);
+        return static_cast<double>(sizeof(Scalar)) * (4 * h * l * l + 24 * l * d);
     }
 
     StreamState& state(const char* where, Index stream) {

@@ -299,6 +299,7 @@ public:
         if (first) {
             next_B_.noalias() = ops_->first.G().transpose() * X;
             next_points_.resize(0);
+            if (!next_B_.allFinite()) overflow(where, X);
         } else {
             bool from_bins = false;
             if (points) {
@@ -332,7 +333,6 @@ public:
                 (params_.stability == Stability::refuse && params_.sampling != Sampling::uniform))
                 hold_bound(where, X);
         }
-        if (!next_B_.allFinite()) overflow(where, X);
         prepared_ = true;
     }
     /// The coefficients prepare() computed (N × e).
@@ -429,7 +429,7 @@ private:
     void hold_bound(const char* where, const Eigen::Ref<const Matrix>& X) {
         const double bound =
             kBoundSlack * ops_->stability.fit_bound * static_cast<double>(next_peak_);
-        const double top = static_cast<double>(next_B_.cwiseAbs().maxCoeff());
+        const double top = detail::largest_abs(next_B_);
         if (top <= bound) return;
         if (params_.stability == Stability::refuse)
             throw infinityformer::runtime_error(detail::concat(
@@ -446,8 +446,8 @@ private:
         // stabilise: B' = γ·(old memory's share) + G_newᵀ X with max |B'| ≤ bound.
         fresh_.noalias() = ops_->inf.G().bottomRows(length_).transpose() * X;
         next_B_ -= fresh_;
-        const double past = static_cast<double>(next_B_.cwiseAbs().maxCoeff());
-        const double now = static_cast<double>(fresh_.cwiseAbs().maxCoeff());
+        const double past = detail::largest_abs(next_B_);
+        const double now = detail::largest_abs(fresh_);
         const double gamma = past > 0.0 ? std::clamp((bound - now) / past, 0.0, 1.0) : 0.0;
         next_B_ *= static_cast<Scalar>(gamma);
         next_B_ += fresh_;
@@ -457,9 +457,9 @@ private:
     // A non-finite update from finite input: the chunk's magnitude overflowed the fit.
     [[noreturn]] void overflow(const char* where, const Eigen::Ref<const Matrix>& X) const {
         detail::fail(where, "the new memory coefficients B overflowed (largest |x| of the chunk ",
-                     X.cwiseAbs().maxCoeff(), ", of the memory so far ",
-                     state_.empty ? Scalar(0) : state_.B.cwiseAbs().maxCoeff(), ", kappa ",
-                     ops_->stability.fit_bound, "), expected a chunk with |x| below ",
+                     detail::largest_abs(X), ", of the memory so far ",
+                     detail::largest_abs(state_.B), ", kappa ", ops_->stability.fit_bound,
+                     "), expected a chunk with |x| below ",
                      static_cast<double>(std::numeric_limits<Scalar>::max()) /
                          std::max(1.0, ops_->stability.fit_bound),
                      " (memory unchanged)");
