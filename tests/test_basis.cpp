@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <infinityformer/basis.hpp>
+#include <infinityformer/detail/math.hpp>
 #include <limits>
 #include <string>
 #include <utility>
@@ -380,6 +381,7 @@ TEMPLATE_TEST_CASE("basis: row expectations skip only terms below eps/N of the r
                              static_cast<double>(n) * std::numeric_limits<TestType>::min());
             if (zeros >= 10) ++skipped_rows;
         }
+        CHECK(subnormals(r) == 0);
         // The window does drop terms that are not zero in double (narrow densities).
         INFO("rows with >= 10 dropped terms: " << skipped_rows);
         CHECK(skipped_rows >= 6);
@@ -545,4 +547,57 @@ TEST_CASE("basis: bad expect_psi_backward arguments are rejected", "[basis][erro
     s2[1] = -1e-3;
     CHECK_THROWS_WITH(basis.expect_psi_backward(mu, s2, rng.matrix(2, n), dmu, ds2),
                       Contains("sigma_sq"));
+}
+
+TEMPLATE_TEST_CASE("basis: no subnormal psi; drop_negligible drops below eps/N of a row only",
+                   "[basis]", float, double) {
+    using B = GaussianBasis<TestType>;
+    using V = typename B::Vector;
+    const double eps = std::numeric_limits<TestType>::epsilon();
+    const double tiny = std::numeric_limits<TestType>::min();
+    const B basis = B::default_family(128, {0.005, 0.01});  // the language model's widths
+    const Index n = basis.size();
+    V t(2001);
+    for (Index p = 0; p < t.size(); ++p)
+        t[p] = static_cast<TestType>(-0.5 + 2.0 * static_cast<double>(p) / 2000.0);
+    auto psi = basis.evaluate(t);
+    CHECK(subnormals(psi) == 0);
+    const auto kept = psi;
+    detail::drop_negligible(psi, true, false);
+    CHECK(subnormals(psi) == 0);
+    Index raw_subnormal = 0, dropped = 0;
+    for (Index p = 0; p < t.size(); ++p) {
+        double row_max = 0, lost = 0, err = 0, bound = 0;
+        for (Index k = 0; k < n; ++k) {
+            const double s = static_cast<double>(basis.widths()[k]);
+            const double z =
+                (static_cast<double>(t[p]) - static_cast<double>(basis.centers()[k])) / s;
+            const double exact = std::exp(-0.5 * z * z) / (std::sqrt(2 * kPi) * s);
+            // What unflushed Scalar arithmetic would hold (the grid reaches the range).
+            if (std::fpclassify(static_cast<TestType>(exact)) == FP_SUBNORMAL) ++raw_subnormal;
+            row_max = std::max(row_max, exact);
+            const double got = static_cast<double>(kept(p, k));
+            if (got == 0.0) {
+                CHECK(exact < 1.01 * tiny);  // evaluate() zeroes only the subnormal range
+            } else {
+                err = std::max(err, std::abs(got - exact) / exact);
+                // z = (t − c)·(1/s) carries 3 roundings, z² 6, −z²/2 7: |Δarg| ≤ 3.5 z² ε;
+                // exp and the normalisation add a few.
+                bound = std::max(bound, (8 + 3.5 * z * z) * eps);
+            }
+            if (psi(p, k) == TestType(0)) {
+                lost += exact;
+                if (got != 0.0) ++dropped;
+            } else {
+                CHECK(psi(p, k) == kept(p, k));
+            }
+        }
+        INFO("t = " << t[p] << ": lost " << lost << " of row max " << row_max);
+        // Everything dropped from one row together is below ε times its largest value.
+        CHECK(lost <= eps * row_max + static_cast<double>(n) * tiny);
+        CHECK(err <= bound);
+    }
+    INFO("values that would be subnormal " << raw_subnormal << ", dropped " << dropped);
+    CHECK(raw_subnormal > 0);
+    CHECK(dropped > 0);
 }

@@ -324,3 +324,62 @@ TEST_CASE("extremes: sizes near the index limits are refused before allocating",
     REQUIRE_INVALID(lta.set_num_streams(Index(1) << 50), has("n streams needs"));
     CHECK(lta.num_streams() == 1);
 }
+
+// Rows of large normal numbers (×30): short-term scores hundreds apart.
+template <typename S>
+Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> rng_matrix_for_short_term(Index rows, Index cols,
+                                                                           std::uint64_t seed) {
+    Normal rng(seed);
+    return rng.matrix(rows, cols, 30.0).template cast<S>();
+}
+
+// No subnormal number in what the memory builds and computes (docs/design.md, "Subnormal
+// numbers"): the language model's narrow widths put basis values, operator entries and
+// attention weights in the subnormal range of both Scalars; they must be exactly 0 instead,
+// whatever the caller's floating-point mode.
+TEMPLATE_TEST_CASE("extremes: no operator, memory, attention or gradient holds a subnormal",
+                   "[extremes]", float, double) {
+    using S = TestType;
+    using M = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+    const Index e = 16, heads = 2, length = 32;
+    for (Sampling sampling : {Sampling::uniform, Sampling::sticky, Sampling::stratified}) {
+        LongTermParams p = lm_small(64, 32, 5);
+        p.sampling = sampling;
+        LongTermAttention<S> ltm(e, heads, length, p);
+        const LongTermMemory<S>& mem = ltm.memory();
+        INFO(to_string(sampling));
+        CHECK(subnormals(mem.first_fit().G()) == 0);
+        CHECK(subnormals(mem.unbounded_fit().G()) == 0);
+        CHECK(subnormals(mem.recurrence_operator()) == 0);
+        CHECK(subnormals(mem.bin_edge_basis()) == 0);
+        if (sampling == Sampling::sticky) CHECK(mem.bin_edge_basis().rows() == 16);
+        Normal rng(21);
+        for (int chunk = 0; chunk < 5; ++chunk) {
+            const M X = rng.matrix(length, e, 1.5).template cast<S>();
+            const M Q = rng.matrix(length, e, 4.0).template cast<S>();  // spread densities
+            ltm.forward(X, Q);
+            const M dout = rng.matrix(length, ltm.d_model()).template cast<S>();
+            M dq(length, e), dX(length, e);
+            ltm.backward(dout, S(0.1), dq, dX);
+            INFO("chunk " << chunk);
+            CHECK(subnormals(ltm.memory().coefficients()) == 0);
+            CHECK(subnormals(ltm.last_attention().r) == 0);
+            CHECK(subnormals(ltm.last_attention().context) == 0);
+            CHECK(subnormals(dq) == 0);
+            CHECK(subnormals(dX) == 0);
+            for (const auto& param : ltm.parameters()) {
+                INFO(param.name);
+                CHECK(subnormals(param.gradient()) == 0);
+            }
+        }
+    }
+    // The short-term softmax: scores far apart give weights below the normal range.
+    ShortTermAttention<S> sta(e, heads, 9);
+    typename ShortTermAttention<S>::Trace t;
+    const M prev = rng_matrix_for_short_term<S>(length, e, 1);
+    const M X = rng_matrix_for_short_term<S>(length, e, 2);
+    M q = X * sta.weights().query.transpose();
+    sta.forward_unchecked(prev, X, q, t);
+    CHECK(subnormals(t.probs) == 0);
+    CHECK(subnormals(t.context) == 0);
+}

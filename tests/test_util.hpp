@@ -57,6 +57,16 @@ double rel_diff(const A& a, const B& b) {
     return num / den;
 }
 
+/// Number of subnormal entries (neither 0 nor a normal number).
+template <typename Derived>
+Eigen::Index subnormals(const Eigen::DenseBase<Derived>& m) {
+    Eigen::Index n = 0;
+    for (Eigen::Index j = 0; j < m.cols(); ++j)
+        for (Eigen::Index i = 0; i < m.rows(); ++i)
+            n += std::fpclassify(m(i, j)) == FP_SUBNORMAL ? 1 : 0;
+    return n;
+}
+
 /// Tolerance of a forward pass against a direct loop implementation (in double, on the same
 /// inputs), relative to the largest reference value.
 template <typename S>

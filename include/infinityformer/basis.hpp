@@ -94,20 +94,26 @@ public:
     const Vector& widths() const { return widths_; }
 
     /// ψ at T positions: out(p, k) = ψ_k(t_p). @param t T positions. @param out T×N.
+    /// A value below the smallest normal number is exactly 0 (never a subnormal). The
+    /// memory drops the values of its operators that are negligible in their row as well
+    /// (detail::drop_negligible).
     void evaluate(const Eigen::Ref<const Vector>& t, Eigen::Ref<Matrix> out) const {
         constexpr const char* where = "GaussianBasis::evaluate";
         detail::check_finite(where, "t", t);
         detail::check_shape(where, "out", out, t.size(), size());
         using std::exp;
-        using std::sqrt;
+        using std::log;
         const Scalar inv_sqrt_2pi = Scalar(detail::kInvSqrt2Pi);
         for (Index k = 0; k < size(); ++k) {
             const Scalar c = centers_[k];
             const Scalar inv_s = Scalar(1) / widths_[k];
-            const Scalar norm = inv_sqrt_2pi * inv_s;
+            // norm·exp(arg) as exp(arg + ln norm): no subnormal intermediate either.
+            const Scalar log_norm = log(inv_sqrt_2pi * inv_s);
             for (Index p = 0; p < t.size(); ++p) {
                 const Scalar z = (t[p] - c) * inv_s;
-                out(p, k) = norm * exp(Scalar(-0.5) * z * z);
+                const Scalar arg = Scalar(-0.5) * z * z + log_norm;
+                const Scalar v = arg < log_min_ ? Scalar(0) : exp(arg);
+                out(p, k) = v < std::numeric_limits<Scalar>::min() ? Scalar(0) : v;
             }
         }
     }
@@ -118,6 +124,8 @@ public:
     }
 
     /// E[ψ_k] under N(μ_q, σ²_q) for Q densities. @param mu Q. @param sigma_sq Q, ≥ 0.
+    /// A value below the smallest normal number is 0 (never a subnormal), here and in
+    /// expect_t_psi() and expect_t2_psi().
     /// @param out Q×N.
     void expect_psi(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
                     Eigen::Ref<Matrix> out) const {
@@ -193,8 +201,9 @@ public:
             for (Index q = 0; q < mu.size(); ++q) {
                 const Scalar v = sigma_sq[q] + s2;
                 const Scalar d = mu[q] - c;
-                const Scalar w =
-                    dr(q, k) * inv_sqrt_2pi / sqrt(v) * exp(Scalar(-0.5) * (d / v) * d);
+                const Scalar arg = Scalar(-0.5) * (d / v) * d;
+                if (arg < log_min_) continue;  // E[ψ_k] is 0 there (no subnormal)
+                const Scalar w = dr(q, k) * inv_sqrt_2pi / sqrt(v) * exp(arg);
                 if (w == Scalar(0)) continue;
                 dmu[q] -= w * d / v;
                 dsigma_sq[q] += Scalar(0.5) * w * ((d / v) * (d / v) - Scalar(1) / v);
@@ -202,8 +211,41 @@ public:
         }
     }
 
+    /// expect_psi_backward() from the rows r = E[ψ] that expect_psi_rows_unchecked() computed
+    /// for the same densities (Q × N, row-major): each term is dr_qk r_qk times its weight,
+    /// so no exponential is evaluated again, and a term whose r_qk was set to 0 (negligible,
+    /// see there) is 0 here too, consistently with the forward values. Only the span of
+    /// non-zero r in each row is visited, vectorised. `dr` Q × N, row-major.
+    template <typename MuT, typename SigT, typename RT, typename DrT, typename DmuT, typename DsT>
+    void expect_psi_rows_backward_unchecked(const Eigen::MatrixBase<MuT>& mu,
+                                            const Eigen::MatrixBase<SigT>& sigma_sq,
+                                            const Eigen::MatrixBase<RT>& r,
+                                            const Eigen::MatrixBase<DrT>& dr,
+                                            Eigen::MatrixBase<DmuT>& dmu,
+                                            Eigen::MatrixBase<DsT>& dsigma_sq) const {
+        const Index n = size();
+        for (Index q = 0; q < mu.size(); ++q) {
+            Index a = 0, b = n;
+            while (a < b && r(q, a) == Scalar(0)) ++a;
+            while (b > a && r(q, b - 1) == Scalar(0)) --b;
+            const Index len = b - a;
+            if (len == 0) {
+                dmu[q] = Scalar(0);
+                dsigma_sq[q] = Scalar(0);
+                continue;
+            }
+            const auto inv_v = (widths_sq_.segment(a, len).array() + sigma_sq[q]).inverse();
+            const auto d = (centers_.segment(a, len).array() - mu[q]) * inv_v;  // (c − μ)/v
+            const auto w = r.row(q).segment(a, len).transpose().array() *
+                           dr.row(q).segment(a, len).transpose().array();
+            dmu[q] = (w * d).sum();
+            dsigma_sq[q] = Scalar(0.5) * (w * (d.square() - inv_v)).sum();
+        }
+    }
+
     /// E[ψ] for Q densities into the rows of `out` (Q × N, best row-major), vectorised along
-    /// the basis and skipping terms that cannot matter. Inputs already validated.
+    /// the basis and skipping terms that cannot matter. Inputs already validated. Every
+    /// entry is 0 or a normal number at least ε/N times its row's largest.
     ///
     /// The bound: for density q let R be one computed term (at the centre nearest μ) and
     /// T = (ε/N)·R, ε the Scalar's machine epsilon. Every term with r_k < T is set to 0, so the
@@ -269,6 +311,12 @@ public:
                     const Scalar dk = c[k] - m;
                     if (Scalar(-0.5) * dk * dk / (sg + widths_sq_[k]) < log_min_) row[k] = 0;
                 }
+            // Terms of the window below ε/N of the row's largest (or subnormal) are 0 too,
+            // by the bound above: no subnormal number reaches the products with r.
+            const Scalar floor =
+                std::max(eps_over_n * seg.maxCoeff(), std::numeric_limits<Scalar>::min());
+            if (seg.minCoeff() < floor)
+                for (Index k = a; k < b; ++k) row[k] = row[k] < floor ? Scalar(0) : row[k];
         }
     }
 
@@ -286,7 +334,7 @@ private:
         detail::check_shape(where, out_name, out, mu.size(), size());
     }
 
-    // moment 0: E[ψ]; 1: E[tψ]; 2: E[t²ψ].
+    // moment 0: E[ψ]; 1: E[tψ]; 2: E[t²ψ]. Subnormal values are 0.
     void expectations(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
                       int moment, Eigen::Ref<Matrix> out) const {
         for (Index k = 0; k < size(); ++k) {
@@ -302,12 +350,8 @@ private:
                     continue;
                 }
                 const Scalar m = (c * sig2 + mu[q] * s2) / v;
-                if (moment == 1) {
-                    out(q, k) = e * m;
-                } else {
-                    const Scalar vt = sig2 * s2 / v;
-                    out(q, k) = e * (m * m + vt);
-                }
+                const Scalar x = moment == 1 ? e * m : e * (m * m + sig2 * s2 / v);
+                out(q, k) = std::abs(x) < std::numeric_limits<Scalar>::min() ? Scalar(0) : x;
             }
         }
     }

@@ -351,7 +351,7 @@ public:
         }
         w.dmu.resize(hq);
         w.dsigma_sq.resize(hq);
-        basis_.expect_psi_backward_unchecked(t.mu, t.sigma_sq, w.dr, w.dmu, w.dsigma_sq);
+        basis_.expect_psi_rows_backward_unchecked(t.mu, t.sigma_sq, t.r, w.dr, w.dmu, w.dsigma_sq);
         const Scalar s0sq = kl_sigma_0_ * kl_sigma_0_;
         w.da_mu.resize(hq);
         w.da_sigma.resize(hq);
@@ -488,7 +488,8 @@ private:
     bool kl_mu_term_ = false;
     Scalar kl_mu_0_{};
     struct Work {
-        Matrix dcontext, dr, dV, values;
+        Matrix dcontext, dV, values;
+        RowMatrix dr;
         Vector dmu, dsigma_sq, da_mu, da_sigma, g_mu, g_sigma, wk_g_mu, wk_g_sigma;
     };
 

@@ -125,6 +125,11 @@ public:
     const RidgeFit<Scalar>& first_fit() const { return ops_->first; }
     /// Unbounded-memory operator ((M + L) × N).
     const RidgeFit<Scalar>& unbounded_fit() const { return ops_->inf; }
+    /// A = G_pastᵀ Ψ(i/M) (N × N), the operator of the uniform update B ← A B + G_newᵀ X.
+    const Matrix& recurrence_operator() const { return ops_->uniform_op; }
+    /// Ψ at the D bin edges j/D (D × N), which the sticky update reads the memory at when
+    /// D < M; empty for the other samplings.
+    const Matrix& bin_edge_basis() const { return ops_->edge_psi; }
     /// How far this configuration's update can amplify the old memory (computed once per
     /// configuration when the first such memory is built).
     const MemoryStability& stability() const { return ops_->stability; }
@@ -299,6 +304,7 @@ public:
         if (first) {
             next_B_.noalias() = ops_->first.G().transpose() * X;
             next_points_.resize(0);
+            drop_subnormal(next_B_);
             if (!next_B_.allFinite()) overflow(where, X);
         } else {
             bool from_bins = false;
@@ -323,10 +329,12 @@ public:
             } else {
                 psi_.resize(m, num_basis());
                 ops_->basis.evaluate(next_points_, psi_);
+                detail::drop_negligible(psi_, true, false);  // multiplies B from the left
                 past_.noalias() = psi_ * B;
                 next_B_.noalias() = G.topRows(m).transpose() * past_;
             }
             next_B_.noalias() += G.bottomRows(length_).transpose() * X;
+            drop_subnormal(next_B_);
             if (!next_B_.allFinite()) overflow(where, X);
             // Uniform sampling under refuse is bounded by construction (ρ(A) < 1).
             if (params_.stability == Stability::stabilise ||
@@ -375,12 +383,14 @@ private:
             const Eigen::MatrixXd psi =
                 basis.evaluate(chooser.uniform_points()).template cast<double>();
             uniform_op = (Gp.transpose() * psi).template cast<Scalar>();
+            detail::drop_negligible(uniform_op, true, false);  // multiplies B from the left
             if (p.sampling == Sampling::sticky && p.num_bins < m) {
                 Vector edges(p.num_bins);
                 for (Index j = 0; j < p.num_bins; ++j)
                     edges[j] = static_cast<Scalar>(static_cast<double>(j) /
                                                    static_cast<double>(p.num_bins));
                 edge_psi = basis.evaluate(edges);  // Ψ at the D bin edges (sticky)
+                detail::drop_negligible(edge_psi, true, false);
             }
         }
         GaussianBasis<Scalar> basis;
@@ -390,6 +400,11 @@ private:
         Matrix uniform_op;  // A of the uniform recurrence
         Matrix edge_psi;
     };
+
+    // A memory fed with zeros decays geometrically: its subnormal coefficients are 0.
+    static void drop_subnormal(Matrix& B) {
+        detail::zero_below(B.data(), B.size(), std::numeric_limits<Scalar>::min());
+    }
 
     // The constructor's refusal under Stability::refuse.
     static void refuse_unstable(const MemoryParams& p, Index length, Index dim,

@@ -15,6 +15,7 @@
 
 #include "basis.hpp"
 #include "detail/limits.hpp"
+#include "detail/math.hpp"
 #include "errors.hpp"
 
 namespace infinityformer {
@@ -137,7 +138,11 @@ private:
                 "[infinityformer] RidgeFit: Cholesky factorisation of F F^T + lambda I failed");
         // Gᵀ = (F Fᵀ + λI)⁻¹ F_kept   (N × num_kept)
         Eigen::MatrixXd Gt = llt.solve(F.middleCols(pos.first_kept, pos.num_kept));
-        return Gt.transpose().template cast<Scalar>();
+        // G multiplies transposed (B = Gᵀ X) and from the left (the backward, G ∂B): an
+        // entry negligible for both, or subnormal in the Scalar, is exactly 0.
+        Matrix G = Gt.transpose().template cast<Scalar>();
+        detail::drop_negligible(G, true, true);
+        return G;
     }
 
     FitPositions positions_;

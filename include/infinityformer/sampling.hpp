@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <unsupported/Eigen/SpecialFunctions>
 #include <vector>
@@ -76,9 +77,12 @@ void histogram_into(const Eigen::MatrixBase<DerivedMu>& mu,
     }
     double total = 0.0;
     for (double v : mass) total += v;
-    for (std::size_t j = 0; j < d; ++j)
-        p(static_cast<Eigen::Index>(j), 0) =
-            total > 0.0 ? static_cast<Scalar>(mass[j] / total) : Scalar(0);
+    // A probability below the Scalar's smallest normal number is 0 (never a subnormal).
+    const double tiny = static_cast<double>(std::numeric_limits<Scalar>::min());
+    for (std::size_t j = 0; j < d; ++j) {
+        const double v = total > 0.0 ? mass[j] / total : 0.0;
+        p(static_cast<Eigen::Index>(j), 0) = v < tiny ? Scalar(0) : static_cast<Scalar>(v);
+    }
 }
 
 }  // namespace detail

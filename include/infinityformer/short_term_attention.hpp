@@ -144,6 +144,12 @@ public:
                 auto row = a.row(i);
                 const Scalar mx = row.head(visible).maxCoeff();
                 row.head(visible) = (row.head(visible).array() - mx).exp();
+                // Weights below ε/visible of the largest (1) are exactly 0: no subnormal
+                // number reaches P V, and the mass dropped is below one rounding of the sum.
+                detail::zero_below(
+                    &row.coeffRef(0), visible,
+                    std::numeric_limits<Scalar>::epsilon() / static_cast<Scalar>(visible),
+                    row.innerStride());
                 row.head(visible) /= row.head(visible).sum();
                 row.tail(lp + l - visible).setZero();
             }

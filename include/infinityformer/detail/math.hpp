@@ -4,7 +4,9 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace infinityformer::detail {
 
@@ -31,13 +33,61 @@ Scalar softplus_derivative(Scalar x) {
     return x > Scalar(20) ? Scalar(1) : sigmoid(x);
 }
 
-/// N(x; c, v) = exp(−(x − c)²/(2v)) / √(2πv), for a variance v > 0.
+/// N(x; c, v) = exp(−(x − c)²/(2v)) / √(2πv), for a variance v > 0; exactly 0 where it
+/// is below the smallest normal number of the Scalar (never a subnormal).
 template <typename Scalar>
 Scalar gaussian_density(Scalar x, Scalar c, Scalar v) {
     using std::exp;
+    using std::log;
     using std::sqrt;
+    static const Scalar log_min = log(std::numeric_limits<Scalar>::min());
     const Scalar d = x - c;
-    return Scalar(kInvSqrt2Pi) / sqrt(v) * exp(Scalar(-0.5) * (d / v) * d);
+    const Scalar arg = Scalar(-0.5) * (d / v) * d;
+    if (arg < log_min) return Scalar(0);
+    const Scalar out = Scalar(kInvSqrt2Pi) / sqrt(v) * exp(arg);
+    return out < std::numeric_limits<Scalar>::min() ? Scalar(0) : out;
+}
+
+/// Sets to exactly 0 the n values at `p` (stride `stride`) whose magnitude is below
+/// `threshold`. A plain loop that compilers turn into vector selects.
+template <typename Scalar>
+void zero_below(Scalar* p, Eigen::Index n, Scalar threshold, Eigen::Index stride = 1) {
+    for (Eigen::Index i = 0; i < n; ++i) {
+        Scalar& x = p[i * stride];
+        x = std::abs(x) < threshold ? Scalar(0) : x;
+    }
+}
+
+/// No subnormal numbers (docs/design.md, "Subnormal numbers"): sets to exactly 0 every entry
+/// of an operator that cannot change a product with it at the Scalar's precision. An entry
+/// is dropped if its magnitude is below the smallest normal number, or below ε/n times the
+/// largest magnitude of its row (`by_rows`: n = columns; the operator multiplies from the
+/// left, y = M x) and, when both are asked, also below ε/n times the largest of its column
+/// (`by_cols`: n = rows; it multiplies transposed, y = Mᵀ x). What is dropped from one
+/// result is then below ε times its largest term: under one rounding.
+template <typename Derived>
+void drop_negligible(Eigen::MatrixBase<Derived>& m, bool by_rows, bool by_cols) {
+    using Scalar = typename Derived::Scalar;
+    using Array = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
+    const Eigen::Index rows = m.rows(), cols = m.cols();
+    if (rows == 0 || cols == 0) return;
+    const Scalar eps = std::numeric_limits<Scalar>::epsilon();
+    const Scalar tiny = std::numeric_limits<Scalar>::min();
+    const Scalar huge = std::numeric_limits<Scalar>::infinity();
+    const Array row_t =
+        by_rows
+            ? Array(m.cwiseAbs().rowwise().maxCoeff().array() * (eps / static_cast<Scalar>(cols)))
+            : Array::Constant(rows, huge);
+    const Array col_t = by_cols ? Array(m.cwiseAbs().colwise().maxCoeff().transpose().array() *
+                                        (eps / static_cast<Scalar>(rows)))
+                                : Array::Constant(cols, huge);
+    const bool relative = by_rows || by_cols;
+    for (Eigen::Index j = 0; j < cols; ++j)
+        for (Eigen::Index i = 0; i < rows; ++i) {
+            const Scalar t = relative ? std::max(tiny, std::min(row_t[i], col_t[j])) : tiny;
+            Scalar& x = m.coeffRef(i, j);
+            x = std::abs(x) < t ? Scalar(0) : x;
+        }
 }
 
 /// Same shape and the same entries, bit for bit (NaN ≠ NaN); two empty matrices of the
