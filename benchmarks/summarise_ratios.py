@@ -12,7 +12,8 @@ import sys
 from collections import defaultdict
 
 BUILDS = [("default", "default flags (`-O3`)"), ("x86-64-v3", "`-march=x86-64-v3`"),
-          ("native", "`-march=native`"), ("portable", "default flags + OpenBLAS")]
+          ("native", "`-march=native`"), ("portable", "default flags + OpenBLAS"),
+          ("native-openblas", "`-march=native` + OpenBLAS")]
 CONFIGS = [("sorting", "sorting (uniform)"), ("lm", "language model (sticky)")]
 STEPS = [("forward", "forward (update + attention)"), ("training", "training step")]
 

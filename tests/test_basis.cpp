@@ -601,3 +601,43 @@ TEMPLATE_TEST_CASE("basis: no subnormal psi; drop_negligible drops below eps/N o
     CHECK(raw_subnormal > 0);
     CHECK(dropped > 0);
 }
+
+TEMPLATE_TEST_CASE("basis: the E[psi] row kernels (Eigen's, and the run-time dispatched one)",
+                   "[basis]", float, double) {
+    using S = TestType;
+    const double eps = std::numeric_limits<S>::epsilon();
+    const double log_min = std::log(static_cast<double>(std::numeric_limits<S>::min()));
+    // Exponents from 0 to 1.2 ln(smallest normal), 1003 terms (not a multiple of 8).
+    const Index len = 1003;
+    std::vector<S> w(static_cast<std::size_t>(len)), c(w.size()), a(w.size()), b(w.size());
+    const S mu = S(0.3), s2 = S(1e-4);
+    for (Index k = 0; k < len; ++k) {
+        w[static_cast<std::size_t>(k)] = static_cast<S>(k % 2 ? 2.5e-5 : 1e-4);
+        const double target = 1.2 * log_min * static_cast<double>(k) / static_cast<double>(len);
+        const double v = static_cast<double>(w[static_cast<std::size_t>(k)]) + 1e-4;
+        c[static_cast<std::size_t>(k)] = static_cast<S>(0.3 + std::sqrt(-2 * target * v));
+    }
+    detail::gauss_row_eigen(w.data(), c.data(), mu, s2, a.data(), len);
+    detail::gauss_row(w.data(), c.data(), mu, s2, b.data(), len);
+    Index zeros = 0;
+    for (Index k = 0; k < len; ++k) {
+        const auto i = static_cast<std::size_t>(k);
+        const double v = static_cast<double>(w[i]) + static_cast<double>(s2);
+        const double d = static_cast<double>(c[i]) - static_cast<double>(mu);
+        const double arg = -0.5 * d * d / v;
+        const double exact = std::exp(arg) / std::sqrt(2 * kPi * v);
+        INFO("k = " << k << ", exponent " << arg << ": " << a[i] << ", " << b[i] << " vs "
+                    << exact);
+        for (const S got : {a[i], b[i]}) {
+            if (arg < log_min * (1 + 8 * eps)) {
+                CHECK(got == S(0));
+            } else if (arg > log_min * (1 - 8 * eps)) {
+                // 4 roundings in the exponent, a few in exp and the normalisation.
+                CHECK(std::abs(static_cast<double>(got) - exact) <=
+                      (10 + 5 * std::abs(arg)) * eps * exact);
+            }
+        }
+        if (b[i] == S(0)) ++zeros;
+    }
+    CHECK(zeros > 100);  // the range below ln(smallest normal) was reached
+}

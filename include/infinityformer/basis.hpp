@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/gauss_row.hpp"
 #include "detail/math.hpp"
 #include "errors.hpp"
 
@@ -297,20 +298,19 @@ public:
             row.tail(n - b).setZero();
             const Index len = b - a;
             if (len <= 0) continue;
-            const auto v = widths_sq_.segment(a, len).array() + sg;
-            const auto d = centers_.segment(a, len).array() - m;
-            // The exponent first, then its exponential. A vectorised exp clamps its argument
-            // instead of underflowing, so arguments below ln(smallest normal) are set to
-            // exactly 0 afterwards (Eigen 3.4's select() would not vectorise).
             auto seg = row.segment(a, len).transpose().array();
-            seg = Scalar(-0.5) * d.square() / v;
-            const bool underflow = seg.minCoeff() < log_min_;
-            seg = seg.exp() * v.rsqrt() * inv_sqrt_2pi;
-            if (underflow)
-                for (Index k = a; k < b; ++k) {
-                    const Scalar dk = c[k] - m;
-                    if (Scalar(-0.5) * dk * dk / (sg + widths_sq_[k]) < log_min_) row[k] = 0;
+            // The terms, 0 where the exponent is below ln(smallest normal): into the row
+            // itself when it is contiguous (run-time dispatched, detail/gauss_row.hpp).
+            if (row.innerStride() == 1) {
+                detail::gauss_row(widths_sq_.data() + a, c + a, m, sg, &row.coeffRef(a), len);
+            } else {
+                Scalar buf[256];  // on the stack: no allocation, nothing shared
+                for (Index k0 = 0; k0 < len; k0 += 256) {
+                    const Index part = std::min<Index>(256, len - k0);
+                    detail::gauss_row(widths_sq_.data() + a + k0, c + a + k0, m, sg, buf, part);
+                    for (Index k = 0; k < part; ++k) row[a + k0 + k] = buf[k];
                 }
+            }
             // Terms of the window below ε/N of the row's largest (or subnormal) are 0 too,
             // by the bound above: no subnormal number reaches the products with r.
             const Scalar floor =
