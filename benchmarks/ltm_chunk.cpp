@@ -41,6 +41,8 @@
 // OpenBLAS names itself when it is the BLAS linked (weak: absent from other BLAS).
 extern "C" char* openblas_get_config(void) __attribute__((weak));
 extern "C" char* openblas_get_corename(void) __attribute__((weak));
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int openblas_get_num_threads(void) __attribute__((weak));
 #endif
 
 namespace {
@@ -280,11 +282,22 @@ std::string mxcsr_state() {
 #endif
 }
 
+// True if the BLAS behind Eigen's products runs on threads of its own (OpenBLAS).
+bool blas_threads() {
+#ifdef EIGEN_USE_BLAS
+    return openblas_set_num_threads != nullptr;
+#else
+    return false;
+#endif
+}
+
 std::string blas_in_use() {
 #ifdef EIGEN_USE_BLAS
     if (openblas_get_config) {
         std::string s = std::string("OpenBLAS (") + openblas_get_config();
         if (openblas_get_corename) s += std::string(", core ") + openblas_get_corename();
+        if (openblas_get_num_threads)
+            s += ", " + std::to_string(openblas_get_num_threads()) + " thread(s)";
         return s + ")";
     }
     return "external BLAS (EIGEN_USE_BLAS)";
@@ -302,9 +315,14 @@ int main(int argc, char** argv) {
             throw std::invalid_argument("--heads is " + std::to_string(o.heads) +
                                         ", expected a divisor of --d-model (" +
                                         std::to_string(o.d_model) + ")");
-        // Several streams: one thread per module copy (run()); one stream: Eigen's threads.
-        Eigen::setNbThreads(o.streams > 1 ? 1 : static_cast<int>(o.threads));
-        if (o.streams == 1 && o.threads > 1 && Eigen::nbThreads() == 1)
+        // Several streams: one thread per module copy (run()); one stream: Eigen's threads
+        // (and OpenBLAS's, which would otherwise take every core).
+        const int product_threads = o.streams > 1 ? 1 : static_cast<int>(o.threads);
+        Eigen::setNbThreads(product_threads);
+#ifdef EIGEN_USE_BLAS
+        if (openblas_set_num_threads) openblas_set_num_threads(product_threads);
+#endif
+        if (o.streams == 1 && o.threads > 1 && Eigen::nbThreads() == 1 && !blas_threads())
             std::fprintf(stderr,
                          "# warning: built without OpenMP, --threads %ld runs on one thread "
                          "(use --streams > 1 to share streams over threads)\n",
