@@ -234,10 +234,12 @@ public:
     /// True if every value of a trace that a later call reads is finite (and σ² > 0): the
     /// check after forward_unchecked(), a few reductions beside the products.
     bool trace_finite(const Trace& t) const {
-        return t.a_mu.allFinite() && t.a_sigma.allFinite() && t.key_mu.allFinite() &&
-               t.key_sigma.allFinite() && t.sigma_sq.allFinite() &&
+        return detail::all_finite(t.a_mu) && detail::all_finite(t.a_sigma) &&
+               detail::all_finite(t.key_mu) && detail::all_finite(t.key_sigma) &&
+               detail::all_finite(t.sigma_sq) &&
                (t.sigma_sq.size() == 0 || t.sigma_sq.minCoeff() > Scalar(0)) &&
-               t.kl_reg.allFinite() && t.context.allFinite() && t.output.allFinite();
+               detail::all_finite(t.kl_reg) && detail::all_finite(t.context) &&
+               detail::all_finite(t.output);
     }
 
     /// Throws infinityformer::invalid_argument saying why a trace is not finite: a weight
@@ -247,15 +249,15 @@ public:
                                     const Trace& t) const {
         check_weights(where, prefix);
         const double b = detail::largest_abs(t.B), q = detail::largest_abs(t.queries);
-        if (!(t.key_mu.allFinite() && t.key_sigma.allFinite() && t.a_mu.allFinite() &&
-              t.a_sigma.allFinite()))
+        if (!(detail::all_finite(t.key_mu) && detail::all_finite(t.key_sigma) &&
+              detail::all_finite(t.a_mu) && detail::all_finite(t.a_sigma)))
             detail::fail(where,
                          "the long-term attention scores w_mu . s and w_sigma . s "
                          "overflowed (largest |B| ",
                          b, ", largest |query| ", q,
                          "), expected a memory and queries whose products stay below ",
                          static_cast<double>(std::numeric_limits<Scalar>::max()));
-        if (!(t.kl_reg.allFinite() && t.sigma_sq.allFinite()))
+        if (!(detail::all_finite(t.kl_reg) && detail::all_finite(t.sigma_sq)))
             detail::fail(where, "the KL regulariser overflowed (sigma^2 up to ",
                          detail::largest_abs(t.sigma_sq),
                          " against kl_sigma_0^2 = ", kl_sigma_0_ * kl_sigma_0_, "; largest |B| ", b,

@@ -378,7 +378,7 @@ private:
         } else {
             s.y_next = s.next_short_term.output;
         }
-        if (!s.y_next.allFinite())
+        if (!detail::all_finite(s.y_next))
             detail::fail(where,
                          "the output Y = short-term + long-term overflowed (largest "
                          "|short-term| ",

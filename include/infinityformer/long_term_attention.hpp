@@ -363,7 +363,7 @@ public:
                 s.next_gate.resize(X->rows(), dim());
                 s.next_gated.resize(X->rows(), dim());
                 gate_->forward(*X, s.next_gate, s.next_gated);
-                if (!s.next_gated.allFinite()) {
+                if (!detail::all_finite(s.next_gated)) {
                     gate_->check_weights(where, std::string(prefix) + "mask_net.");
                     detail::fail(where, "the memory gate's pre-activation overflowed (largest |x| ",
                                  detail::largest_abs(*X), "), expected smaller inputs");

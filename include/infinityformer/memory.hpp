@@ -305,7 +305,7 @@ public:
             next_B_.noalias() = ops_->first.G().transpose() * X;
             next_points_.resize(0);
             drop_subnormal(next_B_);
-            if (!next_B_.allFinite()) overflow(where, X);
+            if (!detail::all_finite(next_B_)) overflow(where, X);
         } else {
             bool from_bins = false;
             if (points) {
@@ -335,7 +335,7 @@ public:
             }
             next_B_.noalias() += G.bottomRows(length_).transpose() * X;
             drop_subnormal(next_B_);
-            if (!next_B_.allFinite()) overflow(where, X);
+            if (!detail::all_finite(next_B_)) overflow(where, X);
             // Uniform sampling under refuse is bounded by construction (ρ(A) < 1).
             if (params_.stability == Stability::stabilise ||
                 (params_.stability == Stability::refuse && params_.sampling != Sampling::uniform))

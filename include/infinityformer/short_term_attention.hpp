@@ -163,8 +163,8 @@ public:
     /// the first stage that overflowed (projections, scores, output) with the magnitudes
     /// that made it overflow. A few reductions beside the products.
     void check_trace(const char* where, const std::string& prefix, const Trace& t) const {
-        if (t.q.allFinite() && t.k.allFinite() && t.v.allFinite() && t.probs.allFinite() &&
-            t.output.allFinite())
+        if (detail::all_finite(t.q) && detail::all_finite(t.k) && detail::all_finite(t.v) &&
+            detail::all_finite(t.probs) && detail::all_finite(t.output))
             return;
         detail::check_weight(where, prefix, "query.weight", weights_.query);
         detail::check_weight(where, prefix, "key.weight", weights_.key);
@@ -172,10 +172,10 @@ public:
         detail::check_weight(where, prefix, "out.weight", weights_.out);
         const double x = detail::largest_abs(t.kv_in);
         const double top = static_cast<double>(std::numeric_limits<Scalar>::max());
-        if (!(t.q.allFinite() && t.k.allFinite() && t.v.allFinite()))
+        if (!(detail::all_finite(t.q) && detail::all_finite(t.k) && detail::all_finite(t.v)))
             detail::fail(where, "the short-term projections X W^T overflowed (largest |x| ", x,
                          "), expected inputs whose products with the weights stay below ", top);
-        if (!t.probs.allFinite())
+        if (!detail::all_finite(t.probs))
             detail::fail(where,
                          "the short-term attention scores Q K^T / sqrt(d_h) overflowed "
                          "(largest |x| ",

@@ -48,6 +48,14 @@ Scalar gaussian_density(Scalar x, Scalar c, Scalar v) {
     return out < std::numeric_limits<Scalar>::min() ? Scalar(0) : out;
 }
 
+/// True if every entry is finite: x·0 is 0 for a finite x and NaN otherwise, and the sum
+/// of those is one vectorised reduction (Eigen's allFinite() compares entry by entry).
+template <typename Derived>
+bool all_finite(const Eigen::DenseBase<Derived>& m) {
+    using Scalar = typename Derived::Scalar;
+    return m.size() == 0 || (m.derived().array() * Scalar(0)).sum() == Scalar(0);
+}
+
 /// Sets to exactly 0 the n values at `p` (stride `stride`) whose magnitude is below
 /// `threshold`. A plain loop that compilers turn into vector selects.
 template <typename Scalar>
