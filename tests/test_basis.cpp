@@ -563,7 +563,7 @@ TEMPLATE_TEST_CASE("basis: no subnormal psi; drop_negligible drops below eps/N o
     auto psi = basis.evaluate(t);
     CHECK(subnormals(psi) == 0);
     const auto kept = psi;
-    detail::drop_negligible(psi, true, false);
+    detail::drop_negligible(psi, false);
     CHECK(subnormals(psi) == 0);
     Index raw_subnormal = 0, dropped = 0;
     for (Index p = 0; p < t.size(); ++p) {

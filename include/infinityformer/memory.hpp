@@ -329,7 +329,7 @@ public:
             } else {
                 psi_.resize(m, num_basis());
                 ops_->basis.evaluate(next_points_, psi_);
-                detail::drop_negligible(psi_, true, false);  // multiplies B from the left
+                detail::drop_negligible(psi_, false, drop_rows_, drop_cols_);  // Ψ(s) B
                 past_.noalias() = psi_ * B;
                 next_B_.noalias() = G.topRows(m).transpose() * past_;
             }
@@ -383,14 +383,14 @@ private:
             const Eigen::MatrixXd psi =
                 basis.evaluate(chooser.uniform_points()).template cast<double>();
             uniform_op = (Gp.transpose() * psi).template cast<Scalar>();
-            detail::drop_negligible(uniform_op, true, false);  // multiplies B from the left
+            detail::drop_negligible(uniform_op, false);  // multiplies B from the left
             if (p.sampling == Sampling::sticky && p.num_bins < m) {
                 Vector edges(p.num_bins);
                 for (Index j = 0; j < p.num_bins; ++j)
                     edges[j] = static_cast<Scalar>(static_cast<double>(j) /
                                                    static_cast<double>(p.num_bins));
                 edge_psi = basis.evaluate(edges);  // Ψ at the D bin edges (sticky)
-                detail::drop_negligible(edge_psi, true, false);
+                detail::drop_negligible(edge_psi, false);
             }
         }
         GaussianBasis<Scalar> basis;
@@ -520,6 +520,7 @@ private:
     // workspace of prepare(): no allocation once sized
     SamplePointChooser<Scalar> chooser_;
     Matrix next_B_, psi_, past_, edge_past_, gathered_, fresh_;
+    Vector drop_rows_, drop_cols_;
     Vector next_points_;
     detail::Random next_rng_;
     Scalar next_peak_ = 0;

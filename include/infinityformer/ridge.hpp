@@ -141,7 +141,7 @@ private:
         // G multiplies transposed (B = Gᵀ X) and from the left (the backward, G ∂B): an
         // entry negligible for both, or subnormal in the Scalar, is exactly 0.
         Matrix G = Gt.transpose().template cast<Scalar>();
-        detail::drop_negligible(G, true, true);
+        detail::drop_negligible(G, true);
         return G;
     }
 

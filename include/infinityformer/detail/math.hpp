@@ -69,33 +69,39 @@ void zero_below(Scalar* p, Eigen::Index n, Scalar threshold, Eigen::Index stride
 /// No subnormal numbers (docs/design.md, "Subnormal numbers"): sets to exactly 0 every entry
 /// of an operator that cannot change a product with it at the Scalar's precision. An entry
 /// is dropped if its magnitude is below the smallest normal number, or below ε/n times the
-/// largest magnitude of its row (`by_rows`: n = columns; the operator multiplies from the
-/// left, y = M x) and, when both are asked, also below ε/n times the largest of its column
-/// (`by_cols`: n = rows; it multiplies transposed, y = Mᵀ x). What is dropped from one
-/// result is then below ε times its largest term: under one rounding.
-template <typename Derived>
-void drop_negligible(Eigen::MatrixBase<Derived>& m, bool by_rows, bool by_cols) {
+/// largest magnitude of its row (n = columns: the operator multiplies from the left,
+/// y = M x) and, with `transposed_too` (it also multiplies transposed, y = Mᵀ x), also below
+/// ε/n times the largest of its column (n = rows). What is dropped from one result is then
+/// below ε times its largest term: under one rounding. `row_t` and `col_t` are workspace
+/// (column vectors; no allocation once they have the sizes).
+template <typename Derived, typename Work>
+void drop_negligible(Eigen::MatrixBase<Derived>& m, bool transposed_too, Work& row_t, Work& col_t) {
     using Scalar = typename Derived::Scalar;
-    using Array = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
     const Eigen::Index rows = m.rows(), cols = m.cols();
     if (rows == 0 || cols == 0) return;
     const Scalar eps = std::numeric_limits<Scalar>::epsilon();
     const Scalar tiny = std::numeric_limits<Scalar>::min();
-    const Scalar huge = std::numeric_limits<Scalar>::infinity();
-    const Array row_t =
-        by_rows
-            ? Array(m.cwiseAbs().rowwise().maxCoeff().array() * (eps / static_cast<Scalar>(cols)))
-            : Array::Constant(rows, huge);
-    const Array col_t = by_cols ? Array(m.cwiseAbs().colwise().maxCoeff().transpose().array() *
-                                        (eps / static_cast<Scalar>(rows)))
-                                : Array::Constant(cols, huge);
-    const bool relative = by_rows || by_cols;
+    row_t.resize(rows);
+    row_t.noalias() = m.cwiseAbs().rowwise().maxCoeff() * (eps / static_cast<Scalar>(cols));
+    if (transposed_too) {
+        col_t.resize(cols);
+        col_t.noalias() =
+            m.cwiseAbs().colwise().maxCoeff().transpose() * (eps / static_cast<Scalar>(rows));
+    }
     for (Eigen::Index j = 0; j < cols; ++j)
         for (Eigen::Index i = 0; i < rows; ++i) {
-            const Scalar t = relative ? std::max(tiny, std::min(row_t[i], col_t[j])) : tiny;
+            const Scalar t =
+                std::max(tiny, transposed_too ? std::min(row_t[i], col_t[j]) : row_t[i]);
             Scalar& x = m.coeffRef(i, j);
             x = std::abs(x) < t ? Scalar(0) : x;
         }
+}
+
+/// drop_negligible() with its own workspace (operators built once).
+template <typename Derived>
+void drop_negligible(Eigen::MatrixBase<Derived>& m, bool transposed_too) {
+    Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1> row_t, col_t;
+    drop_negligible(m, transposed_too, row_t, col_t);
 }
 
 /// Same shape and the same entries, bit for bit (NaN ≠ NaN); two empty matrices of the
