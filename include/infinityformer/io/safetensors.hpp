@@ -1,0 +1,1194 @@
+/// @file io/safetensors.hpp
+/// @brief Weights in the safetensors format: a reader that accepts any input without
+/// undefined behaviour, a writer, and the mapping of LongTermAttention and
+/// InfinityFormerLayer weights to tensor names (the authors' `state_dict()` names).
+///
+/// Needs nlohmann/json (CMake target infinityformer::io).
+///
+/// **The format.** Bytes 0–7 hold N, the header's length (unsigned 64-bit, little-endian);
+/// bytes 8 … 8+N−1 a UTF-8 JSON object
+///
+///     {"__metadata__": {"key": "value", ...},
+///      "<name>": {"dtype": "F32", "shape": [6, 6], "data_offsets": [begin, end]}, ...}
+///
+/// and the rest of the file is the data section: tensor `<name>` occupies bytes [begin, end)
+/// of it, its elements in row-major order, little-endian.
+///
+/// **Reading** (Safetensors::parse / read / load) checks everything before it allocates or
+/// reads: the header length against the input's size (and at most kMaxHeaderBytes), the JSON
+/// (well formed, nesting at most kMaxJsonDepth, no key given twice in an object), the
+/// fields' types, the dtype (one of the safetensors dtypes; only F64, F32, F16 and BF16 can
+/// be converted to values), the shape (integers ≥ 0, element count and byte count without
+/// overflow), the offsets (begin ≤ end ≤ the data section's size, end − begin = elements ×
+/// item size) and that every byte of the data section belongs to exactly one tensor (as the
+/// format requires: a corrupted header length is caught this way). Keys of a tensor entry
+/// other than the three are ignored; so is the order of the entries and of the data.
+/// A malformed input throws infinityformer::runtime_error, "[infinityformer]
+/// io::Safetensors::parse: <source>: <what is wrong>, expected <what is valid>".
+///
+/// **Values** (values(), matrix(), vector(), taps()) convert any floating dtype exactly to
+/// double, then to the requested Scalar; a NaN or infinity, or a value beyond the Scalar's
+/// range (e.g. 1e300 read as float), throws infinityformer::invalid_argument naming the
+/// tensor and the element (flat row-major index); so do a missing name and a shape other
+/// than the one asked for.
+///
+/// **Writing** (SafetensorsWriter) rounds to the file's dtype to nearest, ties to even, from
+/// the value given (float or double) directly: for a double, F16 and BF16 are the correctly
+/// rounded values of the double, which can differ from PyTorch's `.to(bfloat16)` of a float64
+/// tensor (which rounds to float32 first) when the double is within 2⁻²⁴ relative of a
+/// bfloat16 midpoint; cast to float first to reproduce PyTorch. A value whose rounded
+/// magnitude exceeds the dtype's largest finite value, and any NaN or infinity, throws
+/// invalid_argument naming the tensor and the element. Tensors are stored in ascending byte
+/// order of their names, contiguously; the header is padded with spaces to a multiple of 8.
+///
+/// **Module weights** under a prefix (load_weights, save_weights, describe): tensors whose
+/// names do not start with the prefix are ignored, every tensor under it must be one the
+/// module takes (else "extra"), and every one the module needs must be there ("missing").
+/// The names after the prefix, for LongTermAttention (e = dim(), N = num_basis):
+///
+/// | name | shape | library |
+/// |---|---|---|
+/// | `proj_key.weight` | [e, e] | ContinuousAttention::Weights::proj_key |
+/// | `proj_value.weight` | [e, e] | proj_value |
+/// | `attn_out.weight` | [d_model, e] | attn_out |
+/// | `mu.weight` | [1, N] | mu (transposed) |
+/// | `sigma.weight` | [1, N] | sigma (transposed) |
+/// | `mask_net.weight` | [e, e, 3] | MemoryGate::Weights::taps[j](o, i) = element [o, i, j] (gate
+/// only) | | `mask_net.bias` | [e] | MemoryGate::Weights::bias (gate only) | | `proj_query.weight`
+/// | [e, e] | optional: shape checked, values not used (the reference never applies it) |
+///
+/// For InfinityFormerLayer (d = d_model): `short_term.query.weight`, `short_term.key.weight`,
+/// `short_term.value.weight`, `short_term.out.weight` ([d, d] each, ShortTermAttention's
+/// weights, as InfinityFormerLayer::parameters() names them) and the long-term names above
+/// under `long_term.` (e = d_model = d), e.g. `long_term.mask_net.weight` as one [d, d, 3]
+/// tensor. Loading is all or nothing: every tensor is checked and converted before the
+/// module's weights are replaced, and a failure leaves them as they were.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <istream>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <ostream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../continuous_attention.hpp"
+#include "../errors.hpp"
+#include "../gate.hpp"
+#include "../layer.hpp"
+#include "../long_term_attention.hpp"
+#include "../short_term_attention.hpp"
+#include "../version.hpp"
+
+namespace infinityformer::io {
+
+/// The safetensors dtypes. F64, F32, F16 and BF16 can be read as values and written; the
+/// others are recognised (so a file holding, say, an I64 buffer can be read) but their
+/// tensors cannot be converted to weights.
+enum class DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U64,
+    U32,
+    U16,
+    U8,
+    BOOL,
+    F8_E4M3,
+    F8_E5M2
+};
+
+/// The dtype's name in a safetensors header ("F64", "BF16", …).
+inline const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::F64: return "F64";
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+        case DType::I64: return "I64";
+        case DType::I32: return "I32";
+        case DType::I16: return "I16";
+        case DType::I8: return "I8";
+        case DType::U64: return "U64";
+        case DType::U32: return "U32";
+        case DType::U16: return "U16";
+        case DType::U8: return "U8";
+        case DType::BOOL: return "BOOL";
+        case DType::F8_E4M3: return "F8_E4M3";
+        case DType::F8_E5M2: return "F8_E5M2";
+    }
+    return "?";
+}
+
+/// Bytes per element.
+inline std::uint64_t dtype_size(DType t) {
+    switch (t) {
+        case DType::F64:
+        case DType::I64:
+        case DType::U64: return 8;
+        case DType::F32:
+        case DType::I32:
+        case DType::U32: return 4;
+        case DType::F16:
+        case DType::BF16:
+        case DType::I16:
+        case DType::U16: return 2;
+        default: return 1;
+    }
+}
+
+/// True for the dtypes values() converts (F64, F32, F16, BF16).
+inline bool is_float_dtype(DType t) {
+    return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16;
+}
+
+/// The dtype named `name` in a header, if it is one.
+inline std::optional<DType> dtype_from_name(const std::string& name) {
+    for (DType t : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
+                    DType::I16, DType::I8, DType::U64, DType::U32, DType::U16, DType::U8,
+                    DType::BOOL, DType::F8_E4M3, DType::F8_E5M2})
+        if (name == dtype_name(t)) return t;
+    return std::nullopt;
+}
+
+/// "[6, 6, 3]".
+inline std::string shape_string(const std::vector<std::int64_t>& shape) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+/// One tensor's entry in the header: offsets relative to the data section, [begin, end).
+struct TensorInfo {
+    std::string name;
+    DType dtype = DType::F64;
+    std::vector<std::int64_t> shape;
+    std::uint64_t begin = 0, end = 0;
+
+    /// Number of elements (the product of the shape; 1 for a 0-d tensor).
+    std::uint64_t numel() const {
+        std::uint64_t n = 1;
+        for (auto d : shape) n *= static_cast<std::uint64_t>(d);
+        return n;
+    }
+    std::uint64_t bytes() const { return end - begin; }
+};
+
+namespace detail {
+
+using infinityformer::detail::concat;
+
+static_assert(std::numeric_limits<double>::is_iec559 && std::numeric_limits<float>::is_iec559,
+              "safetensors.hpp needs IEEE 754 float and double");
+
+inline std::uint64_t load_le(const unsigned char* p, std::uint64_t size) {
+    std::uint64_t v = 0;
+    for (std::uint64_t k = size; k-- > 0;) v = (v << 8) | p[k];
+    return v;
+}
+
+inline void store_le(std::string& out, std::uint64_t v, std::uint64_t size) {
+    for (std::uint64_t k = 0; k < size; ++k) {
+        out.push_back(static_cast<char>(static_cast<unsigned char>(v & 0xFFu)));
+        v >>= 8;
+    }
+}
+
+inline double from_bits64(std::uint64_t u) {
+    double d;
+    std::memcpy(&d, &u, sizeof d);
+    return d;
+}
+inline float from_bits32(std::uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline std::uint64_t bits64(double d) {
+    std::uint64_t u;
+    std::memcpy(&u, &d, sizeof u);
+    return u;
+}
+inline std::uint32_t bits32(float f) {
+    std::uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/// The value of IEEE binary16 bits, exactly.
+inline double half_to_double(std::uint16_t h) {
+    const int exp = (h >> 10) & 0x1F;
+    const int mant = h & 0x3FF;
+    double v;
+    if (exp == 0)
+        v = std::ldexp(static_cast<double>(mant), -24);
+    else if (exp == 31)
+        v = mant == 0 ? std::numeric_limits<double>::infinity()
+                      : std::numeric_limits<double>::quiet_NaN();
+    else
+        v = std::ldexp(static_cast<double>(1024 + mant), exp - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+/// A binary floating-point format narrower than double.
+struct Format {
+    int precision;  ///< significand bits, the implicit one included
+    int min_exp;    ///< frexp exponent of the smallest normal value (2^(min_exp − 1))
+    double max;     ///< largest finite value
+};
+inline Format format_of(DType t) {
+    switch (t) {
+        case DType::F32: return {24, -125, static_cast<double>(std::numeric_limits<float>::max())};
+        case DType::F16: return {11, -13, 65504.0};
+        default: return {8, -125, std::ldexp(255.0, 120)};  // BF16: (2 − 2⁻⁷)·2¹²⁷
+    }
+}
+
+/// x (finite) rounded to the nearest value of `f` (subnormals included), ties to even; the
+/// result may exceed f.max (the caller checks). Exact arithmetic: scalings by powers of two
+/// and the split of a value below 2⁵³ into integer and fraction.
+inline double round_to(double x, const Format& f) {
+    if (x == 0.0) return x;
+    int e = 0;
+    (void)std::frexp(x, &e);
+    const int q = std::max(e, f.min_exp) - f.precision;  // exponent of the unit in the last place
+    const double s = std::ldexp(std::abs(x), -q);
+    double r = std::floor(s);
+    const double frac = s - r;
+    if (frac > 0.5 || (frac == 0.5 && std::fmod(r, 2.0) != 0.0)) r += 1.0;
+    return std::copysign(std::ldexp(r, q), x);
+}
+
+/// The binary16 bits of a value exactly representable as one (|v| ≤ 65504).
+inline std::uint16_t half_bits(double v) {
+    const std::uint16_t sign = std::signbit(v) ? 0x8000 : 0;
+    const double a = std::abs(v);
+    if (a == 0.0) return sign;
+    if (a < std::ldexp(1.0, -14))
+        return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(std::ldexp(a, 24)));
+    int e = 0;
+    const double m = std::frexp(a, &e);  // a = m·2^e, m in [0.5, 1)
+    const auto mant = static_cast<std::uint16_t>(std::ldexp(m, 11) - 1024.0);
+    return static_cast<std::uint16_t>(sign | ((e + 14) << 10) | mant);
+}
+
+/// Appends x in dtype t (F64, F32, F16 or BF16), rounded to nearest even; throws naming the
+/// tensor and element if x is not finite or does not fit.
+inline void encode(double x, DType t, std::string& out, const char* where, const std::string& name,
+                   std::uint64_t index) {
+    if (!std::isfinite(x))
+        infinityformer::detail::fail(where, "tensor '", name, "' element ", index, " is ", x,
+                                     ", expected a finite value");
+    if (t == DType::F64) {
+        store_le(out, bits64(x), 8);
+        return;
+    }
+    const Format f = format_of(t);
+    const double r = round_to(x, f);
+    if (!(std::abs(r) <= f.max))
+        infinityformer::detail::fail(where, "tensor '", name, "' element ", index, " is ", x,
+                                     ", which overflows ", dtype_name(t),
+                                     ", expected |x| <= ", f.max);
+    switch (t) {
+        case DType::F32: store_le(out, bits32(static_cast<float>(r)), 4); break;
+        case DType::BF16: store_le(out, bits32(static_cast<float>(r)) >> 16, 2); break;
+        default: store_le(out, half_bits(r), 2); break;
+    }
+}
+
+/// Checked product; false on overflow of a uint64.
+inline bool mul_ok(std::uint64_t a, std::uint64_t b, std::uint64_t& out) {
+    if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return false;
+    out = a * b;
+    return true;
+}
+
+/// A JSON value that is a non-negative integer (not a float such as 6.0).
+inline bool json_count(const nlohmann::json& v, std::uint64_t& out) {
+    if (v.is_number_unsigned()) {
+        out = v.get<std::uint64_t>();
+        return true;
+    }
+    if (v.is_number_integer() && v.get<std::int64_t>() >= 0) {
+        out = static_cast<std::uint64_t>(v.get<std::int64_t>());
+        return true;
+    }
+    return false;
+}
+
+/// Throws infinityformer::invalid_argument unless s is valid UTF-8 (JSON strings must be).
+inline void require_utf8(const char* where, const char* what, const std::string& s) {
+    try {
+        (void)nlohmann::json(s).dump();
+    } catch (const nlohmann::json::exception&) {
+        infinityformer::detail::fail(where, what, " '", s, "' is not valid UTF-8, expected UTF-8");
+    }
+}
+
+/// Depth of nesting of [ and { outside strings (an upper bound if the text is not JSON).
+inline std::size_t json_depth(const char* p, std::size_t n) {
+    std::size_t depth = 0, deepest = 0;
+    bool in_string = false, escaped = false;
+    for (std::size_t k = 0; k < n; ++k) {
+        const char c = p[k];
+        if (in_string) {
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            deepest = std::max(deepest, ++depth);
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            --depth;
+        }
+    }
+    return deepest;
+}
+
+}  // namespace detail
+
+/// A parsed safetensors file: its header (names, dtypes, shapes, offsets, metadata) and its
+/// bytes. A value: copy, move; every accessor is const.
+class Safetensors {
+public:
+    /// Headers longer than this are refused (the reference implementation's limit).
+    static constexpr std::uint64_t kMaxHeaderBytes = 100000000;
+    /// Deepest JSON nesting accepted (a valid header nests 3 deep).
+    static constexpr std::size_t kMaxJsonDepth = 16;
+
+    /// Parses a whole file held in memory. @param source names the input in error messages.
+    /// @throws infinityformer::runtime_error on any malformed input.
+    static Safetensors parse(std::string bytes, const std::string& source = "<buffer>") {
+        Safetensors s;
+        s.source_ = source;
+        s.bytes_ = std::move(bytes);
+        s.parse_header();
+        return s;
+    }
+    static Safetensors parse(const std::vector<char>& bytes,
+                             const std::string& source = "<buffer>") {
+        return parse(std::string(bytes.begin(), bytes.end()), source);
+    }
+    static Safetensors parse(const void* data, std::size_t size,
+                             const std::string& source = "<buffer>") {
+        const char* p = static_cast<const char*>(data);
+        return parse(size == 0 ? std::string() : std::string(p, p + size), source);
+    }
+
+    /// Reads the stream to its end and parses what it held.
+    /// @throws infinityformer::runtime_error if the stream fails or the input is malformed.
+    static Safetensors read(std::istream& in, const std::string& source = "<stream>") {
+        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (in.bad()) corrupt(source, "reading failed");
+        return parse(std::move(bytes), source);
+    }
+
+    /// Reads and parses a file (the path names it in error messages).
+    /// @throws infinityformer::runtime_error if it cannot be opened or is malformed.
+    static Safetensors load(const std::filesystem::path& path) {
+        std::ifstream in(path, std::ios::binary);
+        if (!in)
+            throw infinityformer::runtime_error(
+                "[infinityformer] io::Safetensors::load: " + path.string() +
+                ": cannot open the file, expected a readable file");
+        return read(in, path.string());
+    }
+
+    /// The name given to the input (a path for load()).
+    const std::string& source() const { return source_; }
+    /// Every tensor's name, in ascending byte order.
+    std::vector<std::string> names() const {
+        std::vector<std::string> out;
+        out.reserve(tensors_.size());
+        for (const auto& kv : tensors_) out.push_back(kv.first);
+        return out;
+    }
+    std::size_t size() const { return tensors_.size(); }
+    bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+    /// @throws infinityformer::invalid_argument if there is no tensor `name`.
+    const TensorInfo& info(const std::string& name) const {
+        const auto it = tensors_.find(name);
+        if (it == tensors_.end())
+            infinityformer::detail::fail("io::Safetensors::info", source_, ": no tensor '", name,
+                                         "', expected one of the file's ", tensors_.size(),
+                                         " tensors");
+        return it->second;
+    }
+    /// The header's "__metadata__" (empty if absent).
+    const std::map<std::string, std::string>& metadata() const { return metadata_; }
+    /// Size of the data section in bytes.
+    std::uint64_t data_bytes() const { return bytes_.size() - data_start_; }
+
+    /// The tensor's elements in row-major order, converted to Scalar.
+    /// @throws infinityformer::invalid_argument if the name is absent, the dtype is not a
+    ///         floating one, or an element is not finite or out of Scalar's range.
+    template <typename Scalar>
+    std::vector<Scalar> values(const std::string& name) const {
+        static_assert(std::is_floating_point_v<Scalar>, "values() needs float or double");
+        constexpr const char* where = "io::Safetensors::values";
+        const TensorInfo& t = info(name);
+        if (!is_float_dtype(t.dtype))
+            infinityformer::detail::fail(where, source_, ": tensor '", name, "' has dtype ",
+                                         dtype_name(t.dtype),
+                                         ", expected a floating dtype (F64, F32, F16, BF16)");
+        const std::uint64_t n = t.numel(), w = dtype_size(t.dtype);
+        std::vector<Scalar> out(static_cast<std::size_t>(n));
+        const auto* p =
+            reinterpret_cast<const unsigned char*>(bytes_.data()) + data_start_ + t.begin;
+        for (std::uint64_t k = 0; k < n; ++k) {
+            const std::uint64_t u = detail::load_le(p + k * w, w);
+            double v = 0;
+            switch (t.dtype) {
+                case DType::F64: v = detail::from_bits64(u); break;
+                case DType::F32: v = detail::from_bits32(static_cast<std::uint32_t>(u)); break;
+                case DType::BF16:
+                    v = detail::from_bits32(static_cast<std::uint32_t>(u << 16));
+                    break;
+                default: v = detail::half_to_double(static_cast<std::uint16_t>(u)); break;
+            }
+            if (!std::isfinite(v))
+                infinityformer::detail::fail(where, source_, ": tensor '", name, "' element ", k,
+                                             " is ", v, ", expected a finite value");
+            if (std::abs(v) > static_cast<double>(std::numeric_limits<Scalar>::max()))
+                infinityformer::detail::fail(
+                    where, source_, ": tensor '", name, "' element ", k, " is ", v,
+                    ", which does not fit in ", sizeof(Scalar) == 4 ? "float" : "double",
+                    ", expected |x| <= ", static_cast<double>(std::numeric_limits<Scalar>::max()));
+            out[static_cast<std::size_t>(k)] = static_cast<Scalar>(v);
+        }
+        return out;
+    }
+
+    /// A 2-D tensor of shape [rows, cols] as a matrix (element [i, j] at (i, j)).
+    /// @throws infinityformer::invalid_argument on another shape, or as values().
+    template <typename Scalar>
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> matrix(const std::string& name,
+                                                                 std::int64_t rows,
+                                                                 std::int64_t cols) const {
+        require_shape("io::Safetensors::matrix", name, {rows, cols});
+        const auto v = values<Scalar>(name);
+        Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m(rows, cols);
+        for (std::int64_t i = 0; i < rows; ++i)
+            for (std::int64_t j = 0; j < cols; ++j)
+                m(i, j) = v[static_cast<std::size_t>(i * cols + j)];
+        return m;
+    }
+
+    /// A 1-D tensor of shape [n] as a vector.
+    template <typename Scalar>
+    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> vector(const std::string& name, std::int64_t n) const {
+        require_shape("io::Safetensors::vector", name, {n});
+        const auto v = values<Scalar>(name);
+        return Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(v.data(), n);
+    }
+
+    /// A 3-D tensor of shape [rows, cols, k] (a Conv1d weight [out, in, tap]) as k matrices:
+    /// result[j](o, i) = element [o, i, j].
+    template <typename Scalar>
+    std::vector<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> taps(const std::string& name,
+                                                                            std::int64_t rows,
+                                                                            std::int64_t cols,
+                                                                            std::int64_t k) const {
+        require_shape("io::Safetensors::taps", name, {rows, cols, k});
+        const auto v = values<Scalar>(name);
+        std::vector<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> out(
+            static_cast<std::size_t>(k),
+            Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>(rows, cols));
+        for (std::int64_t o = 0; o < rows; ++o)
+            for (std::int64_t i = 0; i < cols; ++i)
+                for (std::int64_t j = 0; j < k; ++j)
+                    out[static_cast<std::size_t>(j)](o, i) =
+                        v[static_cast<std::size_t>((o * cols + i) * k + j)];
+        return out;
+    }
+
+    /// Throws infinityformer::invalid_argument unless tensor `name` has shape `expected`.
+    void require_shape(const char* where, const std::string& name,
+                       const std::vector<std::int64_t>& expected) const {
+        const TensorInfo& t = info(name);
+        if (t.shape != expected)
+            infinityformer::detail::fail(where, source_, ": tensor '", name, "' has shape ",
+                                         shape_string(t.shape), ", expected ",
+                                         shape_string(expected));
+    }
+
+private:
+    Safetensors() = default;
+
+    template <typename... Args>
+    [[noreturn]] static void corrupt(const std::string& source, const Args&... args) {
+        throw infinityformer::runtime_error(
+            detail::concat("[infinityformer] io::Safetensors::parse: ", source, ": ", args...));
+    }
+
+    void parse_header() {
+        const std::uint64_t size = bytes_.size();
+        if (size < 8)
+            corrupt(source_, "the input has ", size,
+                    " bytes, expected at least 8 (the header length)");
+        const auto* u = reinterpret_cast<const unsigned char*>(bytes_.data());
+        const std::uint64_t n = detail::load_le(u, 8);
+        if (n > size - 8)
+            corrupt(source_, "the header length is ", n, " bytes, expected at most ", size - 8,
+                    " (the input has ", size, " bytes)");
+        if (n > kMaxHeaderBytes)
+            corrupt(source_, "the header length is ", n, " bytes, expected at most ",
+                    kMaxHeaderBytes);
+        data_start_ = 8 + n;
+        const char* h = bytes_.data() + 8;
+        const auto hn = static_cast<std::size_t>(n);
+        // (The JSON parser would take a NUL byte for the end of its input.)
+        if (hn > 0 && std::memchr(h, 0, hn) != nullptr)
+            corrupt(source_, "the header has a NUL byte at offset ",
+                    8 + (static_cast<const char*>(std::memchr(h, 0, hn)) - h),
+                    ", expected UTF-8 JSON text");
+        if (detail::json_depth(h, hn) > kMaxJsonDepth)
+            corrupt(source_, "the header nests deeper than ", kMaxJsonDepth,
+                    " levels, expected a flat JSON object");
+
+        // Parse without exceptions; the callback records a key given twice in one object
+        // (nlohmann would keep the last silently).
+        std::vector<std::set<std::string>> open;
+        std::string duplicate;
+        const auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& v) {
+            using E = nlohmann::json::parse_event_t;
+            if (ev == E::object_start) {
+                open.emplace_back();
+            } else if (ev == E::object_end) {
+                if (!open.empty()) open.pop_back();
+            } else if (ev == E::key && !open.empty() && v.is_string()) {
+                if (!open.back().insert(v.get<std::string>()).second && duplicate.empty())
+                    duplicate = v.get<std::string>();
+            }
+            return true;
+        };
+        const nlohmann::json j = nlohmann::json::parse(h, h + hn, cb, false);
+        if (j.is_discarded())
+            corrupt(source_, "the header is not valid JSON, expected a JSON object of ", n,
+                    " bytes");
+        if (!j.is_object())
+            corrupt(source_, "the header is a JSON ", j.type_name(), ", expected an object");
+        if (!duplicate.empty())
+            corrupt(source_, "the header has the key '", duplicate,
+                    "' more than once in an object, expected unique names");
+
+        const std::uint64_t data = size - data_start_;
+        for (const auto& kv : j.items()) {
+            const std::string& name = kv.key();
+            const nlohmann::json& e = kv.value();
+            if (name == "__metadata__") {
+                if (!e.is_object())
+                    corrupt(source_, "__metadata__ is a JSON ", e.type_name(),
+                            ", expected an object of strings");
+                for (const auto& m : e.items()) {
+                    if (!m.value().is_string())
+                        corrupt(source_, "__metadata__ entry '", m.key(), "' is a JSON ",
+                                m.value().type_name(), ", expected a string");
+                    metadata_[m.key()] = m.value().get<std::string>();
+                }
+                continue;
+            }
+            tensors_.emplace(name, parse_entry(name, e, data));
+        }
+
+        // No byte may belong to two tensors (empty tensors occupy none).
+        std::vector<const TensorInfo*> order;
+        for (const auto& kv : tensors_)
+            if (kv.second.end > kv.second.begin) order.push_back(&kv.second);
+        std::sort(order.begin(), order.end(), [](const TensorInfo* a, const TensorInfo* b) {
+            return a->begin < b->begin || (a->begin == b->begin && a->name < b->name);
+        });
+        std::uint64_t covered = 0;
+        for (std::size_t k = 0; k < order.size(); ++k) {
+            if (k > 0 && order[k]->begin < order[k - 1]->end)
+                corrupt(source_, "tensors '", order[k - 1]->name, "' [", order[k - 1]->begin, ", ",
+                        order[k - 1]->end, ") and '", order[k]->name, "' [", order[k]->begin, ", ",
+                        order[k]->end, ") overlap, expected disjoint data_offsets");
+            covered += order[k]->bytes();
+        }
+        // Disjoint and inside the data section: they fill it exactly iff the sizes add up.
+        if (covered != data)
+            corrupt(source_, "the tensors hold ", covered, " bytes, expected ", data,
+                    " (the data section, from byte 8 + header length = ", data_start_,
+                    " to the end, every byte in exactly one tensor)");
+    }
+
+    TensorInfo parse_entry(const std::string& name, const nlohmann::json& e,
+                           std::uint64_t data) const {
+        const auto bad = [&](const auto&... args) {
+            corrupt(source_, "tensor '", name, "' ", args...);
+        };
+        if (!e.is_object()) bad("is a JSON ", e.type_name(), ", expected an object");
+        TensorInfo t;
+        t.name = name;
+        const auto dt = e.find("dtype");
+        if (dt == e.end() || !dt->is_string()) bad("has no string field 'dtype', expected one");
+        const auto parsed = dtype_from_name(dt->get<std::string>());
+        if (!parsed)
+            bad("has dtype '", dt->get<std::string>(),
+                "', expected a safetensors dtype (F64, F32, F16, BF16, I64, …)");
+        t.dtype = *parsed;
+
+        const auto sh = e.find("shape");
+        if (sh == e.end() || !sh->is_array())
+            bad("has no array field 'shape', expected a list of sizes");
+        std::uint64_t numel = 1;
+        bool zero = false;
+        for (const auto& d : *sh) {
+            std::uint64_t v = 0;
+            if (!detail::json_count(d, v) ||
+                v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+                bad("has shape entry ", d.dump(), ", expected an integer >= 0");
+            t.shape.push_back(static_cast<std::int64_t>(v));
+            if (v == 0) zero = true;
+            if (!zero && !detail::mul_ok(numel, v, numel))
+                bad("has shape ", shape_string(t.shape),
+                    " whose element count overflows, expected a size that fits");
+        }
+        if (zero) numel = 0;
+        std::uint64_t nbytes = 0;
+        if (!detail::mul_ok(numel, dtype_size(t.dtype), nbytes))
+            bad("has shape ", shape_string(t.shape), " whose byte count overflows");
+
+        const auto off = e.find("data_offsets");
+        if (off == e.end() || !off->is_array() || off->size() != 2 ||
+            !detail::json_count((*off)[0], t.begin) || !detail::json_count((*off)[1], t.end))
+            bad("has data_offsets ", off == e.end() ? std::string("(none)") : off->dump(),
+                ", expected [begin, end] with integers >= 0");
+        if (t.end < t.begin)
+            bad("has data_offsets [", t.begin, ", ", t.end, "], expected begin <= end");
+        if (t.end > data)
+            bad("has data_offsets [", t.begin, ", ", t.end, "], expected end <= ", data,
+                " (the data section's size)");
+        if (t.end - t.begin != nbytes)
+            bad("has ", t.end - t.begin, " bytes (data_offsets [", t.begin, ", ", t.end,
+                "]), expected ", nbytes, " for ", dtype_name(t.dtype), " of shape ",
+                shape_string(t.shape));
+        return t;
+    }
+
+    std::string source_;
+    std::string bytes_;
+    std::uint64_t data_start_ = 8;
+    std::map<std::string, TensorInfo> tensors_;
+    std::map<std::string, std::string> metadata_;
+};
+
+/// Builds a safetensors file: add tensors and metadata, then write() or save().
+class SafetensorsWriter {
+public:
+    /// Starts with the metadata "format" = "pt" (as PyTorch's files have it).
+    SafetensorsWriter() { metadata_["format"] = "pt"; }
+
+    /// Adds a matrix or vector, stored in row-major order. The default shape is [rows] for
+    /// a column vector type (Eigen's ColsAtCompileTime == 1) and [rows, cols] otherwise; an
+    /// explicit shape must have rows·cols elements.
+    /// @throws infinityformer::invalid_argument on a duplicate or reserved name, a dtype
+    ///         other than F64/F32/F16/BF16, a shape mismatch, or a value that is not finite or
+    ///         overflows the dtype (the writer is then unchanged).
+    template <typename Derived>
+    SafetensorsWriter& add(const std::string& name, const Eigen::DenseBase<Derived>& m, DType dtype,
+                           std::optional<std::vector<std::int64_t>> shape = std::nullopt) {
+        using S = typename Derived::Scalar;
+        static_assert(std::is_floating_point_v<S>, "add() needs a float or double matrix");
+        std::vector<double> flat;
+        flat.reserve(static_cast<std::size_t>(m.size()));
+        for (Eigen::Index i = 0; i < m.rows(); ++i)
+            for (Eigen::Index j = 0; j < m.cols(); ++j)
+                flat.push_back(static_cast<double>(m(i, j)));
+        std::vector<std::int64_t> dims;
+        if (shape)
+            dims = *shape;
+        else if (Derived::ColsAtCompileTime == 1)
+            dims = {static_cast<std::int64_t>(m.rows())};
+        else
+            dims = {static_cast<std::int64_t>(m.rows()), static_cast<std::int64_t>(m.cols())};
+        return add_values(name, flat, dims, dtype);
+    }
+
+    /// Adds a tensor given by its elements in row-major order (float or double).
+    template <typename Scalar>
+    SafetensorsWriter& add_values(const std::string& name, const std::vector<Scalar>& values,
+                                  const std::vector<std::int64_t>& shape, DType dtype) {
+        static_assert(std::is_floating_point_v<Scalar>, "add_values() needs float or double");
+        constexpr const char* where = "io::SafetensorsWriter::add";
+        infinityformer::detail::require(name != "__metadata__", where,
+                                        "the name __metadata__ is reserved, expected another");
+        infinityformer::detail::require(entries_.count(name) == 0, where, "tensor '", name,
+                                        "' was already added, expected unique names");
+        infinityformer::detail::require(is_float_dtype(dtype), where, "tensor '", name,
+                                        "' has dtype ", dtype_name(dtype),
+                                        ", expected F64, F32, F16 or BF16");
+        detail::require_utf8(where, "the tensor name", name);
+        std::uint64_t n = 1;
+        bool fits = true;
+        for (auto d : shape) {
+            infinityformer::detail::require(d >= 0, where, "tensor '", name, "' has shape ",
+                                            shape_string(shape), ", expected sizes >= 0");
+            fits = fits && detail::mul_ok(n, static_cast<std::uint64_t>(d), n);
+        }
+        infinityformer::detail::require(fits && n == values.size(), where, "tensor '", name,
+                                        "' has shape ", shape_string(shape), " (", n,
+                                        " elements), expected ", values.size(), " elements");
+        Entry e;
+        e.dtype = dtype;
+        e.shape = shape;
+        e.bytes.reserve(values.size() * dtype_size(dtype));
+        for (std::size_t k = 0; k < values.size(); ++k)
+            detail::encode(static_cast<double>(values[k]), dtype, e.bytes, where, name, k);
+        entries_.emplace(name, std::move(e));
+        return *this;
+    }
+
+    /// Sets a "__metadata__" entry (replacing one of the same key).
+    /// @throws infinityformer::invalid_argument if key or value is not valid UTF-8.
+    SafetensorsWriter& metadata(const std::string& key, const std::string& value) {
+        detail::require_utf8("io::SafetensorsWriter::metadata", "the key", key);
+        detail::require_utf8("io::SafetensorsWriter::metadata", "the value", value);
+        metadata_[key] = value;
+        return *this;
+    }
+
+    bool has(const std::string& name) const { return entries_.count(name) != 0; }
+    std::size_t size() const { return entries_.size(); }
+
+    /// The whole file.
+    std::string bytes() const {
+        nlohmann::json meta = nlohmann::json::object();
+        for (const auto& kv : metadata_) meta[kv.first] = kv.second;
+        std::string header = "{\"__metadata__\":" + meta.dump();
+        std::uint64_t offset = 0;
+        for (const auto& kv : entries_) {
+            const std::uint64_t end = offset + kv.second.bytes.size();
+            nlohmann::json t = {{"dtype", dtype_name(kv.second.dtype)},
+                                {"shape", kv.second.shape},
+                                {"data_offsets", {offset, end}}};
+            header += "," + nlohmann::json(kv.first).dump() + ":" + t.dump();
+            offset = end;
+        }
+        header += "}";
+        header.append((8 - header.size() % 8) % 8, ' ');
+        std::string out;
+        out.reserve(8 + header.size() + offset);
+        detail::store_le(out, header.size(), 8);
+        out += header;
+        for (const auto& kv : entries_) out += kv.second.bytes;
+        return out;
+    }
+
+    /// @throws infinityformer::runtime_error if the stream fails.
+    void write(std::ostream& out) const {
+        const std::string b = bytes();
+        out.write(b.data(), static_cast<std::streamsize>(b.size()));
+        out.flush();
+        if (!out)
+            throw infinityformer::runtime_error(
+                "[infinityformer] io::SafetensorsWriter::write: writing failed, expected a "
+                "writable stream");
+    }
+
+    /// Writes to path + ".tmp", then renames it to path: a failed save leaves an existing
+    /// file as it was. @throws infinityformer::runtime_error naming the path.
+    void save(const std::filesystem::path& path) const {
+        const std::filesystem::path tmp = path.string() + ".tmp";
+        const auto failed = [&](const std::string& what) {
+            std::error_code ec;
+            if (std::filesystem::is_regular_file(tmp, ec)) std::filesystem::remove(tmp, ec);
+            throw infinityformer::runtime_error(
+                "[infinityformer] io::SafetensorsWriter::save: " + path.string() + ": " + what);
+        };
+        {
+            std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+            if (!out) failed("cannot create " + tmp.string() + ", expected a writable directory");
+            const std::string b = bytes();
+            out.write(b.data(), static_cast<std::streamsize>(b.size()));
+            out.close();
+            if (!out) failed("writing " + tmp.string() + " failed");
+        }
+        std::error_code ec;
+        std::filesystem::rename(tmp, path, ec);
+        if (ec) failed("renaming " + tmp.string() + " failed: " + ec.message());
+    }
+
+private:
+    struct Entry {
+        DType dtype = DType::F64;
+        std::vector<std::int64_t> shape;
+        std::string bytes;
+    };
+    std::map<std::string, Entry> entries_;
+    std::map<std::string, std::string> metadata_;
+};
+
+// ---- Module weights ---------------------------------------------------------------------
+
+/// A tensor a module takes, by its name after the prefix.
+struct TensorSpec {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    bool used = true;  ///< false: accepted and shape-checked, but its values are not used
+};
+
+/// The tensors of a LongTermAttention (e = dim, N = num_basis), in the authors' names.
+inline std::vector<TensorSpec> long_term_tensors(std::int64_t dim, std::int64_t d_model,
+                                                 std::int64_t num_basis, bool gate) {
+    std::vector<TensorSpec> s = {
+        {"proj_key.weight", {dim, dim}, true},     {"proj_value.weight", {dim, dim}, true},
+        {"attn_out.weight", {d_model, dim}, true}, {"mu.weight", {1, num_basis}, true},
+        {"sigma.weight", {1, num_basis}, true},    {"proj_query.weight", {dim, dim}, false}};
+    if (gate) {
+        s.push_back({"mask_net.weight", {dim, dim, 3}, true});
+        s.push_back({"mask_net.bias", {dim}, true});
+    }
+    return s;
+}
+
+/// The tensors of an InfinityFormerLayer of width d: short_term.{query,key,value,out}.weight
+/// and long_term_tensors(d, d, N, gate) under "long_term.".
+inline std::vector<TensorSpec> layer_tensors(std::int64_t d_model, std::int64_t num_basis,
+                                             bool gate) {
+    std::vector<TensorSpec> s;
+    for (const char* n : {"query", "key", "value", "out"})
+        s.push_back({std::string("short_term.") + n + ".weight", {d_model, d_model}, true});
+    for (auto& t : long_term_tensors(d_model, d_model, num_basis, gate)) {
+        t.name = "long_term." + t.name;
+        s.push_back(std::move(t));
+    }
+    return s;
+}
+
+template <typename Scalar>
+std::vector<TensorSpec> tensors_of(const LongTermAttention<Scalar>& m) {
+    return long_term_tensors(m.dim(), m.d_model(), m.attention().num_basis(), m.has_gate());
+}
+template <typename Scalar>
+std::vector<TensorSpec> tensors_of(const InfinityFormerLayer<Scalar>& m) {
+    return layer_tensors(m.d_model(), m.long_term().attention().num_basis(),
+                         m.long_term().has_gate());
+}
+
+/// What a module would do with a file's tensor.
+enum class NameStatus {
+    taken,           ///< under the prefix, a weight of the module, shape and dtype right
+    ignored,         ///< outside the prefix
+    unused,          ///< under the prefix, accepted but not applied (proj_query.weight)
+    extra,           ///< under the prefix, not a tensor of the module
+    shape_mismatch,  ///< a tensor of the module with another shape
+    dtype_mismatch,  ///< a tensor of the module with a dtype that holds no real values
+};
+
+inline const char* status_name(NameStatus s) {
+    switch (s) {
+        case NameStatus::taken: return "taken";
+        case NameStatus::ignored: return "ignored (outside the prefix)";
+        case NameStatus::unused: return "unused (accepted, not applied)";
+        case NameStatus::extra: return "extra (not a tensor of the module)";
+        case NameStatus::shape_mismatch: return "shape mismatch";
+        case NameStatus::dtype_mismatch: return "dtype mismatch";
+    }
+    return "?";
+}
+
+/// One of the file's tensors and what the module would do with it.
+struct NameUse {
+    std::string name;  ///< full name in the file
+    DType dtype = DType::F64;
+    std::vector<std::int64_t> shape;
+    NameStatus status = NameStatus::ignored;
+    std::vector<std::int64_t> expected_shape;  ///< the module's shape (taken, unused, mismatch)
+};
+
+/// Every tensor of a file with its status, and the module's tensors the file lacks.
+struct WeightsReport {
+    std::vector<NameUse> names;       ///< every tensor of the file, by name
+    std::vector<TensorSpec> missing;  ///< full names (prefix included) of needed tensors absent
+    /// True if loading would succeed as far as names, shapes and dtypes go.
+    bool loadable() const {
+        if (!missing.empty()) return false;
+        for (const auto& n : names)
+            if (n.status == NameStatus::extra || n.status == NameStatus::shape_mismatch ||
+                n.status == NameStatus::dtype_mismatch)
+                return false;
+        return true;
+    }
+    /// The problems, "; "-separated (empty if loadable()).
+    std::string problems() const {
+        std::string s;
+        const auto add = [&s](const std::string& p) { s += (s.empty() ? "" : "; ") + p; };
+        for (const auto& m : missing)
+            add("missing tensor '" + m.name + "' (expected shape " + shape_string(m.shape) + ")");
+        for (const auto& n : names) {
+            if (n.status == NameStatus::extra)
+                add("extra tensor '" + n.name + "' " + shape_string(n.shape) +
+                    ", expected only the module's tensors under the prefix");
+            else if (n.status == NameStatus::shape_mismatch)
+                add("tensor '" + n.name + "' has shape " + shape_string(n.shape) + ", expected " +
+                    shape_string(n.expected_shape));
+            else if (n.status == NameStatus::dtype_mismatch)
+                add("tensor '" + n.name + "' has dtype " + dtype_name(n.dtype) +
+                    ", expected F64, F32, F16 or BF16");
+        }
+        return s;
+    }
+};
+
+/// Which of the file's tensors a module with the tensors `spec` would take under `prefix`
+/// (names after the prefix are matched against spec; the prefix usually ends with '.').
+inline WeightsReport describe(const Safetensors& file, const std::vector<TensorSpec>& spec,
+                              const std::string& prefix) {
+    WeightsReport r;
+    for (const auto& name : file.names()) {
+        const TensorInfo& t = file.info(name);
+        NameUse u{name, t.dtype, t.shape, NameStatus::ignored, {}};
+        if (name.compare(0, prefix.size(), prefix) == 0 && name.size() >= prefix.size()) {
+            const std::string local = name.substr(prefix.size());
+            const auto it = std::find_if(spec.begin(), spec.end(),
+                                         [&](const TensorSpec& s) { return s.name == local; });
+            if (it == spec.end()) {
+                u.status = NameStatus::extra;
+            } else {
+                u.expected_shape = it->shape;
+                if (t.shape != it->shape)
+                    u.status = NameStatus::shape_mismatch;
+                else if (!is_float_dtype(t.dtype))
+                    u.status = NameStatus::dtype_mismatch;
+                else
+                    u.status = it->used ? NameStatus::taken : NameStatus::unused;
+            }
+        }
+        r.names.push_back(std::move(u));
+    }
+    for (const auto& s : spec)
+        if (s.used && !file.has(prefix + s.name))
+            r.missing.push_back({prefix + s.name, s.shape, true});
+    return r;
+}
+
+template <typename Scalar>
+WeightsReport describe(const Safetensors& file, const LongTermAttention<Scalar>& m,
+                       const std::string& prefix) {
+    return describe(file, tensors_of(m), prefix);
+}
+template <typename Scalar>
+WeightsReport describe(const Safetensors& file, const InfinityFormerLayer<Scalar>& m,
+                       const std::string& prefix) {
+    return describe(file, tensors_of(m), prefix);
+}
+
+namespace detail {
+
+/// Throws infinityformer::invalid_argument listing every problem of the report.
+inline void require_loadable(const char* where, const Safetensors& file, const WeightsReport& r,
+                             const std::string& prefix, bool gate) {
+    if (r.loadable()) return;
+    std::string hint;
+    if (!gate)
+        for (const auto& n : r.names)
+            if (n.status == NameStatus::extra &&
+                n.name.find("mask_net.", prefix.size()) != std::string::npos)
+                hint =
+                    " (the module has no memory gate: build it with params.gate = true to use "
+                    "the mask_net tensors)";
+    infinityformer::detail::fail(where, file.source(), ", prefix '", prefix, "': ", r.problems(),
+                                 hint);
+}
+
+template <typename Scalar>
+struct LongTermWeights {
+    typename ContinuousAttention<Scalar>::Weights attention;
+    std::optional<typename MemoryGate<Scalar>::Weights> gate;
+};
+
+/// The long-term weights under `prefix`, converted (names and shapes already checked).
+template <typename Scalar>
+LongTermWeights<Scalar> read_long_term(const Safetensors& f, const std::string& p, Eigen::Index e,
+                                       Eigen::Index dm, Eigen::Index n, bool gate) {
+    LongTermWeights<Scalar> w;
+    w.attention.proj_key = f.matrix<Scalar>(p + "proj_key.weight", e, e);
+    w.attention.proj_value = f.matrix<Scalar>(p + "proj_value.weight", e, e);
+    w.attention.attn_out = f.matrix<Scalar>(p + "attn_out.weight", dm, e);
+    w.attention.mu = f.matrix<Scalar>(p + "mu.weight", 1, n).transpose();
+    w.attention.sigma = f.matrix<Scalar>(p + "sigma.weight", 1, n).transpose();
+    if (gate) {
+        typename MemoryGate<Scalar>::Weights g;
+        const auto taps = f.taps<Scalar>(p + "mask_net.weight", e, e, 3);
+        for (std::size_t j = 0; j < 3; ++j) g.taps[j] = taps[j];
+        g.bias = f.vector<Scalar>(p + "mask_net.bias", e);
+        w.gate = std::move(g);
+    }
+    return w;
+}
+
+template <typename Scalar>
+void write_long_term(SafetensorsWriter& out, const std::string& p,
+                     const typename ContinuousAttention<Scalar>::Weights& a,
+                     const MemoryGate<Scalar>* gate, DType dtype) {
+    const Eigen::Index e = a.proj_key.rows();
+    out.add(p + "proj_key.weight", a.proj_key, dtype);
+    out.add(p + "proj_value.weight", a.proj_value, dtype);
+    out.add(p + "attn_out.weight", a.attn_out, dtype);
+    out.add(p + "mu.weight", a.mu.transpose(), dtype);
+    out.add(p + "sigma.weight", a.sigma.transpose(), dtype);
+    // Never applied by the reference; written so that its load_state_dict(strict=True)
+    // finds every key.
+    out.add(p + "proj_query.weight",
+            Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>::Zero(e, e), dtype);
+    if (gate) {
+        const auto& g = gate->weights();
+        std::vector<Scalar> flat(static_cast<std::size_t>(e * e * 3));
+        for (Eigen::Index o = 0; o < e; ++o)
+            for (Eigen::Index i = 0; i < e; ++i)
+                for (std::size_t j = 0; j < 3; ++j)
+                    flat[static_cast<std::size_t>((o * e + i) * 3) + j] = g.taps[j](o, i);
+        out.add_values(p + "mask_net.weight", flat, {e, e, 3}, dtype);
+        out.add(p + "mask_net.bias", g.bias, dtype);
+    }
+}
+
+/// Atomic writes: the writer gains every tensor or none (names checked first).
+inline void require_new_names(const char* where, const SafetensorsWriter& out,
+                              const std::vector<TensorSpec>& spec, const std::string& prefix) {
+    for (const auto& s : spec)
+        infinityformer::detail::require(!out.has(prefix + s.name), where, "tensor '",
+                                        prefix + s.name,
+                                        "' is already in the writer, expected a new prefix");
+}
+
+}  // namespace detail
+
+/// Loads a LongTermAttention's weights from the tensors under `prefix` (see the table in
+/// the file comment); tensors outside the prefix are ignored. All or nothing.
+/// @throws infinityformer::invalid_argument naming the file and every missing, extra or
+///         mis-shaped tensor, or a value that is not finite or does not fit (weights
+///         unchanged).
+template <typename Scalar>
+void load_weights(LongTermAttention<Scalar>& m, const Safetensors& file,
+                  const std::string& prefix) {
+    constexpr const char* where = "io::load_weights";
+    detail::require_loadable(where, file, describe(file, m, prefix), prefix, m.has_gate());
+    try {
+        const auto w = detail::read_long_term<Scalar>(file, prefix, m.dim(), m.d_model(),
+                                                      m.attention().num_basis(), m.has_gate());
+        const auto old = m.attention().weights();
+        m.set_attention_weights(w.attention);
+        if (w.gate) {
+            try {
+                m.set_gate_weights(*w.gate);
+            } catch (...) {
+                m.set_attention_weights(old);
+                throw;
+            }
+        }
+    } catch (...) {
+        infinityformer::detail::rethrow_as(where);
+    }
+}
+
+/// Loads an InfinityFormerLayer's weights (short_term.* and long_term.* under `prefix`).
+/// All or nothing. @throws infinityformer::invalid_argument as for LongTermAttention.
+template <typename Scalar>
+void load_weights(InfinityFormerLayer<Scalar>& m, const Safetensors& file,
+                  const std::string& prefix) {
+    constexpr const char* where = "io::load_weights";
+    const bool gate = m.long_term().has_gate();
+    detail::require_loadable(where, file, describe(file, m, prefix), prefix, gate);
+    try {
+        const Eigen::Index d = m.d_model();
+        typename InfinityFormerLayer<Scalar>::ShortTermWeights st;
+        st.query = file.matrix<Scalar>(prefix + "short_term.query.weight", d, d);
+        st.key = file.matrix<Scalar>(prefix + "short_term.key.weight", d, d);
+        st.value = file.matrix<Scalar>(prefix + "short_term.value.weight", d, d);
+        st.out = file.matrix<Scalar>(prefix + "short_term.out.weight", d, d);
+        const auto lt = detail::read_long_term<Scalar>(file, prefix + "long_term.", d, d,
+                                                       m.long_term().attention().num_basis(), gate);
+        const auto old_st = m.short_term_weights();
+        const auto old_lt = m.long_term().attention().weights();
+        m.set_short_term_weights(st);
+        try {
+            m.set_long_term_weights(lt.attention);
+            if (lt.gate) m.set_gate_weights(*lt.gate);
+        } catch (...) {
+            m.set_short_term_weights(old_st);
+            m.set_long_term_weights(old_lt);
+            throw;
+        }
+    } catch (...) {
+        infinityformer::detail::rethrow_as(where);
+    }
+}
+
+/// Adds a LongTermAttention's weights under `prefix` (the authors' names; proj_query.weight
+/// as zeros, which the reference never applies) in `dtype`. All or nothing.
+/// @throws infinityformer::invalid_argument if a name is already in the writer or a value
+///         overflows the dtype (writer unchanged).
+template <typename Scalar>
+void save_weights(const LongTermAttention<Scalar>& m, SafetensorsWriter& out,
+                  const std::string& prefix, DType dtype = DType::F64) {
+    constexpr const char* where = "io::save_weights";
+    detail::require_new_names(where, out, tensors_of(m), prefix);
+    SafetensorsWriter next = out;
+    try {
+        detail::write_long_term<Scalar>(next, prefix, m.attention().weights(),
+                                        m.has_gate() ? &m.gate() : nullptr, dtype);
+    } catch (...) {
+        infinityformer::detail::rethrow_as(where);
+    }
+    out = std::move(next);
+}
+
+/// Adds an InfinityFormerLayer's weights under `prefix` in `dtype`, and the metadata entry
+/// `prefix` + "infinityformer" (a JSON string of the layer's sizes, for inspection only:
+/// loading does not read it). All or nothing.
+template <typename Scalar>
+void save_weights(const InfinityFormerLayer<Scalar>& m, SafetensorsWriter& out,
+                  const std::string& prefix = "", DType dtype = DType::F64) {
+    constexpr const char* where = "io::save_weights";
+    detail::require_new_names(where, out, tensors_of(m), prefix);
+    SafetensorsWriter next = out;
+    try {
+        const auto& st = m.short_term_weights();
+        next.add(prefix + "short_term.query.weight", st.query, dtype);
+        next.add(prefix + "short_term.key.weight", st.key, dtype);
+        next.add(prefix + "short_term.value.weight", st.value, dtype);
+        next.add(prefix + "short_term.out.weight", st.out, dtype);
+        const auto lt = m.long_term();
+        detail::write_long_term<Scalar>(next, prefix + "long_term.", lt.attention().weights(),
+                                        lt.has_gate() ? &lt.gate() : nullptr, dtype);
+    } catch (...) {
+        infinityformer::detail::rethrow_as(where);
+    }
+    const nlohmann::json config = {
+        {"module", "InfinityFormerLayer"},  {"version", version_string()},
+        {"d_model", m.d_model()},           {"num_heads", m.num_heads()},
+        {"chunk_length", m.chunk_length()}, {"num_basis", m.long_term().attention().num_basis()},
+        {"gate", m.long_term().has_gate()}};
+    next.metadata(prefix + "infinityformer", config.dump());
+    out = std::move(next);
+}
+
+}  // namespace infinityformer::io
