@@ -202,6 +202,41 @@ public:
         return state("InfinityFormerLayer::stream_state", stream);
     }
 
+    /// Replaces a stream's state by `s` (a saved stream restored by
+    /// <infinityformer/io/state.hpp>, or a copy of another stream's stream_state()): the
+    /// window's previous chunk, the chunk waiting to be stored and the long-term memory with
+    /// its generator are taken; the traces are not, so the stream is idle (its last
+    /// forward() before the state was taken cannot be differentiated afterwards). Build `s`
+    /// from long_term().module().make_stream(stream) when it does not come from a layer.
+    /// @throws infinityformer::invalid_argument if a chunk is not 0 or L rows of d finite
+    ///         values, a chunk waits without a window before it, or the long-term part does
+    ///         not fit this layer (stream unchanged).
+    void set_stream_state(StreamState s, Index stream = 0) {
+        constexpr const char* where = "InfinityFormerLayer::set_stream_state";
+        StreamState& target = state(where, stream);
+        take_stream_state(where, s);
+        target = std::move(s);
+    }
+
+    /// The checks of set_stream_state(), then what it keeps of `s` (the traces cleared, the
+    /// stream idle); errors name `where`.
+    void take_stream_state(const char* where, StreamState& s) const {
+        for (Matrix* chunk : {&s.prev, &s.pending}) {
+            if (chunk->rows() == 0) chunk->resize(0, d_model());
+            detail::check_matrix(where, chunk == &s.prev ? "state.prev" : "state.pending", *chunk,
+                                 chunk->rows() == 0 ? 0 : length_, d_model());
+        }
+        detail::require(s.pending.rows() == 0 || s.prev.rows() > 0, where,
+                        "state.pending holds a chunk but state.prev is empty, expected the "
+                        "window's chunk after the one waiting to be stored");
+        ltm_.check_stream_state(where, s.long_term);
+        s.long_term.phase = StreamPhase::idle;  // the layer attends after every update
+        ltm_.take_stream_state(where, s.long_term);
+        s.short_term = typename ShortTermAttention<Scalar>::Trace{};
+        s.used_long_term = false;
+        s.phase = LayerPhase::idle;
+    }
+
     /// Processes the next chunk of a stream. @param X L × d, finite. @return L × d.
     /// @throws infinityformer::invalid_argument (state unchanged).
     Matrix forward(const Eigen::Ref<const Matrix>& X, Index stream = 0) {

@@ -221,6 +221,65 @@ public:
         stream_at("LongTermAttention::seed_stream", stream).memory.seed(seed);
     }
 
+    /// Replaces a stream's state by `s` (a saved stream restored by
+    /// <infinityformer/io/state.hpp>, or a copy of another stream's stream_state()): what
+    /// the next calls read is taken, the memory with its generator, and for the phase
+    /// `updated` (an update() not yet attended) the gate's inputs and outputs of that update.
+    /// The attention trace is not: the phase becomes idle unless it is `updated`, so the
+    /// last attend() before the state was taken cannot be differentiated afterwards.
+    /// @throws infinityformer::invalid_argument if the memory's configuration is not this
+    ///         module's, or the phase or gate fields are inconsistent (stream unchanged).
+    void set_stream_state(StreamState s, Index stream = 0) {
+        constexpr const char* where = "LongTermAttention::set_stream_state";
+        StreamState& target = stream_at(where, stream);
+        take_stream_state(where, s);
+        target = std::move(s);
+    }
+
+    /// The checks of set_stream_state() (see check_stream_state()), then what it keeps of
+    /// `s`: the trace is cleared, the phase becomes idle unless it is `updated`, and the
+    /// gate's fields are cleared unless the phase is `updated`.
+    void take_stream_state(const char* where, StreamState& s) const {
+        check_stream_state(where, s);
+        if (s.phase != StreamPhase::updated) {
+            s.phase = StreamPhase::idle;
+            if (gate_) {
+                s.input.resize(0, dim());
+                s.gate.resize(0, dim());
+                s.gated.resize(0, dim());
+            }
+        }
+        s.trace = Trace{};
+    }
+
+    /// The checks of set_stream_state(): the memory's configuration is this module's; an
+    /// `updated` phase follows a stored chunk and, with a gate, carries the chunk, the gate
+    /// values in [0, 1] and the gated chunk (each L × e, finite, gated = gate ⊙ input).
+    void check_stream_state(const char* where, const StreamState& s) const {
+        detail::require(s.memory.same_configuration(prototype_), where,
+                        "the state's memory has another configuration (dim ", s.memory.dim(),
+                        ", chunk_length ", s.memory.chunk_length(), ", num_basis ",
+                        s.memory.num_basis(), "), expected this module's (dim ", dim(),
+                        ", chunk_length ", length_, ", num_basis ", prototype_.num_basis(),
+                        ", the same parameters)");
+        const auto phase = static_cast<int>(s.phase);
+        detail::require(phase >= 0 && phase <= static_cast<int>(StreamPhase::attended_update),
+                        where, "the state's phase is ", phase, ", expected a StreamPhase");
+        if (s.phase != StreamPhase::updated) return;
+        detail::require(!s.memory.empty(), where,
+                        "the state's phase is updated but its memory is empty, expected a "
+                        "stored chunk");
+        if (!gate_) return;
+        detail::check_matrix(where, "state.input", s.input, length_, dim());
+        detail::check_matrix(where, "state.gate", s.gate, length_, dim());
+        detail::check_matrix(where, "state.gated", s.gated, length_, dim());
+        detail::require(((s.gate.array() >= Scalar(0)) && (s.gate.array() <= Scalar(1))).all(),
+                        where, "state.gate has a value outside [0, 1], expected sigmoid values");
+        detail::require(detail::same_values(s.gated, Matrix(s.gate.cwiseProduct(s.input))), where,
+                        "state.gated differs from state.gate * state.input, expected the gated "
+                        "chunk");
+    }
+
     /// Stores a chunk X (L × e) in the stream's memory (through the gate if there is one).
     void update(const Eigen::Ref<const Matrix>& X, Index stream = 0) {
         constexpr const char* where = "LongTermAttention::update";

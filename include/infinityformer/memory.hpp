@@ -142,6 +142,52 @@ public:
     /// The stream's state (a value: copy it, compare it).
     const State& state() const { return state_; }
 
+    /// Replaces the stream's state, for instance with one saved earlier
+    /// (<infinityformer/io/state.hpp>) or copied from another memory of the same
+    /// configuration; `seed_base` is what restart_generator() will restart from. Checked,
+    /// all or nothing: B must be N × e and finite, `empty` exactly when no token is stored,
+    /// the token count a multiple of L, the observed means finite with standard deviations
+    /// > 0, peak finite and ≥ 0, last_points empty or M finite points, B_prev empty or N × e.
+    /// @throws infinityformer::invalid_argument naming the field (state unchanged).
+    void set_state(State s, std::uint64_t seed_base) {
+        constexpr const char* where = "LongTermMemory::set_state";
+        detail::check_matrix(where, "state.B", s.B, num_basis(), dim_);
+        detail::require(s.tokens >= 0 && s.tokens % length_ == 0, where, "state.tokens is ",
+                        s.tokens, ", expected a multiple >= 0 of chunk_length (", length_, ")");
+        detail::require(s.empty == (s.tokens == 0), where, "state.empty is ", s.empty,
+                        " with state.tokens ", s.tokens,
+                        ", expected empty exactly when no token is stored");
+        detail::check_shape(where, "state.obs_sigma", s.obs_sigma, s.obs_mu.size(), 1);
+        detail::check_finite(where, "state.obs_mu", s.obs_mu);
+        detail::check_finite(where, "state.obs_sigma", s.obs_sigma);
+        for (Index q = 0; q < s.obs_sigma.size(); ++q)
+            detail::require(s.obs_sigma[q] > Scalar(0), where, "state.obs_sigma[", q, "] is ",
+                            s.obs_sigma[q], ", expected > 0");
+        detail::require(std::isfinite(static_cast<double>(s.peak)) && s.peak >= Scalar(0), where,
+                        "state.peak is ", s.peak, ", expected a finite value >= 0");
+        detail::require(s.rescaled >= 0, where, "state.rescaled is ", s.rescaled,
+                        ", expected >= 0");
+        detail::require(!s.empty || s.last_points.size() == 0, where, "state.last_points holds ",
+                        s.last_points.size(), " points of an empty memory, expected none");
+        if (s.last_points.size() != 0)
+            detail::check_matrix(where, "state.last_points", s.last_points, params_.num_samples, 1);
+        if (s.B_prev.size() != 0)
+            detail::check_matrix(where, "state.B_prev", s.B_prev, num_basis(), dim_);
+        if (s.B_prev.size() == 0) s.B_prev.resize(0, dim_);
+        state_ = std::move(s);
+        seed_base_ = seed_base;
+        prepared_ = false;
+    }
+
+    /// The seed restart_generator() restarts from (params.seed, or seed()'s).
+    std::uint64_t seed_base() const { return seed_base_; }
+
+    /// Same dimensions and parameters (params.seed included): a state of one is valid for
+    /// the other.
+    bool same_configuration(const LongTermMemory& o) const {
+        return dim_ == o.dim_ && length_ == o.length_ && same_params(params_, o.params_);
+    }
+
     /// True before the first chunk and after reset().
     bool empty() const { return state_.empty; }
     /// B, N × e (zeros while empty()).
@@ -154,8 +200,10 @@ public:
     const Vector& last_sample_points() const { return state_.last_points; }
     /// The values of the old memory at those points (M × e; 0 × e for a first chunk),
     /// computed on demand: the update itself does not always form them.
+    /// Empty too after set_state() with a state without B_prev (a restored memory), until
+    /// the next update.
     Matrix last_past() const {
-        if (state_.last_points.size() == 0) return Matrix(0, dim_);
+        if (state_.last_points.size() == 0 || state_.B_prev.rows() == 0) return Matrix(0, dim_);
         return ops_->basis.evaluate(state_.last_points) * state_.B_prev;
     }
 

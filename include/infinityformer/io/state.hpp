@@ -1,0 +1,779 @@
+/// @file io/state.hpp
+/// @brief Saving and restoring the state of one stream (LongTermMemory, LongTermAttention,
+/// InfinityFormerLayer) in a versioned, checksummed binary format, so that a stream can stop
+/// and resume later with bit-identical results. Needs zlib (CMake: infinityformer::io); the
+/// layout is documented byte by byte in docs/state-format.md.
+///
+/// What is saved is what the next calls read: the memory's coefficients, the densities
+/// observed for sticky sampling, the sampling generator and the seed it restarts from, the
+/// counters; for a LongTermAttention stream after an update() not yet attended, the gate's
+/// inputs of that update; for a layer, the short-term window's chunk and the chunk waiting
+/// to be stored. Not saved: the traces of the last call (a restored stream cannot
+/// differentiate the call made before the save: save after backward()), the memory before
+/// the last update (so last_past() is empty after a restore), the weights (save them with
+/// <infinityformer/io/safetensors.hpp>).
+///
+///     std::ofstream out("stream.state", std::ios::binary);
+///     infinityformer::io::save_state(layer, out);       // or save_state_file(layer, path)
+///     ...
+///     std::ifstream in("stream.state", std::ios::binary);
+///     infinityformer::io::restore_state(layer, in);     // or restore_state_file(layer, path)
+///
+/// A state is only valid for an object of the same Scalar and the same configuration
+/// (dimensions and memory parameters; the seed and the attention's parameters may differ).
+/// restore_state() rejects (infinityformer::runtime_error), with a message saying which it
+/// is, a stream or file that is not
+/// a state, is truncated, is damaged (a checksum differs), comes from a newer format
+/// version, another Scalar, another kind of object or another configuration; the object is
+/// then unchanged.
+#pragma once
+
+#include <zlib.h>
+
+#include <Eigen/Core>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <istream>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../errors.hpp"
+#include "../layer.hpp"
+#include "../long_term_attention.hpp"
+#include "../memory.hpp"
+
+namespace infinityformer::io {
+
+/// The format version this build writes; it reads versions 1 … kStateFormatVersion.
+inline constexpr std::uint32_t kStateFormatVersion = 1;
+
+/// What a state file holds (byte 20 of the file).
+enum class StateKind : std::uint8_t { memory = 1, long_term_attention = 2, layer = 3 };
+
+namespace state_detail {
+
+inline constexpr unsigned char kMagic[8] = {0x89, 'I', 'F', 'S', 0x0D, 0x0A, 0x1A, 0x0A};
+inline constexpr std::size_t kPreludeBytes = 20;       // magic, version, header length, CRC
+inline constexpr std::size_t kFixedHeaderBytes = 136;  // the header without its widths
+inline constexpr std::uint32_t kMaxWidths = 1u << 16;
+
+inline const char* kind_name(std::uint8_t k) {
+    switch (k) {
+        case 1: return "a LongTermMemory";
+        case 2: return "a LongTermAttention";
+        case 3: return "an InfinityFormerLayer";
+        default: return "an unknown kind of object";
+    }
+}
+
+inline std::uint32_t crc32_of(const unsigned char* data, std::size_t size) {
+    uLong crc = crc32(0L, Z_NULL, 0);
+    while (size > 0) {  // zlib takes uInt lengths
+        const auto n = static_cast<uInt>(std::min<std::size_t>(size, 1u << 30));
+        crc = crc32(crc, data, n);
+        data += n;
+        size -= n;
+    }
+    return static_cast<std::uint32_t>(crc);
+}
+
+// FNV-1a, 64 bits: the configuration's hash.
+inline std::uint64_t fnv1a(const unsigned char* data, std::size_t size) {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (std::size_t i = 0; i < size; ++i) {
+        h ^= data[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/// Little-endian bytes, whatever the host's byte order.
+class Bytes {
+public:
+    void u8(std::uint8_t v) { data_.push_back(v); }
+    void u16(std::uint16_t v) { put(v, 2); }
+    void u32(std::uint32_t v) { put(v, 4); }
+    void u64(std::uint64_t v) { put(v, 8); }
+    void i64(std::int64_t v) { put(static_cast<std::uint64_t>(v), 8); }
+    void f64(double v) {
+        std::uint64_t b;
+        std::memcpy(&b, &v, 8);
+        put(b, 8);
+    }
+    template <typename Scalar>
+    void scalar(Scalar v) {
+        if constexpr (sizeof(Scalar) == 4) {
+            std::uint32_t b;
+            std::memcpy(&b, &v, 4);
+            put(b, 4);
+        } else {
+            f64(static_cast<double>(v));
+        }
+    }
+    /// A matrix's entries, row by row.
+    template <typename Derived>
+    void matrix(const Eigen::DenseBase<Derived>& m) {
+        for (Eigen::Index i = 0; i < m.rows(); ++i)
+            for (Eigen::Index j = 0; j < m.cols(); ++j) scalar(m(i, j));
+    }
+    void patch_u32(std::size_t at, std::uint32_t v) {
+        for (int k = 0; k < 4; ++k)
+            data_[at + static_cast<std::size_t>(k)] = static_cast<unsigned char>(v >> (8 * k));
+    }
+    void patch_u64(std::size_t at, std::uint64_t v) {
+        for (int k = 0; k < 8; ++k)
+            data_[at + static_cast<std::size_t>(k)] = static_cast<unsigned char>(v >> (8 * k));
+    }
+    void append(const Bytes& o) { data_.insert(data_.end(), o.data_.begin(), o.data_.end()); }
+    std::size_t size() const { return data_.size(); }
+    const unsigned char* data() const { return data_.data(); }
+
+private:
+    void put(std::uint64_t v, int n) {
+        for (int k = 0; k < n; ++k) data_.push_back(static_cast<unsigned char>(v >> (8 * k)));
+    }
+    std::vector<unsigned char> data_;
+};
+
+/// Reads little-endian values from a checked range; running past its end is a malformed
+/// state (the checksums passed, so the writer was not this library).
+class Cursor {
+public:
+    Cursor(const unsigned char* data, std::size_t size, const char* where, const char* part)
+        : p_(data), end_(data + size), where_(where), part_(part) {}
+
+    std::size_t left() const { return static_cast<std::size_t>(end_ - p_); }
+    std::uint8_t u8() { return static_cast<std::uint8_t>(get(1)); }
+    std::uint16_t u16() { return static_cast<std::uint16_t>(get(2)); }
+    std::uint32_t u32() { return static_cast<std::uint32_t>(get(4)); }
+    std::uint64_t u64() { return get(8); }
+    std::int64_t i64() { return static_cast<std::int64_t>(get(8)); }
+    double f64() {
+        const std::uint64_t b = get(8);
+        double v;
+        std::memcpy(&v, &b, 8);
+        return v;
+    }
+    template <typename Scalar>
+    Scalar scalar() {
+        if constexpr (sizeof(Scalar) == 4) {
+            const auto b = static_cast<std::uint32_t>(get(4));
+            float v;
+            std::memcpy(&v, &b, 4);
+            return v;
+        } else {
+            return static_cast<Scalar>(f64());
+        }
+    }
+    /// A rows × cols matrix stored row by row, its size checked against what is left.
+    template <typename Matrix>
+    Matrix matrix(std::int64_t rows, std::int64_t cols, const char* name) {
+        using Scalar = typename Matrix::Scalar;
+        const bool fits =
+            rows >= 0 && cols >= 0 &&
+            (cols == 0 || static_cast<std::uint64_t>(rows) <=
+                              left() / sizeof(Scalar) / static_cast<std::uint64_t>(cols));
+        if (!fits)
+            malformed(name, " is ", rows, "x", cols, ", more than the ", left(), " bytes left");
+        Matrix m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+        for (Eigen::Index i = 0; i < m.rows(); ++i)
+            for (Eigen::Index j = 0; j < m.cols(); ++j) m(i, j) = scalar<Scalar>();
+        return m;
+    }
+
+    template <typename... Args>
+    [[noreturn]] void malformed(const Args&... args) const {
+        throw infinityformer::runtime_error(infinityformer::detail::concat(
+            "[infinityformer] ", where_, ": malformed state (", part_, "): ", args...,
+            "; the checksums match, so it was not written by "
+            "this library"));
+    }
+
+private:
+    std::uint64_t get(int n) {
+        if (left() < static_cast<std::size_t>(n))
+            malformed("a field runs past the end (", left(), " bytes left, ", n, " needed)");
+        std::uint64_t v = 0;
+        for (int k = 0; k < n; ++k) v |= static_cast<std::uint64_t>(p_[k]) << (8 * k);
+        p_ += n;
+        return v;
+    }
+    const unsigned char* p_;
+    const unsigned char* end_;
+    const char* where_;
+    const char* part_;
+};
+
+/// The configuration a state is valid for, as stored in the header.
+struct Config {
+    std::uint8_t kind = 0;
+    std::uint8_t scalar = 0;
+    std::int64_t dim = 0, chunk_length = 0, num_heads = 0, d_model = 0;
+    std::int64_t num_basis = 0, num_samples = 0, num_bins = 0;
+    double ridge_lambda = 0, tau = 0;
+    std::uint8_t sampling = 0, stability = 0, gate = 0;
+    std::int64_t reset_after_tokens = 0;
+    std::vector<double> widths;
+
+    void write(Bytes& b) const {
+        b.i64(dim);
+        b.i64(chunk_length);
+        b.i64(num_heads);
+        b.i64(d_model);
+        b.i64(num_basis);
+        b.i64(num_samples);
+        b.i64(num_bins);
+        b.f64(ridge_lambda);
+        b.f64(tau);
+        b.u8(sampling);
+        b.u8(stability);
+        b.u8(gate);
+        b.u8(0);
+        b.i64(reset_after_tokens);
+        b.u32(static_cast<std::uint32_t>(widths.size()));
+        for (double w : widths) b.f64(w);
+    }
+    void read(Cursor& c) {
+        dim = c.i64();
+        chunk_length = c.i64();
+        num_heads = c.i64();
+        d_model = c.i64();
+        num_basis = c.i64();
+        num_samples = c.i64();
+        num_bins = c.i64();
+        ridge_lambda = c.f64();
+        tau = c.f64();
+        sampling = c.u8();
+        stability = c.u8();
+        gate = c.u8();
+        c.u8();
+        reset_after_tokens = c.i64();
+        const std::uint32_t w = c.u32();
+        if (w > kMaxWidths || static_cast<std::size_t>(w) * 8 > c.left())
+            c.malformed(w, " widths, more than the header holds");
+        widths.resize(w);
+        for (auto& x : widths) x = c.f64();
+    }
+    std::uint64_t hash() const {
+        Bytes b;
+        write(b);
+        return fnv1a(b.data(), b.size());
+    }
+};
+
+template <typename Scalar>
+Config config_of(StateKind kind, const LongTermMemory<Scalar>& m, std::int64_t heads,
+                 std::int64_t d_model, bool gate) {
+    const MemoryParams& p = m.params();
+    Config c;
+    c.kind = static_cast<std::uint8_t>(kind);
+    c.scalar = sizeof(Scalar);
+    c.dim = m.dim();
+    c.chunk_length = m.chunk_length();
+    c.num_heads = heads;
+    c.d_model = d_model;
+    c.num_basis = p.num_basis;
+    c.num_samples = p.num_samples;
+    c.num_bins = p.num_bins;
+    c.ridge_lambda = p.ridge_lambda;
+    c.tau = p.tau;
+    c.sampling = static_cast<std::uint8_t>(p.sampling);
+    c.stability = static_cast<std::uint8_t>(p.stability);
+    c.gate = gate ? 1 : 0;
+    c.reset_after_tokens = p.reset_after_tokens;
+    c.widths = p.widths;
+    return c;
+}
+
+/// The first field in which the file's configuration differs from the object's.
+inline std::string first_difference(const Config& f, const Config& o) {
+    using infinityformer::detail::concat;
+    const std::pair<const char*, std::pair<double, double>> fields[] = {
+        {"dim", {double(f.dim), double(o.dim)}},
+        {"chunk_length", {double(f.chunk_length), double(o.chunk_length)}},
+        {"num_heads", {double(f.num_heads), double(o.num_heads)}},
+        {"d_model", {double(f.d_model), double(o.d_model)}},
+        {"num_basis", {double(f.num_basis), double(o.num_basis)}},
+        {"num_samples", {double(f.num_samples), double(o.num_samples)}},
+        {"num_bins", {double(f.num_bins), double(o.num_bins)}},
+        {"ridge_lambda", {f.ridge_lambda, o.ridge_lambda}},
+        {"tau", {f.tau, o.tau}},
+        {"sampling", {double(f.sampling), double(o.sampling)}},
+        {"stability", {double(f.stability), double(o.stability)}},
+        {"gate", {double(f.gate), double(o.gate)}},
+        {"reset_after_tokens", {double(f.reset_after_tokens), double(o.reset_after_tokens)}},
+        {"the number of widths", {double(f.widths.size()), double(o.widths.size())}},
+    };
+    for (const auto& [name, v] : fields)
+        if (!(v.first == v.second))
+            return concat(name, " is ", v.first, " in the state, ", v.second, " in this object");
+    for (std::size_t j = 0; j < f.widths.size(); ++j)
+        if (!(f.widths[j] == o.widths[j]))
+            return concat("widths[", j, "] is ", f.widths[j], " in the state, ", o.widths[j],
+                          " in this object");
+    return {};
+}
+
+// ---- payload parts -------------------------------------------------------------------
+
+template <typename Scalar>
+void write_memory(Bytes& b, const LongTermMemory<Scalar>& m) {
+    const auto& s = m.state();
+    b.u64(m.seed_base());
+    b.i64(s.tokens);
+    b.i64(s.rescaled);
+    b.scalar(s.peak);
+    b.u8(s.empty ? 1 : 0);
+    b.u16(static_cast<std::uint16_t>(s.rng.engine().position()));
+    for (std::uint64_t w : s.rng.engine().words()) b.u64(w);
+    b.i64(s.obs_mu.size());
+    b.matrix(s.obs_mu.transpose());
+    b.matrix(s.obs_sigma.transpose());
+    b.i64(s.last_points.size());
+    b.matrix(s.last_points.transpose());
+    b.matrix(s.B);
+}
+
+template <typename Scalar>
+void read_memory(Cursor& c, LongTermMemory<Scalar>& m) {
+    using State = typename LongTermMemory<Scalar>::State;
+    using Matrix = typename LongTermMemory<Scalar>::Matrix;
+    using Vector = typename LongTermMemory<Scalar>::Vector;
+    State s;
+    const std::uint64_t seed_base = c.u64();
+    s.tokens = static_cast<Eigen::Index>(c.i64());
+    s.rescaled = static_cast<Eigen::Index>(c.i64());
+    s.peak = c.template scalar<Scalar>();
+    const std::uint8_t empty = c.u8();
+    if (empty > 1) c.malformed("the memory's empty flag is ", int(empty), ", expected 0 or 1");
+    s.empty = empty == 1;
+    const std::size_t position = c.u16();
+    std::array<std::uint64_t, infinityformer::detail::Mt19937_64::state_size> words{};
+    for (auto& w : words) w = c.u64();
+    if (!s.rng.engine().set_state(words, position))
+        c.malformed("the generator's position is ", position, ", expected at most ", words.size());
+    const std::int64_t n = c.i64();
+    s.obs_mu = c.template matrix<Matrix>(1, n, "the observed means").transpose();
+    s.obs_sigma = Vector(c.template matrix<Matrix>(1, n, "the observed deviations").transpose());
+    const std::int64_t points = c.i64();
+    if (points != 0 && points != m.num_samples())
+        c.malformed(points, " points of the last update, expected 0 or ", m.num_samples());
+    s.last_points = Vector(c.template matrix<Matrix>(1, points, "the last points").transpose());
+    s.B = c.template matrix<Matrix>(m.num_basis(), m.dim(), "B");
+    m.set_state(std::move(s), seed_base);
+}
+
+// `updated`: the stream's phase is StreamPhase::updated (an update() not yet attended).
+template <typename Scalar>
+void write_long_term(Bytes& b, const LongTermStream<Scalar>& s, bool gate, bool updated) {
+    write_memory(b, s.memory);
+    b.u8(updated ? 1 : 0);
+    if (updated && gate) {
+        b.matrix(s.input);
+        b.matrix(s.gate);
+        b.matrix(s.gated);
+    }
+}
+
+template <typename Scalar>
+void read_long_term(Cursor& c, LongTermStream<Scalar>& s, bool gate) {
+    using Matrix = typename LongTermStream<Scalar>::Matrix;
+    read_memory(c, s.memory);
+    const std::uint8_t phase = c.u8();
+    if (phase > 1) c.malformed("the stream's phase is ", int(phase), ", expected 0 or 1");
+    s.phase = phase == 1 ? StreamPhase::updated : StreamPhase::idle;
+    if (phase == 1 && gate) {
+        const auto l = s.memory.chunk_length(), e = s.memory.dim();
+        s.input = c.template matrix<Matrix>(l, e, "the gate's input");
+        s.gate = c.template matrix<Matrix>(l, e, "the gate's values");
+        s.gated = c.template matrix<Matrix>(l, e, "the gated chunk");
+    }
+}
+
+// ---- the container -------------------------------------------------------------------
+
+/// Prelude, header (with the configuration) and payload, checksummed.
+inline void write_file(std::ostream& out, const Config& cfg, const Bytes& payload,
+                       const char* where) {
+    Bytes h;
+    for (unsigned char m : kMagic) h.u8(m);
+    h.u32(kStateFormatVersion);
+    const std::size_t header_bytes = kFixedHeaderBytes + 8 * cfg.widths.size();
+    h.u32(static_cast<std::uint32_t>(header_bytes));
+    h.u32(crc32_of(h.data(), h.size()));
+    h.u8(cfg.kind);
+    h.u8(cfg.scalar);
+    h.u16(0);
+    h.u64(cfg.hash());
+    cfg.write(h);
+    h.u64(payload.size());
+    h.u32(crc32_of(payload.data(), payload.size()));
+    h.u32(crc32_of(h.data(), h.size()));
+    if (h.size() != header_bytes)
+        throw infinityformer::logic_error(
+            infinityformer::detail::concat("[infinityformer] ", where, ": header of ", h.size(),
+                                           " bytes, expected ", header_bytes));
+    out.write(reinterpret_cast<const char*>(h.data()), static_cast<std::streamsize>(h.size()));
+    out.write(reinterpret_cast<const char*>(payload.data()),
+              static_cast<std::streamsize>(payload.size()));
+    if (!out)
+        throw infinityformer::runtime_error(infinityformer::detail::concat(
+            "[infinityformer] ", where, ": writing the state failed (the stream's state is bad)"));
+}
+
+// Reads up to n bytes (in pieces, so that a lying length allocates no more than the
+// stream holds); returns what was read.
+inline std::vector<unsigned char> read_up_to(std::istream& in, std::uint64_t n) {
+    std::vector<unsigned char> out;
+    constexpr std::uint64_t piece = 1u << 20;
+    while (out.size() < n && in) {
+        const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(piece, n - out.size()));
+        const std::size_t at = out.size();
+        out.resize(at + want);
+        in.read(reinterpret_cast<char*>(out.data() + at), static_cast<std::streamsize>(want));
+        out.resize(at + static_cast<std::size_t>(in.gcount()));
+    }
+    return out;
+}
+
+template <typename... Args>
+[[noreturn]] void reject(const char* where, const Args&... args) {
+    throw infinityformer::runtime_error(
+        infinityformer::detail::concat("[infinityformer] ", where, ": ", args...));
+}
+
+/// Inside a catch block while reading a state: a value the object refused (its own check,
+/// an invalid_argument) is a fault of the input, so it is rethrown as a runtime_error
+/// named after `where`; other errors as rethrow_as() does.
+[[noreturn]] inline void rethrow_read_error(const char* where) {
+    try {
+        throw;
+    } catch (const infinityformer::invalid_argument& e) {
+        throw infinityformer::runtime_error(
+            infinityformer::detail::renamed(e.what(), where) +
+            " (in a state whose checksums match: it was not written by this library)");
+    } catch (...) {
+        infinityformer::detail::rethrow_as(where);
+    }
+}
+
+/// Reads and checks a state's container against the object's configuration; returns the
+/// payload (checksum verified).
+inline std::vector<unsigned char> read_file(std::istream& in, const Config& object,
+                                            const char* where) {
+    auto truncated = [where](std::uint64_t expected, std::uint64_t got, const char* part) {
+        reject(where, "the state is truncated: its ", part, " needs ", expected,
+               " bytes, the input ends after ", got, " (state unchanged)");
+    };
+    const auto prelude = read_up_to(in, kPreludeBytes);
+    const std::size_t have = std::min(prelude.size(), sizeof kMagic);
+    if (prelude.empty())
+        reject(where, "the state is truncated: the input is empty (state unchanged)");
+    if (std::memcmp(prelude.data(), kMagic, have) != 0)
+        reject(where,
+               "not an infinityformer state: the first bytes are not the magic bytes 89 49 46 "
+               "53 0D 0A 1A 0A (another file, or a damaged one; state unchanged)");
+    if (prelude.size() < kPreludeBytes) truncated(kPreludeBytes, prelude.size(), "prelude");
+    Cursor pc(prelude.data() + 8, 12, where, "prelude");
+    const std::uint32_t version = pc.u32();
+    const std::uint32_t header_bytes = pc.u32();
+    const std::uint32_t prelude_crc = pc.u32();
+    if (prelude_crc != crc32_of(prelude.data(), 16))
+        reject(where,
+               "the state is damaged: the checksum of its first 16 bytes differs "
+               "(state unchanged)");
+    if (version > kStateFormatVersion)
+        reject(where, "the state has format version ", version,
+               ", newer than this build reads (up to ", kStateFormatVersion,
+               "): update infinityformer (state unchanged)");
+    if (version == 0) reject(where, "the state has format version 0, which does not exist");
+    if (header_bytes < kFixedHeaderBytes || header_bytes > kFixedHeaderBytes + 8 * kMaxWidths ||
+        (header_bytes - kFixedHeaderBytes) % 8 != 0)
+        reject(where, "malformed state: a header of ", header_bytes, " bytes, expected ",
+               kFixedHeaderBytes, " + 8 per width");
+    auto header = prelude;
+    const auto rest = read_up_to(in, header_bytes - kPreludeBytes);
+    header.insert(header.end(), rest.begin(), rest.end());
+    if (header.size() < header_bytes) truncated(header_bytes, header.size(), "header");
+    Cursor tail(header.data() + header_bytes - 4, 4, where, "header");
+    if (tail.u32() != crc32_of(header.data(), header_bytes - 4))
+        reject(where, "the state is damaged: its header's checksum differs (state unchanged)");
+    Cursor hc(header.data() + kPreludeBytes, header_bytes - kPreludeBytes - 4, where, "header");
+    Config file;
+    file.kind = hc.u8();
+    file.scalar = hc.u8();
+    hc.u16();
+    const std::uint64_t hash = hc.u64();
+    file.read(hc);
+    const std::uint64_t payload_bytes = hc.u64();
+    const std::uint32_t payload_crc = hc.u32();
+    if (hc.left() != 0) hc.malformed(hc.left(), " bytes left in the header");
+    if (file.scalar != object.scalar)
+        reject(where, "the state was saved from a ",
+               file.scalar == 4   ? "float"
+               : file.scalar == 8 ? "double"
+                                  : "unknown-Scalar",
+               " object, this object is ", object.scalar == 4 ? "float" : "double",
+               " (state unchanged)");
+    if (file.kind != object.kind)
+        reject(where, "the state is of ", kind_name(file.kind), ", this object is ",
+               kind_name(object.kind), " (state unchanged)");
+    const std::string diff = first_difference(file, object);
+    if (!diff.empty())
+        reject(where, "the state is from another configuration: ", diff, " (state unchanged)");
+    if (hash != object.hash() || hash != file.hash())
+        reject(where, "the state is from another configuration: its configuration hash ", hash,
+               " differs from this object's ", object.hash(), " (state unchanged)");
+    auto payload = read_up_to(in, payload_bytes);
+    if (payload.size() < payload_bytes)
+        truncated(payload_bytes + header_bytes, payload.size() + header_bytes, "payload");
+    if (payload_crc != crc32_of(payload.data(), payload.size()))
+        reject(where, "the state is damaged: the checksum of its ", payload_bytes,
+               "-byte payload differs (state unchanged)");
+    return payload;
+}
+
+inline void expect_end(const Cursor& c) {
+    if (c.left() != 0) c.malformed(c.left(), " bytes left after the state's last field");
+}
+
+template <typename Save>
+void save_to_path(const std::string& path, const char* where, Save save) {
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out)
+            throw infinityformer::runtime_error(infinityformer::detail::concat(
+                "[infinityformer] ", where, ": cannot open '", tmp, "' for writing"));
+        save(out);
+        out.flush();
+        if (!out)
+            throw infinityformer::runtime_error(infinityformer::detail::concat(
+                "[infinityformer] ", where, ": writing '", tmp, "' failed"));
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        std::remove(tmp.c_str());
+        throw infinityformer::runtime_error(infinityformer::detail::concat(
+            "[infinityformer] ", where, ": cannot rename '", tmp, "' to '", path, "'"));
+    }
+}
+
+}  // namespace state_detail
+
+// ---- LongTermMemory ------------------------------------------------------------------
+
+/// Writes the memory's state (format: docs/state-format.md).
+/// @throws infinityformer::runtime_error if the stream fails.
+template <typename Scalar>
+void save_state(const LongTermMemory<Scalar>& memory, std::ostream& out) {
+    namespace sd = state_detail;
+    sd::Bytes payload;
+    sd::write_memory(payload, memory);
+    sd::write_file(out, sd::config_of(StateKind::memory, memory, 0, 0, false), payload,
+                   "io::save_state");
+}
+
+namespace state_detail {
+
+// Reads a state into a value the object can take without failing (checked against it).
+template <typename Scalar>
+LongTermMemory<Scalar> parse_state(LongTermMemory<Scalar>& memory, std::istream& in, Eigen::Index,
+                                   const char* where) {
+    const auto payload = read_file(in, config_of(StateKind::memory, memory, 0, 0, false), where);
+    Cursor c(payload.data(), payload.size(), where, "payload");
+    LongTermMemory<Scalar> next = memory.for_stream(memory.stream_index());
+    try {
+        read_memory(c, next);
+    } catch (...) {
+        rethrow_read_error(where);
+    }
+    expect_end(c);
+    return next;
+}
+template <typename Scalar>
+void commit_state(LongTermMemory<Scalar>& memory, LongTermMemory<Scalar>&& next, Eigen::Index) {
+    memory = std::move(next);
+}
+
+}  // namespace state_detail
+
+/// Reads a state written by save_state() into the memory; `in` is left after it.
+/// @throws infinityformer::runtime_error naming what is wrong (memory unchanged).
+template <typename Scalar>
+void restore_state(LongTermMemory<Scalar>& memory, std::istream& in) {
+    auto next = state_detail::parse_state(memory, in, 0, "io::restore_state");
+    state_detail::commit_state(memory, std::move(next), 0);
+}
+
+// ---- LongTermAttention ---------------------------------------------------------------
+
+/// Writes the state of one stream of a LongTermAttention.
+/// @throws infinityformer::invalid_argument on a bad stream index; runtime_error if the
+///         output stream fails.
+template <typename Scalar>
+void save_state(const LongTermAttention<Scalar>& module, std::ostream& out,
+                Eigen::Index stream = 0) {
+    namespace sd = state_detail;
+    const auto& s = module.stream_state(stream);
+    sd::Bytes payload;
+    sd::write_long_term(payload, s, module.has_gate(), s.phase == StreamPhase::updated);
+    sd::write_file(out,
+                   sd::config_of(StateKind::long_term_attention, s.memory, module.num_heads(),
+                                 module.d_model(), module.has_gate()),
+                   payload, "io::save_state");
+}
+
+namespace state_detail {
+
+template <typename Scalar>
+LongTermStream<Scalar> parse_state(LongTermAttention<Scalar>& module, std::istream& in,
+                                   Eigen::Index stream, const char* where) {
+    const auto& current = module.stream_state(stream);  // checks the index
+    const auto payload =
+        read_file(in,
+                  config_of(StateKind::long_term_attention, current.memory, module.num_heads(),
+                            module.d_model(), module.has_gate()),
+                  where);
+    Cursor c(payload.data(), payload.size(), where, "payload");
+    try {
+        auto next = module.make_stream(stream);
+        read_long_term(c, next, module.has_gate());
+        expect_end(c);
+        module.take_stream_state(where, next);
+        return next;
+    } catch (...) {
+        rethrow_read_error(where);
+    }
+}
+template <typename Scalar>
+void commit_state(LongTermAttention<Scalar>& module, LongTermStream<Scalar>&& next,
+                  Eigen::Index stream) {
+    module.set_stream_state(std::move(next), stream);
+}
+
+}  // namespace state_detail
+
+/// Reads a state written by save_state() into stream `stream` of the module; `in` is left
+/// after it. The stream's index is the module's: a state saved from stream 1 may be
+/// restored into stream 0 (its generator then restarts, at a reset, as stream 0's).
+/// @throws infinityformer::runtime_error naming what is wrong with the input (module
+///         unchanged); invalid_argument on a bad stream index.
+template <typename Scalar>
+void restore_state(LongTermAttention<Scalar>& module, std::istream& in, Eigen::Index stream = 0) {
+    auto next = state_detail::parse_state(module, in, stream, "io::restore_state");
+    state_detail::commit_state(module, std::move(next), stream);
+}
+
+// ---- InfinityFormerLayer -------------------------------------------------------------
+
+/// Writes the state of one stream of a layer.
+/// @throws infinityformer::invalid_argument on a bad stream index; runtime_error if the
+///         output stream fails.
+template <typename Scalar>
+void save_state(const InfinityFormerLayer<Scalar>& layer, std::ostream& out,
+                Eigen::Index stream = 0) {
+    namespace sd = state_detail;
+    const auto& s = layer.stream_state(stream);
+    const auto lt = layer.long_term();
+    sd::Bytes payload;
+    for (const auto* chunk : {&s.prev, &s.pending}) {
+        payload.i64(chunk->rows());
+        payload.matrix(*chunk);
+    }
+    // A layer attends after every update: its long-term streams are never left `updated`.
+    sd::write_long_term(payload, s.long_term, lt.has_gate(), false);
+    sd::write_file(out,
+                   sd::config_of(StateKind::layer, s.long_term.memory, layer.num_heads(),
+                                 layer.d_model(), lt.has_gate()),
+                   payload, "io::save_state");
+}
+
+namespace state_detail {
+
+template <typename Scalar>
+LayerStream<Scalar> parse_state(InfinityFormerLayer<Scalar>& layer, std::istream& in,
+                                Eigen::Index stream, const char* where) {
+    using Matrix = typename InfinityFormerLayer<Scalar>::Matrix;
+    const auto& current = layer.stream_state(stream);  // checks the index
+    const auto lt = layer.long_term();
+    const auto payload = read_file(in,
+                                   config_of(StateKind::layer, current.long_term.memory,
+                                             layer.num_heads(), layer.d_model(), lt.has_gate()),
+                                   where);
+    Cursor c(payload.data(), payload.size(), where, "payload");
+    try {
+        LayerStream<Scalar> next(lt.module().make_stream(stream));
+        for (Matrix* chunk : {&next.prev, &next.pending}) {
+            const std::int64_t rows = c.i64();
+            if (rows != 0 && rows != layer.chunk_length())
+                c.malformed("a window chunk of ", rows, " rows, expected 0 or ",
+                            layer.chunk_length());
+            *chunk = c.template matrix<Matrix>(rows, layer.d_model(), "a window chunk");
+        }
+        read_long_term(c, next.long_term, lt.has_gate());
+        expect_end(c);
+        layer.take_stream_state(where, next);
+        return next;
+    } catch (...) {
+        rethrow_read_error(where);
+    }
+}
+template <typename Scalar>
+void commit_state(InfinityFormerLayer<Scalar>& layer, LayerStream<Scalar>&& next,
+                  Eigen::Index stream) {
+    layer.set_stream_state(std::move(next), stream);
+}
+
+}  // namespace state_detail
+
+/// Reads a state written by save_state() into stream `stream` of the layer; `in` is left
+/// after it.
+/// @throws infinityformer::runtime_error naming what is wrong with the input (layer
+///         unchanged); invalid_argument on a bad stream index.
+template <typename Scalar>
+void restore_state(InfinityFormerLayer<Scalar>& layer, std::istream& in, Eigen::Index stream = 0) {
+    auto next = state_detail::parse_state(layer, in, stream, "io::restore_state");
+    state_detail::commit_state(layer, std::move(next), stream);
+}
+
+// ---- files ---------------------------------------------------------------------------
+
+/// save_state() to a file: written to `path` + ".tmp", then renamed over `path`, so that a
+/// failed save leaves an existing file as it was.
+/// @throws infinityformer::runtime_error if the file cannot be written.
+template <typename Object>
+void save_state_file(const Object& object, const std::string& path, Eigen::Index stream = 0) {
+    state_detail::save_to_path(path, "io::save_state_file", [&](std::ostream& out) {
+        if constexpr (std::is_same_v<Object, LongTermMemory<typename Object::Scalar>>)
+            save_state(object, out);
+        else
+            save_state(object, out, stream);
+    });
+}
+
+/// restore_state() from a file that holds one state and nothing after it (stream ignored
+/// for a LongTermMemory).
+/// @throws infinityformer::runtime_error if it cannot be opened or naming what is wrong
+///         with it (object unchanged).
+template <typename Object>
+void restore_state_file(Object& object, const std::string& path, Eigen::Index stream = 0) {
+    constexpr const char* where = "io::restore_state_file";
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        throw infinityformer::runtime_error(infinityformer::detail::concat(
+            "[infinityformer] ", where, ": cannot open '", path, "' for reading"));
+    auto next = state_detail::parse_state(object, in, stream, where);
+    if (in.peek() != std::char_traits<char>::eof())
+        state_detail::reject(where, "'", path,
+                             "' is damaged: it has bytes after the state (state unchanged)");
+    state_detail::commit_state(object, std::move(next), stream);
+}
+
+}  // namespace infinityformer::io

@@ -1,0 +1,336 @@
+// Saved stream states (io/state.hpp): a stream restored from its state continues bit for
+// bit as the stream that never stopped (outputs, input gradients, weight gradients, the
+// whole stream state), for the layer, the long-term attention and the memory, float and
+// double, uniform and sticky, from the first chunks and mid-stream; every truncated,
+// damaged, foreign or newer state is refused with its own message and the object is left as
+// a twin that never saw the call; the header's layout is checked byte by byte against
+// docs/state-format.md.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <zlib.h>
+
+#include <catch2/catch.hpp>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <infinityformer/io/state.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "extern_templates.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace infinityformer;
+using testutil::has;
+using testutil::Normal;
+
+LongTermParams small_params(Sampling sampling) {
+    LongTermParams p = sampling == Sampling::sticky ? LongTermParams::lm() : LongTermParams{};
+    p.num_basis = 8;
+    p.num_samples = 6;
+    p.num_bins = 8;
+    p.sampling = sampling;
+    p.seed = 11;
+    return p;
+}
+
+constexpr Eigen::Index kD = 6, kHeads = 2, kL = 4;
+
+template <typename S>
+using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+
+// One chunk on a layer: forward, and a backward with dY; returns Y, dX and the gradients.
+template <typename S>
+std::vector<Mat<S>> train_chunk(InfinityFormerLayer<S>& layer, const Mat<S>& x, const Mat<S>& dy) {
+    std::vector<Mat<S>> out;
+    out.push_back(layer.forward(x));
+    Mat<S> dx(kL, kD);
+    layer.zero_grad();
+    layer.backward(dy, S(0.01), dx);
+    out.push_back(dx);
+    for (auto& p : layer.parameters()) out.push_back(p.gradient());
+    return out;
+}
+
+template <typename S>
+std::string saved(const InfinityFormerLayer<S>& layer) {
+    std::ostringstream out;
+    io::save_state(layer, out);
+    return out.str();
+}
+
+template <typename Object>
+void restore_from(Object& object, const std::string& bytes) {
+    std::istringstream in(bytes);
+    io::restore_state(object, in);
+}
+
+template <typename S>
+void check_layer_continuation(Sampling sampling, int stop_after, bool via_file) {
+    const auto p = small_params(sampling);
+    InfinityFormerLayer<S> a(kD, kHeads, kL, p), b(kD, kHeads, kL, p);
+    Normal rng(100 + static_cast<std::uint64_t>(stop_after));
+    auto chunk = [&rng] { return Mat<S>(rng.matrix(kL, kD).template cast<S>()); };
+    for (int c = 0; c < stop_after; ++c) train_chunk(a, chunk(), chunk());
+    for (int c = 0; c < 3; ++c) b.forward(chunk());  // b holds another stream before
+    if (via_file) {
+        const std::string path = "infinityformer_test_state.bin";
+        io::save_state_file(a, path);
+        io::restore_state_file(b, path);
+        std::remove(path.c_str());
+    } else {
+        restore_from(b, saved(a));
+    }
+    CHECK(b.stream_state().long_term.memory.state().rng.engine() ==
+          a.stream_state().long_term.memory.state().rng.engine());
+    for (int c = 0; c < 4; ++c) {
+        const Mat<S> x = chunk(), dy = chunk();
+        const auto ra = train_chunk(a, x, dy), rb = train_chunk(b, x, dy);
+        REQUIRE(ra.size() == rb.size());
+        for (std::size_t k = 0; k < ra.size(); ++k) {
+            INFO("chunk " << c << " after the restore, result " << k);
+            REQUIRE(detail::same_values(ra[k], rb[k]));  // bit for bit
+        }
+    }
+    CHECK(a.stream_state() == b.stream_state());  // every field a later call reads
+}
+
+// A valid state's checksums recomputed after an edit (to build newer or malformed states).
+void reseal(std::string& s) {
+    auto u32_at = [&s](std::size_t at) {
+        std::uint32_t v = 0;
+        for (int k = 0; k < 4; ++k)
+            v |= std::uint32_t(static_cast<unsigned char>(s[at + std::size_t(k)])) << (8 * k);
+        return v;
+    };
+    auto put_u32 = [&s](std::size_t at, std::uint32_t v) {
+        for (int k = 0; k < 4; ++k) s[at + std::size_t(k)] = static_cast<char>(v >> (8 * k));
+    };
+    auto crc = [&s](std::size_t begin, std::size_t end) {
+        return std::uint32_t(crc32(0L, reinterpret_cast<const Bytef*>(s.data() + begin),
+                                   static_cast<uInt>(end - begin)));
+    };
+    put_u32(16, crc(0, 16));
+    const std::size_t h = u32_at(12);
+    put_u32(h - 8, crc(h, s.size()));
+    put_u32(h - 4, crc(0, h - 4));
+}
+
+std::uint64_t le(const std::string& s, std::size_t at, int n) {
+    std::uint64_t v = 0;
+    for (int k = 0; k < n; ++k)
+        v |= std::uint64_t(static_cast<unsigned char>(s[at + std::size_t(k)])) << (8 * k);
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("state: a restored layer stream continues bit for bit", "[state]") {
+    for (auto sampling : {Sampling::uniform, Sampling::sticky})
+        for (int stop : {0, 1, 2, 5}) {
+            INFO(to_string(sampling) << ", saved after " << stop << " chunks");
+            check_layer_continuation<double>(sampling, stop, false);
+            check_layer_continuation<float>(sampling, stop, stop == 2);
+        }
+}
+
+TEST_CASE("state: restored long-term attention and memory streams continue bit for bit",
+          "[state]") {
+    const auto p = small_params(Sampling::sticky);  // gate on
+    Normal rng(7);
+    LongTermAttention<double> a(kD, kHeads, kL, p), b(kD, kHeads, kL, p);
+    a.set_num_streams(2);
+    b.set_num_streams(2);
+    for (int c = 0; c < 3; ++c) a.forward(rng.matrix(kL, kD), rng.matrix(3, kD), 1);
+    a.update(rng.matrix(kL, kD), 1);  // saved between an update() and its attend()
+    std::stringstream ss;
+    io::save_state(a, ss, 1);
+    io::restore_state(b, ss, 0);
+    const Eigen::MatrixXd q = rng.matrix(3, kD), dout = rng.matrix(3, kD);
+    const Eigen::MatrixXd ya = a.attend(q, 1), yb = b.attend(q, 0);
+    CHECK(detail::same_values(ya, yb));
+    Eigen::MatrixXd dqa(3, kD), dqb(3, kD), dxa(kL, kD), dxb(kL, kD);
+    a.backward(dout, 0.02, dqa, dxa, 1);
+    b.backward(dout, 0.02, dqb, dxb, 0);
+    CHECK(detail::same_values(dqa, dqb));
+    CHECK(detail::same_values(dxa, dxb));  // through the fit and the gate of the saved update
+    CHECK(detail::same_values(a.gate().gradients().bias, b.gate().gradients().bias));
+    const Eigen::MatrixXd x = rng.matrix(kL, kD);
+    CHECK(detail::same_values(a.forward(x, q, 1), b.forward(x, q, 0)));
+
+    LongTermMemory<float> m(kD, kL, p), n(kD, kL, p, 3);
+    for (int c = 0; c < 4; ++c) {
+        m.update(rng.matrix(kL, kD).cast<float>());
+        m.observe(Eigen::VectorXf::Constant(4, 0.3f), Eigen::VectorXf::Constant(4, 0.01f));
+    }
+    std::stringstream ms;
+    io::save_state(m, ms);
+    io::restore_state(n, ms);
+    CHECK(n.stream_index() == 3);  // the stream index is the object's own
+    CHECK(n.seed_base() == m.seed_base());
+    for (int c = 0; c < 3; ++c) {
+        const Eigen::MatrixXf xf = rng.matrix(kL, kD).cast<float>();
+        m.update(xf);
+        n.update(xf);
+        REQUIRE(detail::same_values(m.coefficients(), n.coefficients()));
+    }
+    CHECK(m.state() == n.state());
+}
+
+TEST_CASE("state: the header is laid out as docs/state-format.md says", "[state]") {
+    auto p = small_params(Sampling::sticky);
+    InfinityFormerLayer<float> layer(kD, kHeads, kL, p);
+    Normal rng(3);
+    for (int c = 0; c < 3; ++c) layer.forward(rng.matrix(kL, kD).cast<float>());
+    const std::string s = saved(layer);
+    const unsigned char magic[8] = {0x89, 'I', 'F', 'S', 0x0D, 0x0A, 0x1A, 0x0A};
+    for (std::size_t i = 0; i < 8; ++i) CHECK(static_cast<unsigned char>(s[i]) == magic[i]);
+    CHECK(le(s, 8, 4) == 1);             // format version
+    const std::size_t h = le(s, 12, 4);  // header length
+    CHECK(h == 136 + 8 * p.widths.size());
+    CHECK(le(s, 20, 1) == 3);                  // an InfinityFormerLayer
+    CHECK(le(s, 21, 1) == 4);                  // float
+    CHECK(le(s, 32, 8) == std::uint64_t(kD));  // dim
+    CHECK(le(s, 40, 8) == std::uint64_t(kL));  // chunk_length
+    CHECK(le(s, 48, 8) == std::uint64_t(kHeads));
+    CHECK(le(s, 64, 8) == std::uint64_t(p.num_basis));
+    CHECK(le(s, 104, 1) == 1);  // sticky
+    CHECK(le(s, 106, 1) == 1);  // gate
+    CHECK(le(s, 116, 4) == p.widths.size());
+    CHECK(le(s, h - 16, 8) == s.size() - h);  // payload length
+    // Payload: the window's two chunks (rows, then the values), then the memory.
+    CHECK(le(s, h, 8) == std::uint64_t(kL));
+    const std::size_t mem = h + 2 * (8 + 4 * kL * kD);
+    CHECK(le(s, mem + 8, 8) == std::uint64_t(kL));  // tokens stored (chunk 0)
+    // seed base, tokens, rescaled (8 bytes each), peak (a float), empty, generator position
+    CHECK(le(s, mem + 29, 2) ==
+          layer.stream_state().long_term.memory.state().rng.engine().position());
+    const std::size_t n_obs_at = mem + 31 + 312 * 8;
+    CHECK(le(s, n_obs_at, 8) == std::uint64_t(kHeads * kL));
+    const std::size_t points_at = n_obs_at + 8 + 2 * 4 * kHeads * kL;
+    CHECK(le(s, points_at, 8) == 0);  // the last update was a first chunk: no points
+    CHECK(s.size() == points_at + 8 + 4 * p.num_basis * kD + 1);
+}
+
+TEST_CASE("state: a truncated, damaged, foreign or newer state is refused, the stream unchanged",
+          "[state][twin]") {
+    const auto p = small_params(Sampling::sticky);
+    Normal rng(5);
+    InfinityFormerLayer<double> a(kD, kHeads, kL, p), b(kD, kHeads, kL, p);
+    for (int c = 0; c < 4; ++c) a.forward(rng.matrix(kL, kD));
+    for (int c = 0; c < 3; ++c) b.forward(rng.matrix(kL, kD));
+    const auto before = b.stream_state();
+    const std::string good = saved(a);
+    auto refused = [&](const std::string& bytes, const std::string& says) {
+        INFO(says);
+        CHECK_THROWS_WITH(restore_from(b, bytes), has(says));
+        CHECK_THROWS_AS(restore_from(b, bytes), infinityformer::runtime_error);
+        REQUIRE(b.stream_state() == before);
+    };
+    for (std::size_t n = 0; n < good.size(); ++n) refused(good.substr(0, n), "truncated");
+    for (std::size_t i = 0; i < good.size(); ++i)
+        for (unsigned flip : {0x01u, 0x80u}) {
+            std::string bad = good;
+            bad[i] = static_cast<char>(static_cast<unsigned char>(bad[i]) ^ flip);
+            refused(bad, "damaged");
+        }
+    refused("hello, world: not a state at all", "not an infinityformer state");
+
+    std::string newer = good;
+    newer[8] = 2;
+    reseal(newer);
+    refused(newer, "format version 2, newer than this build reads (up to 1)");
+
+    InfinityFormerLayer<float> f(kD, kHeads, kL, p);
+    f.forward(rng.matrix(kL, kD).cast<float>());
+    refused(saved(f), "saved from a float object, this object is double");
+
+    auto other = [&](LongTermParams q) {
+        InfinityFormerLayer<double> o(kD, kHeads, kL, q);
+        o.forward(rng.matrix(kL, kD));
+        return saved(o);
+    };
+    auto q = p;
+    q.num_basis = 10;
+    refused(other(q), "another configuration: num_basis is 10 in the state, 8 in this object");
+    q = p;
+    q.tau = 0.6;
+    refused(other(q), "another configuration: tau is 0.59999999999999998 in the state");
+    q = p;
+    q.gate = false;
+    refused(other(q), "gate is 0 in the state, 1 in this object");
+    q = p;
+    q.widths = {0.005, 0.02};
+    refused(other(q), "widths[1] is 0.02 in the state");
+    q = p;
+    q.seed = 99;  // the seed and the attention's settings do not change what a state means
+    q.sigma_sq_min = 1e-3;
+    {
+        InfinityFormerLayer<double> o(kD, kHeads, kL, q);
+        CHECK_NOTHROW(restore_from(o, good));
+    }
+
+    LongTermMemory<double> memory(kD, kL, p);
+    std::ostringstream ms;
+    io::save_state(memory, ms);
+    refused(ms.str(), "the state is of a LongTermMemory, this object is an InfinityFormerLayer");
+
+    // Valid checksums around invalid contents (a file not written by the library).
+    const std::size_t h = le(good, 12, 4);
+    std::string nan_b = good;
+    const double nan = testutil::kNaN;
+    std::memcpy(&nan_b[good.size() - 9], &nan, 8);  // B's last entry, before the phase byte
+    reseal(nan_b);
+    refused(nan_b, "state.B has a non-finite entry");
+    std::string many = good;
+    const std::size_t n_obs_at = h + 2 * (8 + 8 * kL * kD) + 35 + 312 * 8;
+    many[n_obs_at + 6] = 0x7f;  // 2^54-ish observed densities
+    reseal(many);
+    refused(many, "malformed state");
+
+    const std::string path = "infinityformer_test_state_trailing.bin";
+    {
+        std::ofstream out(path, std::ios::binary);
+        out << good << "x";
+    }
+    CHECK_THROWS_WITH(io::restore_state_file(b, path), has("bytes after the state"));
+    CHECK(b.stream_state() == before);
+    std::remove(path.c_str());
+    CHECK_THROWS_AS(io::restore_state_file(b, path), infinityformer::runtime_error);
+    CHECK(b.stream_state() == before);
+}
+
+TEST_CASE("state: set_stream_state checks what it is given", "[state][twin]") {
+    const auto p = small_params(Sampling::sticky);
+    Normal rng(9);
+    InfinityFormerLayer<double> layer(kD, kHeads, kL, p);
+    for (int c = 0; c < 3; ++c) layer.forward(rng.matrix(kL, kD));
+    const auto before = layer.stream_state();
+    auto s = before;
+    s.prev.resize(0, kD);
+    CHECK_THROWS_WITH(layer.set_stream_state(s), has("state.pending holds a chunk"));
+    s = before;
+    s.pending(1, 2) = testutil::kInf;
+    CHECK_THROWS_WITH(layer.set_stream_state(s), has("state.pending has a non-finite entry"));
+    auto q = p;
+    q.num_basis = 10;
+    LongTermAttention<double> other(kD, kHeads, kL, q, kD);
+    LayerStream<double> foreign(other.make_stream(0));
+    CHECK_THROWS_WITH(layer.set_stream_state(foreign), has("another configuration"));
+    CHECK(layer.stream_state() == before);
+
+    LongTermAttention<double> lt(kD, kHeads, kL, p);
+    auto t = lt.stream_state();
+    t.phase = StreamPhase::updated;
+    CHECK_THROWS_WITH(lt.set_stream_state(t), has("its memory is empty"));
+    auto st = lt.memory().state();
+    st.tokens = 3;
+    auto fresh = lt.make_stream(0);
+    CHECK_THROWS_WITH(fresh.memory.set_state(st, 0), has("state.tokens is 3"));
+    CHECK(lt.stream_state() == lt.make_stream(0));
+}
