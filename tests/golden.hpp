@@ -8,11 +8,14 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <infinityformer/infinityformer.hpp>
+#include <infinityformer/io/safetensors.hpp>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -152,6 +155,25 @@ public:
         compare(name, Matrix(Eigen::Map<const Vector>(actual.data(), Index(actual.size()))), rtol,
                 phi);
     }
+    /// Values that must equal `expected` bit for bit (the err shown is the README metric
+    /// with φ = 0, for information; any difference fails).
+    void exact(const std::string& name, const Vector& actual, const Vector& expected) {
+        bool same = actual.size() == expected.size();
+        for (Index i = 0; same && i < actual.size(); ++i)
+            same = std::memcmp(&actual[i], &expected[i], sizeof(double)) == 0;
+        const double err = actual.size() == expected.size() && actual.size() > 0
+                               ? max_rel_err(actual, expected, 0.0)
+                               : (same ? 0.0 : INFINITY);
+        res_.arrays.push_back({name, err, 0.0, same});
+        if (!same) {
+            std::ostringstream os;
+            os.precision(3);
+            os << name << ": not bit-identical (" << actual.size() << " vs " << expected.size()
+               << " values, err " << err << ")";
+            fail(os.str());
+        }
+    }
+
     /// A meta value that must equal what the implementation derives.
     void expect_meta(const std::string& key, Index actual) {
         if (!case_.has_meta(key)) return;
@@ -438,6 +460,99 @@ inline void check_ltm_grad(const Case& c, Checker& ck) {
     ck.compare("grad_c1_sigma_sq", ltm.last_grad_sigma_sq(), kGrad, kPhi);
 }
 
+/// ltm_weights (golden README §4): the gated sticky stream of ltm_stream_gated with its
+/// weights read from three safetensors files (F64, F32, BF16) under meta weights_prefix;
+/// each file's outputs against its own expected outputs; the files' structure; the decoded
+/// values exact (F32 = F64 rounded to float, BF16 = F32 rounded to bfloat16, nearest even).
+inline void check_ltm_weights(const Case& c, Checker& ck) {
+    namespace io = infinityformer::io;
+    auto params = params_from(c);
+    params.sampling = infinityformer::Sampling::sticky;
+    params.gate = true;
+    const Index heads = c.integer("num_heads");
+    const Index e = heads * c.integer("head_size");
+    const Index len = c.integer("length");
+    const Index chunks = c.integer("num_chunks");
+    const std::string prefix = c.str("weights_prefix");
+    const std::string ignored = c.str("weights_ignored");
+    const Index module_tensors = c.integer("weights_num_module_tensors");
+    struct File {
+        const char* name;
+        std::string suffix;
+        io::DType dtype;
+    };
+    const File files[] = {{"weights_f64.safetensors", "", io::DType::F64},
+                          {"weights_f32.safetensors", "_f32", io::DType::F32},
+                          {"weights_bf16.safetensors", "_bf16", io::DType::BF16}};
+    std::vector<io::Safetensors> loaded;
+    for (const File& f : files) {
+        loaded.push_back(io::Safetensors::load(c.dir() / f.name));
+        const io::Safetensors& st = loaded.back();
+        Index under = 0;
+        for (const auto& name : st.names()) {
+            if (name.compare(0, prefix.size(), prefix) == 0) ++under;
+            if (st.info(name).dtype != f.dtype)
+                ck.fail(std::string(f.name) + ": tensor " + name + " has dtype " +
+                        io::dtype_name(st.info(name).dtype) + ", expected " +
+                        io::dtype_name(f.dtype));
+        }
+        if (under != module_tensors)
+            ck.fail(std::string(f.name) + ": " + std::to_string(under) +
+                    " tensors under the prefix, meta weights_num_module_tensors = " +
+                    std::to_string(module_tensors));
+        if (!st.has(ignored) || ignored.compare(0, prefix.size(), prefix) == 0)
+            ck.fail(std::string(f.name) + ": weights_ignored " + ignored +
+                    " is not a tensor of the file outside the prefix");
+
+        infinityformer::LongTermAttention<double> ltm(e, heads, len, params, c.integer("d_model"));
+        io::load_weights(ltm, st, prefix);
+        for (Index j = 0; j < chunks; ++j) {
+            const std::string p = "c" + std::to_string(j) + "_";
+            const Matrix k = c.array(p + "k"), q = c.array(p + "q");
+            const Matrix out =
+                j == 0 ? ltm.forward(k, q) : ltm.forward(k, q, c.array(p + "ts" + f.suffix));
+            ck.compare(p + "output" + f.suffix, out, kOutput, kPhi);
+        }
+    }
+
+    // Decoded values: the same names and shapes in the three files; F32 = (float) F64 and
+    // BF16 = the F32 value's bits rounded to their upper half, ties to even.
+    const auto& f64 = loaded[0];
+    const auto& f32 = loaded[1];
+    const auto& bf16 = loaded[2];
+    if (f32.names() != f64.names() || bf16.names() != f64.names()) {
+        ck.fail("the three files hold different tensor names");
+        return;
+    }
+    std::vector<double> got32, want32, got16, want16;
+    for (const auto& name : f64.names()) {
+        if (f32.info(name).shape != f64.info(name).shape ||
+            bf16.info(name).shape != f64.info(name).shape) {
+            ck.fail("tensor " + name + " has different shapes in the three files");
+            continue;
+        }
+        const auto a = f64.values<double>(name), b = f32.values<double>(name),
+                   h = bf16.values<double>(name);
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            got32.push_back(b[i]);
+            want32.push_back(static_cast<double>(static_cast<float>(a[i])));
+            std::uint32_t u = 0;
+            const float fb = static_cast<float>(b[i]);  // exact: b[i] is a float's value
+            std::memcpy(&u, &fb, sizeof u);
+            const std::uint32_t r = ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16) << 16;
+            float fr = 0;
+            std::memcpy(&fr, &r, sizeof fr);
+            got16.push_back(h[i]);
+            want16.push_back(static_cast<double>(fr));
+        }
+    }
+    const auto vec = [](const std::vector<double>& v) {
+        return Vector(Eigen::Map<const Vector>(v.data(), Index(v.size())));
+    };
+    ck.exact("weights_f32_values", vec(got32), vec(want32));
+    ck.exact("weights_bf16_values", vec(got16), vec(want16));
+}
+
 inline void check_sticky_histogram(const Case& c, Checker& ck) {
     const Index bins = c.integer("num_bins");
     Vector edges(bins + 1);
@@ -476,10 +591,9 @@ inline CaseResult check_case(const std::filesystem::path& dir) {
             check_sticky_histogram(c, ck);
         else if (k == "ltm_grad")
             check_ltm_grad(c, ck);
-        else if (k == "ltm_weights") {
-            res.status = Status::skipped;
-            res.message = "safetensors weight import is not implemented yet";
-        } else {
+        else if (k == "ltm_weights")
+            check_ltm_weights(c, ck);
+        else {
             res.status = Status::failed;
             res.message = "unknown kind '" + k + "'";
         }

@@ -6,6 +6,7 @@
 // more than its tolerance must fail, one moved by less must pass, and the metric of the
 // golden README must give its worked values. Exit status 0 only if every check holds.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -41,6 +42,28 @@ fs::path perturbed_copy(const fs::path& root, const std::string& case_name,
     return dst;
 }
 
+// Copies a case to a temporary directory and flips the lowest bit of the first data byte of
+// one of its safetensors files (the least significant mantissa byte of the first tensor in
+// the file's order of offsets, data_offsets [0, ...)).
+fs::path flipped_copy(const fs::path& root, const std::string& case_name, const std::string& file) {
+    const fs::path dst = fs::temp_directory_path() / ("infinityformer_golden_" + case_name + "_" +
+                                                      std::to_string(std::random_device{}()));
+    fs::remove_all(dst);
+    fs::copy(root / case_name, dst, fs::copy_options::recursive);
+    std::fstream f(dst / file, std::ios::in | std::ios::out | std::ios::binary);
+    unsigned char len[8] = {};
+    f.read(reinterpret_cast<char*>(len), 8);
+    std::uint64_t n = 0;
+    for (int k = 7; k >= 0; --k) n = (n << 8) | len[k];
+    char byte = 0;
+    f.seekg(static_cast<std::streamoff>(8 + n));
+    f.read(&byte, 1);
+    byte = static_cast<char>(byte ^ 1);
+    f.seekp(static_cast<std::streamoff>(8 + n));
+    f.write(&byte, 1);
+    return dst;
+}
+
 int self_test(const fs::path& root) {
     int failures = 0;
     auto expect = [&failures](bool ok, const std::string& what) {
@@ -59,6 +82,8 @@ int self_test(const fs::path& root) {
         {"ltm_stream_sticky", "c1_hist", 1.0 + 1e-7, golden::Status::failed},
         {"ltm_stream_gated", "c0_gate", 1.0 + 1e-7, golden::Status::failed},
         {"ltm_grad", "grad_c1_q", 1.0 + 1e-6, golden::Status::failed},
+        {"ltm_weights", "c1_output_bf16", 1.0 + 1e-6, golden::Status::failed},
+        {"ltm_weights", "c1_output_f32", 1.0 + 1e-13, golden::Status::passed},
     };
     for (const auto& p : cases) {
         if (!fs::exists(root / p.case_name / "meta.txt")) {
@@ -76,6 +101,17 @@ int self_test(const fs::path& root) {
         if (ok && p.expected == golden::Status::failed)
             ok = r.message.find(p.array) != std::string::npos;  // and names the array
         expect(ok, what);
+    }
+    // One bit of the F32 file's data: its values are no longer the F64 values rounded.
+    if (fs::exists(root / "ltm_weights" / "meta.txt")) {
+        const auto dir = flipped_copy(root, "ltm_weights", "weights_f32.safetensors");
+        const auto r = golden::check_case(dir);
+        fs::remove_all(dir);
+        expect(r.status == golden::Status::failed &&
+                   r.message.find("weights_f32_values") != std::string::npos,
+               "ltm_weights with one bit of weights_f32.safetensors flipped fails");
+    } else {
+        expect(false, "ltm_weights: case not found under " + root.string());
     }
     // The metric of the golden README: entry 1 is judged on the array's scale with
     // φ = 1e-3, |1e-6| / 1e-3 = 1e-3; without the floor it is a relative error of 1.
