@@ -1113,7 +1113,7 @@ void load_weights(LongTermAttention<Scalar>& m, const Safetensors& file,
 /// All or nothing. @throws infinityformer::invalid_argument as for LongTermAttention.
 template <typename Scalar>
 void load_weights(InfinityFormerLayer<Scalar>& m, const Safetensors& file,
-                  const std::string& prefix) {
+                  const std::string& prefix = "") {
     constexpr const char* where = "io::load_weights";
     const bool gate = m.long_term().has_gate();
     detail::require_loadable(where, file, describe(file, m, prefix), prefix, gate);
