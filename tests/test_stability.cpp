@@ -158,9 +158,8 @@ TEST_CASE("stability: divergent configurations are refused with what to change",
                     has("InfinityFormerLayer::InfinityFormerLayer: the memory diverges"));
     REQUIRE_INVALID(LongTermAttention<double>(16, 2, 16, lp),
                     has("LongTermAttention::LongTermAttention: the memory diverges"));
-    // The paper's presets are accepted.
-    CHECK_NOTHROW(LongTermMemory<float>(4, 64, LongTermParams::lm().memory_params()));
-    CHECK_NOTHROW(LongTermMemory<float>(4, 64, LongTermParams::sorting().memory_params()));
+    // That the paper's presets (N = M = 512) are accepted is checked by stream_check: their
+    // analysis takes 45 s at -O0 under the sanitizers.
 }
 
 TEST_CASE("stability: a growing memory stops at the bound, unchanged", "[stability][twin]") {

@@ -293,6 +293,11 @@ TEST_CASE("state: a truncated, damaged, foreign or newer state is refused, the s
     reseal(many);
     refused(many, "malformed state");
 
+    std::string phase1 = good;
+    phase1.back() = 1;  // a layer's long-term stream is never left between update and attend
+    reseal(phase1);
+    refused(phase1, "malformed state");
+
     const std::string path = "infinityformer_test_state_trailing.bin";
     {
         std::ofstream out(path, std::ios::binary);
@@ -321,8 +326,18 @@ TEST_CASE("state: set_stream_state checks what it is given", "[state][twin]") {
     q.num_basis = 10;
     LongTermAttention<double> other(kD, kHeads, kL, q, kD);
     LayerStream<double> foreign(other.make_stream(0));
-    CHECK_THROWS_WITH(layer.set_stream_state(foreign), has("another configuration"));
+    CHECK_THROWS_WITH(layer.set_stream_state(foreign),
+                      has("another configuration: num_basis is 8 here, 10 in the other"));
     CHECK(layer.stream_state() == before);
+
+    // A copy of a stream (here from a layer with another seed) is taken, as stream 1's.
+    auto seeded = p;
+    seeded.seed = 77;
+    InfinityFormerLayer<double> fork(kD, kHeads, kL, seeded);
+    fork.set_num_streams(2);
+    fork.set_stream_state(before, 1);
+    CHECK(fork.stream_state(1).long_term.memory.stream_index() == 1);
+    CHECK(fork.stream_state(1).long_term.memory.state() == before.long_term.memory.state());
 
     LongTermAttention<double> lt(kD, kHeads, kL, p);
     auto t = lt.stream_state();
@@ -332,5 +347,8 @@ TEST_CASE("state: set_stream_state checks what it is given", "[state][twin]") {
     st.tokens = 3;
     auto fresh = lt.make_stream(0);
     CHECK_THROWS_WITH(fresh.memory.set_state(st, 0), has("state.tokens is 3"));
+    st.tokens = (Eigen::Index(1) << 62) + kL;  // the counter could overflow
+    st.empty = false;
+    CHECK_THROWS_WITH(fresh.memory.set_state(st, 0), has("from 0 to 2^62"));
     CHECK(lt.stream_state() == lt.make_stream(0));
 }

@@ -206,7 +206,8 @@ public:
     /// <infinityformer/io/state.hpp>, or a copy of another stream's stream_state()): the
     /// window's previous chunk, the chunk waiting to be stored and the long-term memory with
     /// its generator are taken; the traces are not, so the stream is idle (its last
-    /// forward() before the state was taken cannot be differentiated afterwards). Build `s`
+    /// forward() before the state was taken cannot be differentiated afterwards); a reset()
+    /// restarts its generator as stream `stream`'s. Build `s`
     /// from long_term().module().make_stream(stream) when it does not come from a layer.
     /// @throws infinityformer::invalid_argument if a chunk is not 0 or L rows of d finite
     ///         values, a chunk waits without a window before it, or the long-term part does
@@ -215,6 +216,7 @@ public:
         constexpr const char* where = "InfinityFormerLayer::set_stream_state";
         StreamState& target = state(where, stream);
         take_stream_state(where, s);
+        s.long_term.memory.set_stream_index(stream);  // its generator restarts as this stream's
         target = std::move(s);
     }
 

@@ -226,13 +226,15 @@ public:
     /// the next calls read is taken, the memory with its generator, and for the phase
     /// `updated` (an update() not yet attended) the gate's inputs and outputs of that update.
     /// The attention trace is not: the phase becomes idle unless it is `updated`, so the
-    /// last attend() before the state was taken cannot be differentiated afterwards.
+    /// last attend() before the state was taken cannot be differentiated afterwards. The
+    /// memory becomes stream `stream`'s: a reset() restarts its generator as this stream's.
     /// @throws infinityformer::invalid_argument if the memory's configuration is not this
     ///         module's, or the phase or gate fields are inconsistent (stream unchanged).
     void set_stream_state(StreamState s, Index stream = 0) {
         constexpr const char* where = "LongTermAttention::set_stream_state";
         StreamState& target = stream_at(where, stream);
         take_stream_state(where, s);
+        s.memory.set_stream_index(stream);  // its generator restarts as this stream's
         target = std::move(s);
     }
 
@@ -256,12 +258,9 @@ public:
     /// `updated` phase follows a stored chunk and, with a gate, carries the chunk, the gate
     /// values in [0, 1] and the gated chunk (each L × e, finite, gated = gate ⊙ input).
     void check_stream_state(const char* where, const StreamState& s) const {
-        detail::require(s.memory.same_configuration(prototype_), where,
-                        "the state's memory has another configuration (dim ", s.memory.dim(),
-                        ", chunk_length ", s.memory.chunk_length(), ", num_basis ",
-                        s.memory.num_basis(), "), expected this module's (dim ", dim(),
-                        ", chunk_length ", length_, ", num_basis ", prototype_.num_basis(),
-                        ", the same parameters)");
+        const std::string diff = prototype_.configuration_difference(s.memory);
+        detail::require(diff.empty(), where, "the state's memory has another configuration: ", diff,
+                        " (here: this module; the other: the state)");
         const auto phase = static_cast<int>(s.phase);
         detail::require(phase >= 0 && phase <= static_cast<int>(StreamPhase::attended_update),
                         where, "the state's phase is ", phase, ", expected a StreamPhase");

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "basis.hpp"
@@ -152,8 +153,11 @@ public:
     void set_state(State s, std::uint64_t seed_base) {
         constexpr const char* where = "LongTermMemory::set_state";
         detail::check_matrix(where, "state.B", s.B, num_basis(), dim_);
-        detail::require(s.tokens >= 0 && s.tokens % length_ == 0, where, "state.tokens is ",
-                        s.tokens, ", expected a multiple >= 0 of chunk_length (", length_, ")");
+        constexpr Index most = Index(1)
+                               << 62;  // no stream reaches it; the counters cannot overflow
+        detail::require(s.tokens >= 0 && s.tokens <= most && s.tokens % length_ == 0, where,
+                        "state.tokens is ", s.tokens, ", expected a multiple of chunk_length (",
+                        length_, ") from 0 to 2^62");
         detail::require(s.empty == (s.tokens == 0), where, "state.empty is ", s.empty,
                         " with state.tokens ", s.tokens,
                         ", expected empty exactly when no token is stored");
@@ -165,8 +169,8 @@ public:
                             s.obs_sigma[q], ", expected > 0");
         detail::require(std::isfinite(static_cast<double>(s.peak)) && s.peak >= Scalar(0), where,
                         "state.peak is ", s.peak, ", expected a finite value >= 0");
-        detail::require(s.rescaled >= 0, where, "state.rescaled is ", s.rescaled,
-                        ", expected >= 0");
+        detail::require(s.rescaled >= 0 && s.rescaled <= most, where, "state.rescaled is ",
+                        s.rescaled, ", expected 0 to 2^62");
         detail::require(!s.empty || s.last_points.size() == 0, where, "state.last_points holds ",
                         s.last_points.size(), " points of an empty memory, expected none");
         if (s.last_points.size() != 0)
@@ -182,10 +186,44 @@ public:
     /// The seed restart_generator() restarts from (params.seed, or seed()'s).
     std::uint64_t seed_base() const { return seed_base_; }
 
-    /// Same dimensions and parameters (params.seed included): a state of one is valid for
-    /// the other.
+    /// Same dimensions and parameters but the seed (which a state's generator and seed base
+    /// replace): a state of one is valid for the other.
     bool same_configuration(const LongTermMemory& o) const {
-        return dim_ == o.dim_ && length_ == o.length_ && same_params(params_, o.params_);
+        return configuration_difference(o).empty();
+    }
+    /// The first dimension or parameter (the seed aside) in which `o` differs from this
+    /// memory, as "name is X here, Y in the other"; empty if none does.
+    std::string configuration_difference(const LongTermMemory& o) const {
+        const MemoryParams &a = params_, &b = o.params_;
+        const std::pair<const char*, std::pair<double, double>> fields[] = {
+            {"dim", {double(dim_), double(o.dim_)}},
+            {"chunk_length", {double(length_), double(o.length_)}},
+            {"num_basis", {double(a.num_basis), double(b.num_basis)}},
+            {"num_samples", {double(a.num_samples), double(b.num_samples)}},
+            {"num_bins", {double(a.num_bins), double(b.num_bins)}},
+            {"ridge_lambda", {a.ridge_lambda, b.ridge_lambda}},
+            {"tau", {a.tau, b.tau}},
+            {"sampling", {double(a.sampling), double(b.sampling)}},
+            {"stability", {double(a.stability), double(b.stability)}},
+            {"reset_after_tokens", {double(a.reset_after_tokens), double(b.reset_after_tokens)}},
+            {"the number of widths", {double(a.widths.size()), double(b.widths.size())}},
+        };
+        for (const auto& [name, v] : fields)
+            if (!(v.first == v.second))
+                return detail::concat(name, " is ", v.first, " here, ", v.second, " in the other");
+        for (std::size_t j = 0; j < a.widths.size(); ++j)
+            if (!(a.widths[j] == b.widths[j]))
+                return detail::concat("widths[", j, "] is ", a.widths[j], " here, ", b.widths[j],
+                                      " in the other");
+        return {};
+    }
+
+    /// Makes this the memory of stream `stream`: restart_generator() then seeds the
+    /// generator as that stream's (the generator's current state is kept).
+    void set_stream_index(Index stream) {
+        detail::require(stream >= 0, "LongTermMemory::set_stream_index", "stream is ", stream,
+                        ", expected >= 0");
+        stream_ = stream;
     }
 
     /// True before the first chunk and after reset().

@@ -60,8 +60,11 @@ bool same(const std::vector<Eigen::MatrixXd>& a, const std::vector<Eigen::Matrix
     return true;
 }
 
+// On a copy of the module, so that every input starts from the same weights (a crash
+// reproduces from its input alone).
 template <typename Module>
-void try_load(Module& m, const io::Safetensors& file, const std::string& prefix) {
+void try_load(const Module& base, const io::Safetensors& file, const std::string& prefix) {
+    Module m = base;
     const auto before = weights_of(m);
     try {
         io::load_weights(m, file, prefix);

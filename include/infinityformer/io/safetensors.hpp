@@ -53,9 +53,9 @@
 /// | `attn_out.weight` | [d_model, e] | attn_out |
 /// | `mu.weight` | [1, N] | mu (transposed) |
 /// | `sigma.weight` | [1, N] | sigma (transposed) |
-/// | `mask_net.weight` | [e, e, 3] | MemoryGate::Weights::taps[j](o, i) = element [o, i, j] (gate
-/// only) | | `mask_net.bias` | [e] | MemoryGate::Weights::bias (gate only) | | `proj_query.weight`
-/// | [e, e] | optional: shape checked, values not used (the reference never applies it) |
+/// | `mask_net.weight` | [e, e, 3] | MemoryGate::Weights::taps[j](o, i) = [o, i, j]; gate |
+/// | `mask_net.bias` | [e] | MemoryGate::Weights::bias; gate only |
+/// | `proj_query.weight` | [e, e] | optional: shape checked, never applied (nor by the reference) |
 ///
 /// For InfinityFormerLayer (d = d_model): `short_term.query.weight`, `short_term.key.weight`,
 /// `short_term.value.weight`, `short_term.out.weight` ([d, d] each, ShortTermAttention's
@@ -376,7 +376,7 @@ inline std::size_t json_depth(const char* p, std::size_t n) {
 /// bytes. A value: copy, move; every accessor is const.
 class Safetensors {
 public:
-    /// Headers longer than this are refused (the reference implementation's limit).
+    /// Headers longer than this are refused (the limit of the safetensors package itself).
     static constexpr std::uint64_t kMaxHeaderBytes = 100000000;
     /// Deepest JSON nesting accepted (a valid header nests 3 deep).
     static constexpr std::size_t kMaxJsonDepth = 16;
@@ -657,20 +657,20 @@ private:
         const auto sh = e.find("shape");
         if (sh == e.end() || !sh->is_array())
             bad("has no array field 'shape', expected a list of sizes");
-        std::uint64_t numel = 1;
-        bool zero = false;
         for (const auto& d : *sh) {
             std::uint64_t v = 0;
             if (!detail::json_count(d, v) ||
                 v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
                 bad("has shape entry ", d.dump(), ", expected an integer >= 0");
             t.shape.push_back(static_cast<std::int64_t>(v));
-            if (v == 0) zero = true;
-            if (!zero && !detail::mul_ok(numel, v, numel))
+        }
+        // A zero anywhere makes an empty tensor, whatever the other sizes' product.
+        const bool zero = std::find(t.shape.begin(), t.shape.end(), 0) != t.shape.end();
+        std::uint64_t numel = zero ? 0 : 1;
+        for (std::size_t k = 0; !zero && k < t.shape.size(); ++k)
+            if (!detail::mul_ok(numel, static_cast<std::uint64_t>(t.shape[k]), numel))
                 bad("has shape ", shape_string(t.shape),
                     " whose element count overflows, expected a size that fits");
-        }
-        if (zero) numel = 0;
         std::uint64_t nbytes = 0;
         if (!detail::mul_ok(numel, dtype_size(t.dtype), nbytes))
             bad("has shape ", shape_string(t.shape), " whose byte count overflows");

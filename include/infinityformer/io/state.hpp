@@ -36,7 +36,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <ios>
 #include <istream>
 #include <limits>
 #include <ostream>
@@ -472,7 +474,16 @@ inline std::vector<unsigned char> read_file(std::istream& in, const Config& obje
         reject(where, "the state is truncated: its ", part, " needs ", expected,
                " bytes, the input ends after ", got, " (state unchanged)");
     };
-    const auto prelude = read_up_to(in, kPreludeBytes);
+    // A stream that throws on failure (exceptions(failbit)) ends like any other here.
+    auto read = [where](std::istream& is, std::uint64_t n) {
+        try {
+            return read_up_to(is, n);
+        } catch (const std::ios_base::failure& e) {
+            reject(where, "the state is truncated or unreadable: the input stream failed (",
+                   e.what(), "; state unchanged)");
+        }
+    };
+    const auto prelude = read(in, kPreludeBytes);
     const std::size_t have = std::min(prelude.size(), sizeof kMagic);
     if (prelude.empty())
         reject(where, "the state is truncated: the input is empty (state unchanged)");
@@ -493,13 +504,16 @@ inline std::vector<unsigned char> read_file(std::istream& in, const Config& obje
         reject(where, "the state has format version ", version,
                ", newer than this build reads (up to ", kStateFormatVersion,
                "): update infinityformer (state unchanged)");
-    if (version == 0) reject(where, "the state has format version 0, which does not exist");
+    if (version == 0)
+        reject(where,
+               "malformed state: format version 0 does not exist, yet the checksum "
+               "matches (not written by this library; state unchanged)");
     if (header_bytes < kFixedHeaderBytes || header_bytes > kFixedHeaderBytes + 8 * kMaxWidths ||
         (header_bytes - kFixedHeaderBytes) % 8 != 0)
         reject(where, "malformed state: a header of ", header_bytes, " bytes, expected ",
                kFixedHeaderBytes, " + 8 per width");
     auto header = prelude;
-    const auto rest = read_up_to(in, header_bytes - kPreludeBytes);
+    const auto rest = read(in, header_bytes - kPreludeBytes);
     header.insert(header.end(), rest.begin(), rest.end());
     if (header.size() < header_bytes) truncated(header_bytes, header.size(), "header");
     Cursor tail(header.data() + header_bytes - 4, 4, where, "header");
@@ -528,12 +542,15 @@ inline std::vector<unsigned char> read_file(std::istream& in, const Config& obje
     const std::string diff = first_difference(file, object);
     if (!diff.empty())
         reject(where, "the state is from another configuration: ", diff, " (state unchanged)");
-    if (hash != object.hash() || hash != file.hash())
-        reject(where, "the state is from another configuration: its configuration hash ", hash,
-               " differs from this object's ", object.hash(), " (state unchanged)");
-    auto payload = read_up_to(in, payload_bytes);
+    if (hash != file.hash())
+        reject(where, "malformed state: its configuration hash ", hash,
+               " is not the hash of its own configuration (", file.hash(),
+               "), yet the checksum matches (not written by this library; state unchanged)");
+    auto payload = read(in, payload_bytes);
     if (payload.size() < payload_bytes)
-        truncated(payload_bytes + header_bytes, payload.size() + header_bytes, "payload");
+        reject(where, "the state is truncated: it needs ", payload_bytes + header_bytes,
+               " bytes (header and payload), the input ends after ", payload.size() + header_bytes,
+               " (state unchanged)");
     if (payload_crc != crc32_of(payload.data(), payload.size()))
         reject(where, "the state is damaged: the checksum of its ", payload_bytes,
                "-byte payload differs (state unchanged)");
@@ -546,23 +563,33 @@ inline void expect_end(const Cursor& c) {
 
 template <typename Save>
 void save_to_path(const std::string& path, const char* where, Save save) {
-    const std::string tmp = path + ".tmp";
-    {
+    namespace fs = std::filesystem;
+    const fs::path target(path), tmp(path + ".tmp");
+    auto fail = [&](const std::string& what) {
+        std::error_code ignored;
+        fs::remove(tmp, ignored);
+        throw infinityformer::runtime_error(
+            infinityformer::detail::concat("[infinityformer] ", where, ": ", what));
+    };
+    try {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out)
-            throw infinityformer::runtime_error(infinityformer::detail::concat(
-                "[infinityformer] ", where, ": cannot open '", tmp, "' for writing"));
+            fail(infinityformer::detail::concat("cannot open '", tmp.string(), "' for writing"));
         save(out);
         out.flush();
-        if (!out)
-            throw infinityformer::runtime_error(infinityformer::detail::concat(
-                "[infinityformer] ", where, ": writing '", tmp, "' failed"));
+        if (!out) fail(infinityformer::detail::concat("writing '", tmp.string(), "' failed"));
+    } catch (const infinityformer::runtime_error&) {
+        throw;
+    } catch (...) {
+        std::error_code ignored;
+        fs::remove(tmp, ignored);
+        throw;
     }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        throw infinityformer::runtime_error(infinityformer::detail::concat(
-            "[infinityformer] ", where, ": cannot rename '", tmp, "' to '", path, "'"));
-    }
+    std::error_code ec;
+    fs::rename(tmp, target, ec);  // replaces an existing file (also on Windows)
+    if (ec)
+        fail(infinityformer::detail::concat("cannot rename '", tmp.string(), "' to '", path,
+                                            "': ", ec.message()));
 }
 
 }  // namespace state_detail
@@ -718,6 +745,8 @@ LayerStream<Scalar> parse_state(InfinityFormerLayer<Scalar>& layer, std::istream
             *chunk = c.template matrix<Matrix>(rows, layer.d_model(), "a window chunk");
         }
         read_long_term(c, next.long_term, lt.has_gate());
+        if (next.long_term.phase != StreamPhase::idle)
+            c.malformed("the layer's long-term phase byte is 1, expected 0");
         expect_end(c);
         layer.take_stream_state(where, next);
         return next;

@@ -1,0 +1,53 @@
+// g++'s warnings on the whole library. The unit tests are compiled by clang (asan preset,
+// three times faster), so the test gxx_library_warnings (ci preset) runs
+//   g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Werror
+// on this file: every class template of the library instantiated for float and double, and
+// every function template of the interchange headers.
+#define INFINITYFORMER_TEST_INSTANTIATE
+#include <infinityformer/io/safetensors.hpp>
+#include <infinityformer/io/state.hpp>
+#include <sstream>
+
+#include "extern_templates.hpp"
+
+INFINITYFORMER_TEST_CLASSES(template, float)
+INFINITYFORMER_TEST_CLASSES(template, double)
+
+namespace {
+
+template <typename S>
+[[maybe_unused]] void interchange(infinityformer::LongTermMemory<S>& memory,
+                                  infinityformer::LongTermAttention<S>& attention,
+                                  infinityformer::InfinityFormerLayer<S>& layer) {
+    namespace io = infinityformer::io;
+    std::stringstream s;
+    io::save_state(memory, s);
+    io::restore_state(memory, s);
+    io::save_state(attention, s, 0);
+    io::restore_state(attention, s, 0);
+    io::save_state(layer, s, 0);
+    io::restore_state(layer, s, 0);
+    io::save_state_file(memory, "m");
+    io::restore_state_file(memory, "m");
+    io::save_state_file(attention, "a", 0);
+    io::restore_state_file(attention, "a", 0);
+    io::save_state_file(layer, "l", 0);
+    io::restore_state_file(layer, "l", 0);
+    io::SafetensorsWriter w;
+    io::save_weights(attention, w, "a.");
+    io::save_weights(layer, w, "l.");
+    const auto file = io::Safetensors::parse(w.bytes());
+    io::load_weights(attention, file, "a.");
+    io::load_weights(layer, file, "l.");
+    (void)io::describe(file, attention, "a.");
+    (void)io::describe(file, layer, "l.");
+}
+
+template void interchange<float>(infinityformer::LongTermMemory<float>&,
+                                 infinityformer::LongTermAttention<float>&,
+                                 infinityformer::InfinityFormerLayer<float>&);
+template void interchange<double>(infinityformer::LongTermMemory<double>&,
+                                  infinityformer::LongTermAttention<double>&,
+                                  infinityformer::InfinityFormerLayer<double>&);
+
+}  // namespace
