@@ -1,0 +1,268 @@
+// The sorting model: token embedding plus sinusoidal positions, blocks of
+// layer norm → attention → residual → layer norm → feed-forward → residual, a final layer
+// norm and the output over the 21 symbols. The attention is the library's
+// InfinityFormerLayer (`infinity`: uniform sampling, `sticky`: sticky memories) or, for the
+// `window` baseline, the library's ShortTermAttention alone (the current and the previous
+// chunk, Transformer-XL style). Trained with truncated back-propagation: a sequence is
+// left-padded to whole chunks so that its 20 targets lie in its last chunk, every chunk is
+// run forward, and only the last one backward.
+#pragma once
+
+#include <infinityformer/infinityformer.hpp>
+#include <infinityformer/io/safetensors.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sorting_data.hpp"
+#include "sorting_model.hpp"
+
+namespace sorting {
+
+enum class Kind { window, infinity, sticky };
+
+inline std::string to_string(Kind k) {
+    return k == Kind::window ? "window" : k == Kind::infinity ? "infinity" : "sticky";
+}
+inline Kind kind_from(const std::string& s) {
+    if (s == "window") return Kind::window;
+    if (s == "infinity") return Kind::infinity;
+    if (s == "sticky") return Kind::sticky;
+    throw std::invalid_argument("--model is '" + s + "', expected window, infinity or sticky");
+}
+
+struct Config {
+    Kind kind = Kind::infinity;
+    Index d = 64, heads = 4, layers = 2, ff = 256, chunk = 128;
+    Index num_basis = 128, num_samples = 128;
+    std::uint64_t seed = 1;
+    double kl_m = 1e-6;  // the authors' weight of mean(KL)
+};
+
+constexpr int kPad = kVocabulary;  // a 22nd token: left padding to whole chunks
+
+template <typename S>
+class Model {
+public:
+    using Matrix = Mat<S>;
+
+    explicit Model(const Config& c)
+        : cfg_(c), rng_(c.seed), emb_(kVocabulary + 1, c.d, rng_), final_(c.d) {
+        auto p = c.kind == Kind::sticky ? infinityformer::LongTermParams::lm()
+                                        : infinityformer::LongTermParams::sorting();
+        p.gate = false;
+        p.num_basis = c.num_basis;
+        p.num_samples = c.num_samples;
+        p.num_bins = 128;
+        p.stability = infinityformer::Stability::stabilise;
+        for (Index b = 0; b < c.layers; ++b) {
+            p.seed = c.seed * 1000 + static_cast<std::uint64_t>(b);
+            blocks_.push_back(std::make_unique<Block>(c, p, rng_));
+        }
+        out_ = normal_matrix<S>(kVocabulary, c.d, 1.0 / std::sqrt(double(c.d)), rng_);
+        bias_ = Vec<S>::Zero(kVocabulary);
+        position_.resize(c.chunk, c.d);
+        for (Index i = 0; i < c.chunk; ++i)
+            for (Index j = 0; j < c.d; ++j) {
+                const double f = std::pow(10000.0, -double(2 * (j / 2)) / double(c.d));
+                position_(i, j) = static_cast<S>(j % 2 == 0 ? std::sin(i * f) : std::cos(i * f));
+            }
+        params_ = collect();
+    }
+
+    const Config& config() const { return cfg_; }
+    std::vector<infinityformer::Parameter<S>>& parameters() { return params_; }
+    void zero_grad() {
+        for (auto& p : params_) p.gradient().setZero();
+    }
+
+    /// Runs one sequence; returns its mean cross-entropy over the 20 targets and sets
+    /// `correct`. With `train`, the gradients of `scale` × (that loss + the KL term)
+    /// accumulate.
+    double run(const Sequence& s, bool train, int& correct, S scale = S(1)) {
+        const Index l = cfg_.chunk;
+        std::vector<int> tokens(s.stream);
+        tokens.push_back(kSeparator);
+        for (int k = 0; k + 1 < kSymbols; ++k) tokens.push_back(s.target[std::size_t(k)]);
+        const Index n = static_cast<Index>(tokens.size());
+        const Index chunks = (n + l - 1) / l;
+        tokens.insert(tokens.begin(), static_cast<std::size_t>(chunks * l - n), kPad);
+        for (auto& b : blocks_) b->reset();
+        Matrix logits;
+        for (Index c = 0; c < chunks; ++c) {
+            const std::vector<int> chunk(tokens.begin() + c * l, tokens.begin() + (c + 1) * l);
+            forward_chunk(chunk, logits);
+            if (c + 1 < chunks) continue;
+            std::vector<Index> rows;
+            std::vector<int> targets;
+            for (int k = 0; k < kSymbols; ++k) {
+                rows.push_back(l - kSymbols + k);  // the separator, then targets 0 … 18
+                targets.push_back(s.target[std::size_t(k)]);
+            }
+            Matrix dlogits;
+            const double loss = cross_entropy(logits, rows, targets, dlogits, &correct);
+            if (train) backward_chunk(chunk, Matrix(dlogits * scale), scale);
+            return loss;
+        }
+        return 0;
+    }
+
+    /// Weights (F32) and the configuration (metadata) in a safetensors file.
+    void save(const std::string& path) {
+        namespace io = infinityformer::io;
+        io::SafetensorsWriter w;
+        for (auto& p : params_) w.add(p.name, p.values(), io::DType::F32);
+        w.metadata("sorting.kind", to_string(cfg_.kind));
+        for (const auto& [k, v] :
+             std::vector<std::pair<std::string, Index>>{{"d", cfg_.d},
+                                                        {"heads", cfg_.heads},
+                                                        {"layers", cfg_.layers},
+                                                        {"ff", cfg_.ff},
+                                                        {"chunk", cfg_.chunk},
+                                                        {"num_basis", cfg_.num_basis},
+                                                        {"num_samples", cfg_.num_samples}})
+            w.metadata("sorting." + k, std::to_string(v));
+        w.save(path);
+    }
+    Model(const Model&) = delete;  // the parameter views point into this object
+    Model& operator=(const Model&) = delete;
+
+    static std::unique_ptr<Model> load(const std::string& path) {
+        namespace io = infinityformer::io;
+        const auto f = io::Safetensors::load(path);
+        auto get = [&](const std::string& k) {
+            const auto it = f.metadata().find("sorting." + k);
+            if (it == f.metadata().end())
+                throw std::runtime_error(path + ": no metadata sorting." + k +
+                                         ", expected a model written by sorting_task train");
+            return it->second;
+        };
+        Config c;
+        c.kind = kind_from(get("kind"));
+        c.d = std::stol(get("d"));
+        c.heads = std::stol(get("heads"));
+        c.layers = std::stol(get("layers"));
+        c.ff = std::stol(get("ff"));
+        c.chunk = std::stol(get("chunk"));
+        c.num_basis = std::stol(get("num_basis"));
+        c.num_samples = std::stol(get("num_samples"));
+        auto m = std::make_unique<Model>(c);
+        for (auto& p : m->params_) p.values() = f.matrix<S>(p.name, p.rows, p.cols);
+        return m;
+    }
+
+private:
+    struct Window {  // the short-term attention alone: the current and the previous chunk
+        infinityformer::ShortTermAttention<S> st;
+        Matrix prev, q;
+        typename infinityformer::ShortTermAttention<S>::Trace trace;
+        typename infinityformer::ShortTermAttention<S>::Work work;
+        Window(Index d, Index h, std::uint64_t seed) : st(d, h, seed), prev(0, d) {}
+    };
+    struct Block {
+        LayerNorm<S> ln1, ln2;
+        std::unique_ptr<infinityformer::InfinityFormerLayer<S>> layer;
+        std::unique_ptr<Window> window;
+        FeedForward<S> ff;
+        typename LayerNorm<S>::Trace t1, t2;
+        typename FeedForward<S>::Trace tf;
+        Block(const Config& c, const infinityformer::LongTermParams& p, std::mt19937_64& rng)
+            : ln1(c.d), ln2(c.d), ff(c.d, c.ff, rng) {
+            if (c.kind == Kind::window)
+                window = std::make_unique<Window>(c.d, c.heads, p.seed);
+            else
+                layer = std::make_unique<infinityformer::InfinityFormerLayer<S>>(c.d, c.heads,
+                                                                                 c.chunk, p);
+        }
+        void reset() {
+            if (layer) layer->reset();
+            if (window) window->prev.resize(0, window->prev.cols());
+        }
+        Matrix attend(const Matrix& h) {
+            if (layer) return layer->forward(h);
+            Window& w = *window;
+            w.st.project_queries(h, w.q);
+            w.st.forward_unchecked(w.prev, h, w.q, w.trace);
+            w.prev = h;
+            return w.trace.output;
+        }
+        Matrix attend_backward(const Matrix& dy, S kl_weight) {
+            Matrix dx(dy.rows(), dy.cols());
+            if (layer) {
+                layer->backward(dy, kl_weight, dx);
+            } else {
+                window->st.backward_unchecked(window->trace, dy, window->work);
+                window->st.finish_backward(window->trace, dy, window->work, dx);
+            }
+            return dx;
+        }
+    };
+
+    void forward_chunk(const std::vector<int>& chunk, Matrix& logits) {
+        emb_.forward(chunk, x_);
+        x_ += position_;
+        for (auto& b : blocks_) {
+            Matrix h, f;
+            b->ln1.forward(x_, h, b->t1);
+            x_ += b->attend(h);
+            b->ln2.forward(x_, h, b->t2);
+            b->ff.forward(h, f, b->tf);
+            x_ += f;
+        }
+        final_.forward(x_, hf_, tfinal_);
+        logits = (hf_ * out_.transpose()).rowwise() + bias_.transpose();
+    }
+
+    void backward_chunk(const std::vector<int>& chunk, const Matrix& dlogits, S scale) {
+        dout_.noalias() += dlogits.transpose() * hf_;
+        dbias_ += dlogits.colwise().sum().transpose();
+        Matrix dh = dlogits * out_, dx, d2;
+        final_.backward(tfinal_, dh, dx);
+        const S kl = static_cast<S>(cfg_.kl_m / double(cfg_.heads * cfg_.chunk)) * scale;
+        for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
+            Block& b = **it;
+            b.ff.backward(b.tf, dx, dh);
+            b.ln2.backward(b.t2, dh, d2);
+            dx += d2;
+            dh = b.attend_backward(dx, kl);
+            b.ln1.backward(b.t1, dh, d2);
+            dx += d2;
+        }
+        emb_.backward(chunk, dx);
+    }
+
+    std::vector<infinityformer::Parameter<S>> collect() {
+        std::vector<infinityformer::Parameter<S>> out;
+        emb_.parameters(out, "embedding");
+        for (std::size_t b = 0; b < blocks_.size(); ++b) {
+            const std::string n = "block" + std::to_string(b) + ".";
+            Block& k = *blocks_[b];
+            k.ln1.parameters(out, n + "ln1");
+            if (k.layer)
+                for (auto& p : k.layer->parameters()) {
+                    p.name = n + "attention." + p.name;
+                    out.push_back(p);
+                }
+            else
+                k.window->st.append_parameters(out, n + "attention.short_term.");
+            k.ln2.parameters(out, n + "ln2");
+            k.ff.parameters(out, n + "ff");
+        }
+        final_.parameters(out, "final_norm");
+        add_parameter(out, "output.weight", out_, dout_);
+        add_parameter(out, "output.bias", bias_, dbias_);
+        return out;
+    }
+
+    Config cfg_;
+    std::mt19937_64 rng_;
+    Embedding<S> emb_;
+    std::vector<std::unique_ptr<Block>> blocks_;
+    LayerNorm<S> final_;
+    Matrix out_, dout_, position_, x_, hf_;
+    Vec<S> bias_, dbias_;
+    typename LayerNorm<S>::Trace tfinal_;
+    std::vector<infinityformer::Parameter<S>> params_;
+};
+
+}  // namespace sorting

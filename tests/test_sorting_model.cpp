@@ -1,0 +1,197 @@
+// The sorting showcase's own parts (examples/sorting/): the task's targets and text format,
+// and the model's parts that the library does not provide (embedding, layer norm,
+// feed-forward, cross-entropy), their backward passes against central finite differences
+// in double.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <random>
+
+#include "../examples/sorting/sorting_data.hpp"
+#include "../examples/sorting/sorting_model.hpp"
+#include "../examples/sorting/sorting_model_full.hpp"
+
+namespace {
+
+using sorting::Mat;
+using sorting::Vec;
+using M = Mat<double>;
+
+// Largest |analytic − numeric| / max(1, |numeric|) over every entry of `x`, for the scalar
+// loss f (central differences, step h).
+double fd_error(M& x, const M& analytic, const std::function<double()>& f, double h = 1e-6) {
+    double worst = 0;
+    for (Eigen::Index i = 0; i < x.size(); ++i) {
+        const double keep = x(i);
+        x(i) = keep + h;
+        const double up = f();
+        x(i) = keep - h;
+        const double down = f();
+        x(i) = keep;
+        const double numeric = (up - down) / (2 * h);
+        worst = std::max(worst, std::abs(analytic(i) - numeric) / std::max(1.0, std::abs(numeric)));
+    }
+    return worst;
+}
+
+}  // namespace
+
+TEST_CASE("sorting: targets sort by count, ties by first appearance, absent symbols last",
+          "[sorting]") {
+    // counts: 3 → 3, 7 → 2, 5 → 2 (5 first seen after 7), 0 → 1; the others absent.
+    const std::vector<int> stream = {7, 3, 5, 3, 0, 7, 5, 3};
+    const auto t = sorting::sorted_by_count(stream);
+    const std::array<int, 20> expected = {3,  7,  5,  0,  1,  2,  4,  6,  8,  9,
+                                          10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
+    CHECK(t == expected);
+}
+
+TEST_CASE("sorting: the text format reads the authors' lines and refuses others", "[sorting]") {
+    std::mt19937_64 rng(3);
+    const auto a = sorting::generate(50, rng), b = sorting::generate(7, rng);
+    const std::string path = "infinityformer_sorting_format.txt";
+    {
+        std::ofstream out(path);
+        sorting::write(out, a);
+        // the authors' own layout: every token followed by a space
+        for (int x : b.stream) out << x << ' ';
+        out << 20 << ' ';
+        for (int x : b.target) out << x << ' ';
+        out << '\n';
+    }
+    const auto read = sorting::read_file(path);
+    REQUIRE(read.size() == 2);
+    CHECK(read[0].stream == a.stream);
+    CHECK(read[0].target == a.target);
+    CHECK(read[1].stream == b.stream);
+    CHECK(read[1].target == sorting::sorted_by_count(b.stream));
+    {
+        std::ofstream out(path);
+        out << "1 2 3 20 0 1\n";
+    }
+    CHECK_THROWS_WITH(sorting::read_file(path), Catch::Contains(":1: expected"));
+    {
+        std::ofstream out(path);
+        out << "1 x 3\n";
+    }
+    CHECK_THROWS_WITH(sorting::read_file(path), Catch::Contains("token 'x'"));
+    std::remove(path.c_str());
+}
+
+TEST_CASE("sorting: a generated sequence has symbols 0 to 19 and its sorted targets", "[sorting]") {
+    std::mt19937_64 rng(5);
+    const auto s = sorting::generate(1000, rng);
+    CHECK(s.stream.size() == 1000);
+    for (int x : s.stream) REQUIRE((x >= 0 && x < 20));
+    CHECK(s.target == sorting::sorted_by_count(s.stream));
+}
+
+TEST_CASE("sorting: model parts' backward passes equal finite differences", "[sorting][fd]") {
+    std::mt19937_64 rng(11);
+    const Eigen::Index rows = 5, d = 6, f = 10;
+    M x = sorting::normal_matrix<double>(rows, d, 1.0, rng);
+    const M w = sorting::normal_matrix<double>(rows, d, 1.0, rng);  // ℓ = Σ y ⊙ w
+
+    SECTION("layer norm") {
+        sorting::LayerNorm<double> ln(d);
+        ln.gain = sorting::normal_matrix<double>(d, 1, 1.0, rng);
+        ln.bias = sorting::normal_matrix<double>(d, 1, 1.0, rng);
+        typename sorting::LayerNorm<double>::Trace t;
+        M y, dx;
+        auto loss = [&] {
+            M yy;
+            typename sorting::LayerNorm<double>::Trace tt;
+            ln.forward(x, yy, tt);
+            return (yy.array() * w.array()).sum();
+        };
+        ln.forward(x, y, t);
+        ln.backward(t, w, dx);
+        CHECK(fd_error(x, dx, loss) < 1e-7);
+        M gain = ln.gain, dgain = ln.dgain;
+        auto loss_gain = [&] {
+            ln.gain = gain;
+            return loss();
+        };
+        CHECK(fd_error(gain, dgain, loss_gain) < 1e-7);
+    }
+    SECTION("feed-forward") {
+        sorting::FeedForward<double> ff(d, f, rng);
+        ff.b1 = sorting::normal_matrix<double>(f, 1, 0.5, rng);
+        typename sorting::FeedForward<double>::Trace t;
+        M y, dx;
+        auto loss = [&] {
+            M yy;
+            typename sorting::FeedForward<double>::Trace tt;
+            ff.forward(x, yy, tt);
+            return (yy.array() * w.array()).sum();
+        };
+        ff.forward(x, y, t);
+        ff.backward(t, w, dx);
+        CHECK(fd_error(x, dx, loss) < 1e-7);
+        CHECK(fd_error(ff.w1, M(ff.dw1), loss) < 1e-7);
+        CHECK(fd_error(ff.w2, M(ff.dw2), loss) < 1e-7);
+    }
+    SECTION("cross-entropy and embedding") {
+        M logits = sorting::normal_matrix<double>(rows, 21, 2.0, rng);
+        const std::vector<Eigen::Index> at = {1, 3, 4};
+        const std::vector<int> target = {0, 20, 7};
+        M dlogits;
+        sorting::cross_entropy(logits, at, target, dlogits);
+        auto loss = [&] {
+            M unused;
+            return sorting::cross_entropy(logits, at, target, unused);
+        };
+        CHECK(fd_error(logits, dlogits, loss) < 1e-7);
+        CHECK(dlogits.row(0).norm() == 0.0);  // no target on row 0
+
+        sorting::Embedding<double> emb(21, d, rng);
+        const std::vector<int> tokens = {4, 1, 4, 20, 0};
+        M e;
+        emb.forward(tokens, e);
+        emb.backward(tokens, w);
+        auto loss_emb = [&] {
+            M ee;
+            emb.forward(tokens, ee);
+            return (ee.array() * w.array()).sum();
+        };
+        CHECK(fd_error(emb.table, M(emb.grad), loss_emb) < 1e-7);
+    }
+}
+
+// The whole model on a sequence that fits in one chunk (nothing earlier that truncated
+// back-propagation would hold constant): its gradients equal finite differences of its
+// loss, for the window attention and the layer.
+TEST_CASE("sorting: the model's gradients equal finite differences on one chunk", "[sorting][fd]") {
+    for (auto kind : {sorting::Kind::window, sorting::Kind::infinity}) {
+        INFO(sorting::to_string(kind));
+        sorting::Config c;
+        c.kind = kind;
+        c.d = 8;
+        c.heads = 2;
+        c.layers = 2;
+        c.ff = 12;
+        c.chunk = 32;
+        c.num_basis = 32;
+        c.num_samples = 32;
+        c.kl_m = 0;  // the loss is the cross-entropy alone
+        sorting::Model<double> model(c);
+        std::mt19937_64 rng(2);
+        const auto seq = sorting::generate(9, rng);  // 9 + 20 tokens: one chunk
+        int correct = 0;
+        model.zero_grad();
+        model.run(seq, true, correct);
+        for (auto& p : model.parameters()) {
+            INFO(p.name);
+            M value = p.values();
+            const M grad = p.gradient();
+            auto loss = [&] {
+                p.values() = value;
+                int k = 0;
+                return model.run(seq, false, k);
+            };
+            CHECK(fd_error(value, grad, loss) < 1e-6);
+            p.values() = value;
+        }
+    }
+}
