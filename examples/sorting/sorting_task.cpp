@@ -2,13 +2,16 @@
 //
 //   sorting_task generate --length T --count K --seed S --out FILE
 //   sorting_task train --model window|infinity|sticky --length T|MIN:MAX --seed S --out MODEL
-//                      [--minutes X] [--steps N] [--batch B] [--threads N] [--lr A]
+//                      [--minutes X] [--steps N] [--batch B] [--lr A] [--d D] [--layers K]
+//                      [--chunk L] [--basis N] [--curriculum 0|1]
+// (--threads is not implemented yet: a model trains on one thread.)
 //   sorting_task eval --model MODEL --data FILE
 //
 // generate writes K sequences in the authors' text format (sorting_data.hpp); train trains
 // one model (sorting_model_full.hpp) with Adam, printing a progress line, and writes it as a
 // safetensors file with its configuration; eval prints `accuracy=X sequences=K` over the 20
 // target positions of every sequence of FILE.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +21,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "sorting_model_full.hpp"
 
@@ -62,13 +66,20 @@ struct Args {
     }
 };
 
-Args parse(int argc, char** argv, int first) {
+// --name value pairs; a name not in `known` is an error (no option is silently ignored).
+Args parse(int argc, char** argv, int first, const std::vector<std::string>& known) {
     Args a;
     for (int i = first; i < argc; i += 2) {
         const std::string k = argv[i];
         if (k.rfind("--", 0) != 0 || i + 1 >= argc)
             throw std::invalid_argument("expected --name value pairs, got '" + k + "'");
-        a.values[k.substr(2)] = argv[i + 1];
+        const std::string name = k.substr(2);
+        if (std::find(known.begin(), known.end(), name) == known.end()) {
+            std::string list;
+            for (const auto& n : known) list += (list.empty() ? "--" : ", --") + n;
+            throw std::invalid_argument("unknown option '" + k + "', expected one of " + list);
+        }
+        a.values[name] = argv[i + 1];
     }
     return a;
 }
@@ -76,8 +87,17 @@ Args parse(int argc, char** argv, int first) {
 // "T" or "MIN:MAX".
 std::pair<int, int> length_range(const std::string& s) {
     const auto colon = s.find(':');
-    const int lo = std::stoi(s.substr(0, colon));
-    const int hi = colon == std::string::npos ? lo : std::stoi(s.substr(colon + 1));
+    int lo = 0, hi = 0;
+    try {
+        std::size_t a = 0, b = 0;
+        lo = std::stoi(s.substr(0, colon), &a);
+        hi = colon == std::string::npos ? lo : std::stoi(s.substr(colon + 1), &b);
+        if (a != (colon == std::string::npos ? s.size() : colon) ||
+            (colon != std::string::npos && b != s.size() - colon - 1))
+            lo = 0;
+    } catch (const std::exception&) {
+        lo = 0;
+    }
     if (lo < 1 || hi < lo)
         throw std::invalid_argument("--length is '" + s +
                                     "', expected T or MIN:MAX with 1 <= MIN <= MAX");
@@ -119,6 +139,8 @@ int train(const Args& a) {
     const long max_steps = a.number("steps", "1000000000");
     const long batch = a.number("batch", "8");
     const std::string out = a.get("out");
+    if (!(minutes > 0) || max_steps < 0 || batch < 1)
+        throw std::invalid_argument("expected --minutes > 0, --steps >= 0 and --batch >= 1");
     ModelF model(c);
     infinityformer::AdamOptions o;
     o.learning_rate = a.real("lr", "0.0003");
@@ -127,15 +149,26 @@ int train(const Args& a) {
     std::mt19937_64 data_rng(c.seed * 7919 + 1), held_rng(c.seed * 7919 + 2);
     std::vector<sorting::Sequence> held;
     for (int k = 0; k < 16; ++k) held.push_back(sorting::generate(hi, held_rng));
-    std::uniform_int_distribution<int> length(lo, hi);
+    // --curriculum 1: the longest stream grows from 20 symbols to MAX over the first half of
+    // the budget (time or steps), the shortest is min(MIN, that longest).
+    const bool curriculum = a.number("curriculum", "0") != 0;
     const auto start = Clock::now();
     double smooth = std::log(20.0);
     long step = 0;
+    double last_report = 0;
     for (; step < max_steps; ++step) {
         const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
         if (elapsed > minutes * 60) break;
         model.zero_grad();
         double loss = 0;
+        const double progress =
+            std::max(elapsed / (minutes * 60), double(step) / double(std::max(1L, max_steps)));
+        int top = hi, bottom = lo;
+        if (curriculum) {
+            top = std::min(hi, 20 + static_cast<int>((hi - 20) * std::min(1.0, 2 * progress)));
+            bottom = std::min(lo, top);
+        }
+        std::uniform_int_distribution<int> length(bottom, top);
         for (long b = 0; b < batch; ++b) {
             int correct = 0;
             loss += model.run(sorting::generate(length(data_rng), data_rng), true, correct,
@@ -143,7 +176,9 @@ int train(const Args& a) {
         }
         adam.step();
         smooth = 0.95 * smooth + 0.05 * loss / static_cast<double>(batch);
-        if (step % 25 == 0) {
+        // The progress line (with a held-out evaluation): every 25 steps, at most every 20 s.
+        if (step % 25 == 0 && (step == 0 || elapsed - last_report >= 20)) {
+            last_report = elapsed;
             const double acc = accuracy(model, held);
             const double done =
                 std::max(elapsed / (minutes * 60), double(step) / double(max_steps));
@@ -176,6 +211,8 @@ int main(int argc, char** argv) {
         "usage: sorting_task generate --length T --count K --seed S --out FILE\n"
         "       sorting_task train --model window|infinity|sticky --length T|MIN:MAX --seed S\n"
         "                          --out MODEL [--minutes X] [--steps N] [--batch B] [--lr A]\n"
+        "                          [--d D] [--layers K] [--chunk L] [--basis N] [--curriculum "
+        "0|1]\n"
         "       sorting_task eval --model MODEL --data FILE\n";
     if (argc < 2) {
         std::cerr << usage;
@@ -183,10 +220,13 @@ int main(int argc, char** argv) {
     }
     try {
         const std::string cmd = argv[1];
-        const Args a = parse(argc, argv, 2);
-        if (cmd == "generate") return generate(a);
-        if (cmd == "train") return train(a);
-        if (cmd == "eval") return eval(a);
+        if (cmd == "generate")
+            return generate(parse(argc, argv, 2, {"length", "count", "seed", "out"}));
+        if (cmd == "train")
+            return train(parse(argc, argv, 2,
+                               {"model", "length", "seed", "out", "minutes", "steps", "batch", "lr",
+                                "d", "layers", "chunk", "basis", "curriculum"}));
+        if (cmd == "eval") return eval(parse(argc, argv, 2, {"model", "data"}));
         std::cerr << usage;
         return 2;
     } catch (const std::exception& e) {
