@@ -8,9 +8,11 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <initializer_list>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace infinityformer {
 
@@ -128,6 +130,30 @@ void check_matrix(const char* where, const char* name, const Eigen::DenseBase<De
                   Eigen::Index rows, Eigen::Index cols) {
     check_shape(where, name, m, rows, cols);
     check_finite(where, name, m);
+}
+
+/// A named setting of two configurations, for first_difference().
+struct FieldPair {
+    const char* name;
+    double a, b;
+};
+
+/// The first field in which two configurations differ ("name is A <a_is>, B <b_is>",
+/// widths compared entry by entry after the fields); empty if none does.
+inline std::string first_difference(std::initializer_list<FieldPair> fields,
+                                    const std::vector<double>& widths_a,
+                                    const std::vector<double>& widths_b, const char* a_is,
+                                    const char* b_is) {
+    for (const auto& f : fields)
+        if (!(f.a == f.b)) return concat(f.name, " is ", f.a, " ", a_is, ", ", f.b, " ", b_is);
+    if (widths_a.size() != widths_b.size())
+        return concat("the number of widths is ", widths_a.size(), " ", a_is, ", ", widths_b.size(),
+                      " ", b_is);
+    for (std::size_t j = 0; j < widths_a.size(); ++j)
+        if (!(widths_a[j] == widths_b[j]))
+            return concat("widths[", j, "] is ", widths_a[j], " ", a_is, ", ", widths_b[j], " ",
+                          b_is);
+    return {};
 }
 
 }  // namespace detail

@@ -231,9 +231,8 @@ public:
         detail::require(s.pending.rows() == 0 || s.prev.rows() > 0, where,
                         "state.pending holds a chunk but state.prev is empty, expected the "
                         "window's chunk after the one waiting to be stored");
-        ltm_.check_stream_state(where, s.long_term);
-        s.long_term.phase = StreamPhase::idle;  // the layer attends after every update
-        ltm_.take_stream_state(where, s.long_term);
+        s.long_term.phase = StreamPhase::idle;       // the layer attends after every update
+        ltm_.take_stream_state(where, s.long_term);  // checks the long-term part
         s.short_term = typename ShortTermAttention<Scalar>::Trace{};
         s.used_long_term = false;
         s.phase = LayerPhase::idle;

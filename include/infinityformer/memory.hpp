@@ -195,27 +195,18 @@ public:
     /// memory, as "name is X here, Y in the other"; empty if none does.
     std::string configuration_difference(const LongTermMemory& o) const {
         const MemoryParams &a = params_, &b = o.params_;
-        const std::pair<const char*, std::pair<double, double>> fields[] = {
-            {"dim", {double(dim_), double(o.dim_)}},
-            {"chunk_length", {double(length_), double(o.length_)}},
-            {"num_basis", {double(a.num_basis), double(b.num_basis)}},
-            {"num_samples", {double(a.num_samples), double(b.num_samples)}},
-            {"num_bins", {double(a.num_bins), double(b.num_bins)}},
-            {"ridge_lambda", {a.ridge_lambda, b.ridge_lambda}},
-            {"tau", {a.tau, b.tau}},
-            {"sampling", {double(a.sampling), double(b.sampling)}},
-            {"stability", {double(a.stability), double(b.stability)}},
-            {"reset_after_tokens", {double(a.reset_after_tokens), double(b.reset_after_tokens)}},
-            {"the number of widths", {double(a.widths.size()), double(b.widths.size())}},
-        };
-        for (const auto& [name, v] : fields)
-            if (!(v.first == v.second))
-                return detail::concat(name, " is ", v.first, " here, ", v.second, " in the other");
-        for (std::size_t j = 0; j < a.widths.size(); ++j)
-            if (!(a.widths[j] == b.widths[j]))
-                return detail::concat("widths[", j, "] is ", a.widths[j], " here, ", b.widths[j],
-                                      " in the other");
-        return {};
+        return detail::first_difference(
+            {{"dim", double(dim_), double(o.dim_)},
+             {"chunk_length", double(length_), double(o.length_)},
+             {"num_basis", double(a.num_basis), double(b.num_basis)},
+             {"num_samples", double(a.num_samples), double(b.num_samples)},
+             {"num_bins", double(a.num_bins), double(b.num_bins)},
+             {"ridge_lambda", a.ridge_lambda, b.ridge_lambda},
+             {"tau", a.tau, b.tau},
+             {"sampling", double(a.sampling), double(b.sampling)},
+             {"stability", double(a.stability), double(b.stability)},
+             {"reset_after_tokens", double(a.reset_after_tokens), double(b.reset_after_tokens)}},
+            a.widths, b.widths, "here", "in the other");
     }
 
     /// Makes this the memory of stream `stream`: restart_generator() then seeds the

@@ -296,31 +296,21 @@ Config config_of(StateKind kind, const LongTermMemory<Scalar>& m, std::int64_t h
 
 /// The first field in which the file's configuration differs from the object's.
 inline std::string first_difference(const Config& f, const Config& o) {
-    using infinityformer::detail::concat;
-    const std::pair<const char*, std::pair<double, double>> fields[] = {
-        {"dim", {double(f.dim), double(o.dim)}},
-        {"chunk_length", {double(f.chunk_length), double(o.chunk_length)}},
-        {"num_heads", {double(f.num_heads), double(o.num_heads)}},
-        {"d_model", {double(f.d_model), double(o.d_model)}},
-        {"num_basis", {double(f.num_basis), double(o.num_basis)}},
-        {"num_samples", {double(f.num_samples), double(o.num_samples)}},
-        {"num_bins", {double(f.num_bins), double(o.num_bins)}},
-        {"ridge_lambda", {f.ridge_lambda, o.ridge_lambda}},
-        {"tau", {f.tau, o.tau}},
-        {"sampling", {double(f.sampling), double(o.sampling)}},
-        {"stability", {double(f.stability), double(o.stability)}},
-        {"gate", {double(f.gate), double(o.gate)}},
-        {"reset_after_tokens", {double(f.reset_after_tokens), double(o.reset_after_tokens)}},
-        {"the number of widths", {double(f.widths.size()), double(o.widths.size())}},
-    };
-    for (const auto& [name, v] : fields)
-        if (!(v.first == v.second))
-            return concat(name, " is ", v.first, " in the state, ", v.second, " in this object");
-    for (std::size_t j = 0; j < f.widths.size(); ++j)
-        if (!(f.widths[j] == o.widths[j]))
-            return concat("widths[", j, "] is ", f.widths[j], " in the state, ", o.widths[j],
-                          " in this object");
-    return {};
+    return infinityformer::detail::first_difference(
+        {{"dim", double(f.dim), double(o.dim)},
+         {"chunk_length", double(f.chunk_length), double(o.chunk_length)},
+         {"num_heads", double(f.num_heads), double(o.num_heads)},
+         {"d_model", double(f.d_model), double(o.d_model)},
+         {"num_basis", double(f.num_basis), double(o.num_basis)},
+         {"num_samples", double(f.num_samples), double(o.num_samples)},
+         {"num_bins", double(f.num_bins), double(o.num_bins)},
+         {"ridge_lambda", f.ridge_lambda, o.ridge_lambda},
+         {"tau", f.tau, o.tau},
+         {"sampling", double(f.sampling), double(o.sampling)},
+         {"stability", double(f.stability), double(o.stability)},
+         {"gate", double(f.gate), double(o.gate)},
+         {"reset_after_tokens", double(f.reset_after_tokens), double(o.reset_after_tokens)}},
+        f.widths, o.widths, "in the state", "in this object");
 }
 
 // ---- payload parts -------------------------------------------------------------------
