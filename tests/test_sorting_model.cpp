@@ -195,3 +195,53 @@ TEST_CASE("sorting: the model's gradients equal finite differences on one chunk"
         }
     }
 }
+
+// The window model skips the chunks its last chunk cannot see: its loss, accuracy and
+// every gradient are those of the run over all chunks, bit for bit; and the skip is as
+// short as it can be: a symbol in the first chunk kept changes the loss, while one in the
+// chunk before it does not, even in the run over all chunks.
+TEST_CASE("sorting: the window model's skipped chunks change nothing", "[sorting]") {
+    sorting::Config c;
+    c.kind = sorting::Kind::window;
+    c.d = 8;
+    c.heads = 2;
+    c.ff = 12;
+    c.chunk = 24;
+    std::mt19937_64 rng(4);
+    const auto seq = sorting::generate(150, rng);  // 170 tokens: 8 chunks, 22 of padding
+    const sorting::Index chunks = 8, pad = 22;
+    for (sorting::Index layers : {1, 2, 3}) {
+        INFO("layers " << layers);
+        auto run = [&](bool skip, const sorting::Sequence& s, std::vector<M>* grads) {
+            sorting::Config k = c;
+            k.layers = layers;
+            k.skip_unseen = skip;
+            sorting::Model<double> model(k);
+            int correct = 0;
+            model.zero_grad();
+            const double loss = model.run(s, true, correct);
+            if (grads)
+                for (auto& p : model.parameters()) grads->push_back(p.gradient());
+            return std::make_pair(loss, correct);
+        };
+        std::vector<M> g0, g1;
+        const auto r0 = run(false, seq, &g0);
+        const auto r1 = run(true, seq, &g1);
+        CHECK(r0.first == r1.first);
+        CHECK(r0.second == r1.second);
+        REQUIRE(g0.size() == g1.size());
+        for (std::size_t k = 0; k < g0.size(); ++k) CHECK(g0[k] == g1[k]);
+        CHECK(g0.back().cwiseAbs().maxCoeff() > 0);
+        // the first symbol of the first chunk kept, and the last one before it
+        const auto j = static_cast<std::size_t>((chunks - 1 - layers) * c.chunk - pad);
+        sorting::Sequence seen = seq, unseen = seq;
+        seen.stream[j] = (seen.stream[j] + 1) % 20;
+        unseen.stream[j - 1] = (unseen.stream[j - 1] + 1) % 20;
+        CHECK(run(true, seen, nullptr).first != r0.first);
+        CHECK(run(false, unseen, nullptr).first == r0.first);
+    }
+    sorting::Config small = c;
+    small.chunk = 19;
+    CHECK_THROWS_WITH(sorting::Model<double>(small),
+                      Catch::Contains("chunk is 19, expected at least 20"));
+}

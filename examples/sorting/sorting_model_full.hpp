@@ -8,6 +8,7 @@
 // run forward, and only the last one backward.
 #pragma once
 
+#include <algorithm>
 #include <infinityformer/infinityformer.hpp>
 #include <infinityformer/io/safetensors.hpp>
 #include <memory>
@@ -37,6 +38,10 @@ struct Config {
     Index num_basis = 128, num_samples = 128;
     std::uint64_t seed = 1;
     double kl_m = 1e-6;  // the authors' weight of mean(KL)
+    // window only: skip the chunks the last one cannot see. Block b of chunk c attends to
+    // block b's inputs of chunks c−1 and c, so the last chunk's output depends on the
+    // inputs of its `layers` predecessors alone, and the result is the same without them.
+    bool skip_unseen = true;
 };
 
 constexpr int kPad = kVocabulary;  // a 22nd token: left padding to whole chunks
@@ -47,7 +52,7 @@ public:
     using Matrix = Mat<S>;
 
     explicit Model(const Config& c)
-        : cfg_(c), rng_(c.seed), emb_(kVocabulary + 1, c.d, rng_), final_(c.d) {
+        : cfg_(checked(c)), rng_(c.seed), emb_(kVocabulary + 1, c.d, rng_), final_(c.d) {
         auto p = c.kind == Kind::sticky ? infinityformer::LongTermParams::lm()
                                         : infinityformer::LongTermParams::sorting();
         p.gate = false;
@@ -89,7 +94,10 @@ public:
         tokens.insert(tokens.begin(), static_cast<std::size_t>(chunks * l - n), kPad);
         for (auto& b : blocks_) b->reset();
         Matrix logits;
-        for (Index c = 0; c < chunks; ++c) {
+        const Index first = cfg_.kind == Kind::window && cfg_.skip_unseen
+                                ? std::max<Index>(0, chunks - 1 - cfg_.layers)
+                                : 0;
+        for (Index c = first; c < chunks; ++c) {
             const std::vector<int> chunk(tokens.begin() + c * l, tokens.begin() + (c + 1) * l);
             forward_chunk(chunk, logits);
             if (c + 1 < chunks) continue;
@@ -152,6 +160,17 @@ public:
     }
 
 private:
+    static const Config& checked(const Config& c) {
+        if (c.chunk < kSymbols)
+            throw std::invalid_argument("chunk is " + std::to_string(c.chunk) +
+                                        ", expected at least 20: the separator and the 19 "
+                                        "targets fed back lie in the last chunk");
+        if (c.layers < 1 || c.d < 1 || c.ff < 1)
+            throw std::invalid_argument("layers, d and ff are " + std::to_string(c.layers) + ", " +
+                                        std::to_string(c.d) + " and " + std::to_string(c.ff) +
+                                        ", expected at least 1");
+        return c;
+    }
     struct Window {  // the short-term attention alone: the current and the previous chunk
         infinityformer::ShortTermAttention<S> st;
         Matrix prev, q;
