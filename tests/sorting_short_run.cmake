@@ -40,7 +40,7 @@ if(loss GREATER_EQUAL 2.0 OR accuracy LESS_EQUAL 0.25)
                         "accuracy ${accuracy} (needs > 0.25)")
 endif()
 message(STATUS "learned: loss ${loss} < 2.0, held-out accuracy ${accuracy} > 0.25")
-# --threads: the same accuracy, sequence by sequence the same predictions, on three threads.
+# eval --threads 3 must print exactly the line one thread printed.
 execute_process(COMMAND "${SORTING_TASK}" eval --model "${WORK}/model.safetensors"
                         --data "${WORK}/held_out.txt" --threads 3
                 OUTPUT_VARIABLE eval3_out RESULT_VARIABLE rc)

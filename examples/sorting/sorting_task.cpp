@@ -134,7 +134,6 @@ public:
         sync();
     }
     ModelF& master() { return *models_[0]; }
-    int threads() const { return static_cast<int>(models_.size()); }
 
     // Copies the master's weights to the other replicas.
     void sync() {
