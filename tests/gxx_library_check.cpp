@@ -2,7 +2,9 @@
 // three times faster), so the test gxx_library_warnings (ci preset) runs
 //   g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Werror
 // on this file: every class template of the library instantiated for float and double, and
-// every function template of the interchange headers.
+// every function template of the interchange headers. INFINITYFORMER_CHECK_SCALAR (float
+// or double) instantiates one Scalar, so that the two halves run on two cores
+// (gxx_library_warnings_float and _double).
 #define INFINITYFORMER_TEST_INSTANTIATE
 #include <infinityformer/io/safetensors.hpp>
 #include <infinityformer/io/state.hpp>
@@ -10,8 +12,10 @@
 
 #include "extern_templates.hpp"
 
-INFINITYFORMER_TEST_CLASSES(template, float)
-INFINITYFORMER_TEST_CLASSES(template, double)
+#ifndef INFINITYFORMER_CHECK_SCALAR
+#error "define INFINITYFORMER_CHECK_SCALAR as float or double"
+#endif
+INFINITYFORMER_TEST_CLASSES(template, INFINITYFORMER_CHECK_SCALAR)
 
 namespace {
 
@@ -43,11 +47,9 @@ template <typename S>
     (void)io::describe(file, layer, "l.");
 }
 
-template void interchange<float>(infinityformer::LongTermMemory<float>&,
-                                 infinityformer::LongTermAttention<float>&,
-                                 infinityformer::InfinityFormerLayer<float>&);
-template void interchange<double>(infinityformer::LongTermMemory<double>&,
-                                  infinityformer::LongTermAttention<double>&,
-                                  infinityformer::InfinityFormerLayer<double>&);
+template void interchange<INFINITYFORMER_CHECK_SCALAR>(
+    infinityformer::LongTermMemory<INFINITYFORMER_CHECK_SCALAR>&,
+    infinityformer::LongTermAttention<INFINITYFORMER_CHECK_SCALAR>&,
+    infinityformer::InfinityFormerLayer<INFINITYFORMER_CHECK_SCALAR>&);
 
 }  // namespace
