@@ -215,3 +215,66 @@ TEST_CASE("stability: the stabilised update holds the bound and is the reference
         CHECK(stab.coefficients() == ref.coefficients());
     }
 }
+
+// Every route into the memory is held to the documented policy, whatever the sampling and
+// wherever the points come from: under refuse an update either stays within the run-time
+// bound or throws runtime_error with the memory unchanged; under stabilise it stays within
+// the bound. The configuration (N = 32, widths {0.005, 0.01}, L = M = 16) has ρ(A) = 0.0016,
+// so refuse accepts it for uniform sampling, but concentrated readings grow it by up to
+// 23.5 per chunk (docs/design.md, the stability table). The points are placed by the caller,
+// all M at one of 41 places of [−0.1, 1.1] (the test does not know which is worst), and go
+// in through LongTermMemory::update(X, points), LongTermAttention::update(X, points) and
+// LongTermAttention::forward(X, Q, points).
+TEST_CASE("stability: points given by the caller are held to the bound on every route",
+          "[stability]") {
+    const Index n = 32, m = 16, l = 16, e = 4;
+    for (Stability policy : {Stability::refuse, Stability::stabilise})
+        for (Sampling sampling : {Sampling::uniform, Sampling::sticky, Sampling::stratified})
+            for (int route = 0; route < 3; ++route) {
+                // Refuse turns the sticky and stratified samplings of that configuration
+                // away (concentrated growth above 1.5): those take N = 128, widths {0.01,
+                // 0.05}, which it accepts (growth 1.21 and 1.22).
+                const bool wide = policy == Stability::refuse && sampling != Sampling::uniform;
+                LongTermParams p = wide ? LongTermParams{} : LongTermParams::lm();
+                p.num_basis = wide ? 128 : n;
+                if (wide) p.widths = {0.01, 0.05};
+                p.num_samples = m;
+                p.num_bins = 16;
+                p.sampling = sampling;
+                p.stability = policy;
+                p.seed = 3;
+                int refused = 0, above = 0;
+                for (int place = 0; place <= 40; ++place) {
+                    const VectorXd points = VectorXd::Constant(m, -0.1 + 1.2 * place / 40.0);
+                    LongTermMemory<double> mem(e, l, p);
+                    LongTermAttention<double> lta(e, 2, l, p);
+                    Normal rng(7);
+                    for (int c = 0; c < 60; ++c) {
+                        const MatrixXd x = rng.matrix(l, e);
+                        const MatrixXd q = rng.matrix(3, e);
+                        const LongTermMemory<double> before = route == 0 ? mem : lta.memory();
+                        try {
+                            if (route == 0) mem.update(x, points);
+                            if (route == 1) lta.update(x, points);
+                            if (route == 2) lta.forward(x, q, points);
+                        } catch (const infinityformer::runtime_error& err) {
+                            ++refused;
+                            CHECK(policy == Stability::refuse);
+                            CHECK_THAT(err.what(), Contains("the memory diverges"));
+                            CHECK((route == 0 ? mem : lta.memory()) == before);
+                            break;
+                        }
+                        const LongTermMemory<double>& now = route == 0 ? mem : lta.memory();
+                        if (!(max_abs(now.coefficients()) <= now.coefficient_bound())) {
+                            ++above;
+                            break;
+                        }
+                    }
+                }
+                INFO(to_string(policy) << ", " << to_string(sampling) << " sampling, route "
+                                       << route << ": " << refused << " of 41 places refused");
+                CHECK(above == 0);
+                // The worst places grow the memory 23 times a chunk: refuse must stop some.
+                if (policy == Stability::refuse) CHECK(refused > 0);
+            }
+}

@@ -47,7 +47,9 @@ enum class Stability {
     /// densities), or whose concentrated growth exceeds kMaxConcentratedGrowth (sticky,
     /// stratified). Uniform sampling is then bounded for every input. Sticky and stratified
     /// sampling read the memory through matrices that change every chunk, and no cheap
-    /// criterion over all of them is known: an update that would take max |B| above
+    /// criterion over all of them is known; sample points given by the caller
+    /// (update(X, points), whatever the sampling) can sit anywhere: such an update that
+    /// would take max |B| above
     /// kBoundSlack·κ·max|x| (MemoryStability) throws infinityformer::runtime_error, the memory
     /// unchanged. Otherwise the update is the reference's, bit for bit.
     refuse,

@@ -246,7 +246,10 @@ public:
     }
 
     /// Stores a chunk, reading the old memory at the given points instead of choosing them
-    /// (replay, tests). The points are ignored for a first chunk.
+    /// (replay, tests). The points are ignored for a first chunk. Whatever the sampling,
+    /// the update is held to the run-time bound of params.stability, as sticky and
+    /// stratified updates are (points placed by the caller can amplify the memory where
+    /// the uniform ones cannot): under Stability::refuse it may throw runtime_error.
     /// @param X L × e. @param sample_points M finite points.
     void update(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>& sample_points) {
         constexpr const char* where = "LongTermMemory::update";
@@ -413,10 +416,13 @@ public:
             next_B_.noalias() += G.bottomRows(length_).transpose() * X;
             drop_subnormal(next_B_);
             if (!detail::all_finite(next_B_)) overflow(where, X);
-            // Uniform sampling under refuse is bounded by construction (ρ(A) < 1).
+            // Only the uniform sampling's own points are bounded by construction under
+            // refuse (ρ(A) < 1); points given by the caller can sit anywhere, as sticky and
+            // stratified points can, and are held to the run-time bound like theirs.
+            const bool bounded_recurrence = params_.sampling == Sampling::uniform && !points;
             if (params_.stability == Stability::stabilise ||
-                (params_.stability == Stability::refuse && params_.sampling != Sampling::uniform))
-                hold_bound(where, X);
+                (params_.stability == Stability::refuse && !bounded_recurrence))
+                hold_bound(where, X, points != nullptr);
         }
         prepared_ = true;
     }
@@ -518,7 +524,8 @@ private:
 
     // max |B| ≤ kBoundSlack · κ · peak (κ · peak: the largest coefficient of a fit of
     // values no larger than the largest stored); only an amplified old memory breaks it.
-    void hold_bound(const char* where, const Eigen::Ref<const Matrix>& X) {
+    // `given`: the points came from the caller.
+    void hold_bound(const char* where, const Eigen::Ref<const Matrix>& X, bool given) {
         const double bound =
             kBoundSlack * ops_->stability.fit_bound * static_cast<double>(next_peak_);
         const double top = detail::largest_abs(next_B_);
@@ -529,11 +536,11 @@ private:
                 ", above the bound ", bound, " = ", kBoundSlack, " x kappa (",
                 ops_->stability.fit_bound, ") x the largest stored |x| (", next_peak_,
                 "), where kappa x |x| bounds every fit of the stored values; the old memory "
-                "was amplified "
-                "by reading it at the sampled points (",
+                "was amplified by reading it at ",
+                given ? "the sample_points given" : "the sampled points", " (",
                 to_string(params_.sampling), " sampling, growth up to ",
                 ops_->stability.concentrated_growth,
-                " per chunk when the points concentrate); expected stability = "
+                " per chunk when its points concentrate); expected stability = "
                 "Stability::stabilise, more basis functions or wider widths (memory unchanged)"));
         // stabilise: B' = γ·(old memory's share) + G_newᵀ X with max |B'| ≤ bound.
         fresh_.noalias() = ops_->inf.G().bottomRows(length_).transpose() * X;
