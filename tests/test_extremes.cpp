@@ -11,6 +11,20 @@
 #include <string>
 #include <vector>
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define IF_HAS_ASAN 1
+#endif
+#endif
+#ifndef IF_HAS_ASAN
+#define IF_HAS_ASAN 0
+#endif
+#if defined(__SANITIZE_ADDRESS__) || IF_HAS_ASAN
+#include <sanitizer/allocator_interface.h>
+#else
+#include <malloc.h>
+#endif
+
 #include "extern_templates.hpp"
 #include "part_util.hpp"
 #include "test_util.hpp"
@@ -323,6 +337,112 @@ TEST_CASE("extremes: sizes near the index limits are refused before allocating",
     LongTermAttention<double> lta(4, 2, 8, twin_params(false));
     REQUIRE_INVALID(lta.set_num_streams(Index(1) << 50), has("n streams needs"));
     CHECK(lta.num_streams() == 1);
+}
+
+// Every constructor counts what it allocates: a width of 2^20 asks for terabytes of
+// weights (d × d each), which must be refused by name before anything is allocated, not
+// end in std::bad_alloc.
+TEST_CASE("extremes: widths beyond the machine's memory are refused by every constructor",
+          "[extremes][errors]") {
+    const Index wide = Index(1) << 20;
+    LongTermParams p;
+    p.num_basis = 16;
+    p.widths = {0.1, 0.2};
+    p.num_samples = 8;
+    const auto basis = GaussianBasis<double>::default_family(16, p.widths);
+    check_rows({
+        {"ShortTermAttention, d_model = 2^20",
+         "ShortTermAttention::ShortTermAttention: ", [&] { ShortTermAttention<double>(wide, 1); }},
+        {"ContinuousAttention, dim = 2^20", "ContinuousAttention::ContinuousAttention: ",
+         [&] { ContinuousAttention<double>(basis, wide, 1, 0, p); }},
+        {"ContinuousAttention, d_model = 2^40", "ContinuousAttention::ContinuousAttention: ",
+         [&] { ContinuousAttention<double>(basis, 4, 1, Index(1) << 40, p); }},
+        {"MemoryGate, dim = 2^20", "MemoryGate::MemoryGate: ", [&] { MemoryGate<float>{wide}; }},
+        {"LongTermMemory, dim = 2^34 (N x dim coefficients)",
+         "LongTermMemory::LongTermMemory: ", [&] { LongTermMemory<double>(Index(1) << 34, 8, p); }},
+        {"LongTermAttention, dim = 2^20", "LongTermAttention::LongTermAttention: ",
+         [&] { LongTermAttention<double>(wide, 1, 8, p); }},
+        {"InfinityFormerLayer, d_model = 2^20", "InfinityFormerLayer::InfinityFormerLayer: ",
+         [&] { InfinityFormerLayer<float>(wide, 1, 8, p); }},
+        {"SamplePointChooser, num_samples = 2^62", "SamplePointChooser::SamplePointChooser: ",
+         [&] { SamplePointChooser<double>(Sampling::uniform, Index(1) << 62, 8); }},
+        {"default_family, num_basis = 2^62", "GaussianBasis::default_family: ",
+         [&] { GaussianBasis<double>::default_family(Index(1) << 62, {0.1}); }},
+    });
+    // The messages say that memory ran short, not which allocation happened to fail.
+    REQUIRE_INVALID(ShortTermAttention<double>(wide, 1), has("needs about"));
+}
+
+namespace {
+// Bytes allocated and not yet freed, as the allocator counts them.
+double heap_in_use() {
+#if defined(__SANITIZE_ADDRESS__) || IF_HAS_ASAN
+    return static_cast<double>(__sanitizer_get_current_allocated_bytes());
+#else
+    const auto info = mallinfo2();
+    return static_cast<double>(info.uordblks + info.hblkhd);
+#endif
+}
+}  // namespace
+
+// set_num_streams() refuses counts whose streams would not fit: its estimate of a stream
+// must cover what a stream really takes, measured by the allocator, once it has been
+// through forwards and backwards (its workspace sized), plus the stream object itself.
+TEMPLATE_TEST_CASE("extremes: a stream's estimated size covers what it allocates",
+                   "[extremes][errors]", float, double) {
+    using S = TestType;
+    using M = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+    for (int variant = 0; variant < 3; ++variant) {
+        LongTermParams p;
+        p.num_basis = 16;
+        p.widths = {0.1, 0.2};
+        p.num_samples = variant == 2 ? 24 : 8;
+        p.num_bins = variant == 2 ? 4 : 8;
+        p.sampling = variant == 0 ? Sampling::uniform : Sampling::sticky;
+        p.gate = variant != 0;
+        INFO("variant " << variant);
+        Normal rng(5);
+        // Stream 0 first: what the modules allocate once (their own workspaces) is not a
+        // stream's.
+        const auto run_layer = [&](InfinityFormerLayer<S>& layer, Index stream) {
+            M dx(8, 8);
+            for (int c = 0; c < 5; ++c) {
+                layer.forward(rng.matrix(8, 8).template cast<S>(), stream);
+                layer.backward(rng.matrix(8, 8).template cast<S>(), S(0.1), dx, stream);
+            }
+        };
+        InfinityFormerLayer<S> layer(8, 2, 8, p);
+        run_layer(layer, 0);
+        double before = heap_in_use();
+        layer.set_num_streams(4);
+        for (Index s = 1; s < 4; ++s) run_layer(layer, s);
+        const double layer_stream = (heap_in_use() - before) / 3;
+        INFO("a layer's stream: " << layer_stream << " bytes, estimated " << layer.stream_bytes());
+        CHECK(layer_stream <= layer.stream_bytes());
+
+        const auto run_lta = [&](LongTermAttention<S>& lta, Index stream) {
+            M dq(8, 8), dx(8, 8);
+            for (int c = 0; c < 5; ++c) {
+                lta.forward(rng.matrix(8, 8).template cast<S>(),
+                            rng.matrix(8, 8).template cast<S>(), stream);
+                lta.backward(rng.matrix(8, 8).template cast<S>(), S(0.1), dq, dx, stream);
+            }
+        };
+        LongTermAttention<S> lta(8, 2, 8, p);
+        run_lta(lta, 0);
+        before = heap_in_use();
+        lta.set_num_streams(4);
+        for (Index s = 1; s < 4; ++s) run_lta(lta, s);
+        const double lta_stream = (heap_in_use() - before) / 3;
+        INFO("a long-term attention's stream (chunk-sized queries): "
+             << lta_stream << " bytes, estimated " << lta.stream_bytes());
+        CHECK(lta_stream <= lta.stream_bytes());
+        // A count whose streams would not fit is refused, the count unchanged.
+        const auto too_many = static_cast<Index>(
+            std::ceil(infinityformer::detail::memory_budget_bytes() / layer.stream_bytes()) + 1);
+        REQUIRE_INVALID(layer.set_num_streams(too_many), has("n streams needs about"));
+        CHECK(layer.num_streams() == 4);
+    }
 }
 
 // Rows of large normal numbers (×30): short-term scores hundreds apart.

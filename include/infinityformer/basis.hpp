@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "detail/gauss_row.hpp"
+#include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "errors.hpp"
 
@@ -72,6 +73,9 @@ public:
         detail::require(w >= 1, where, "widths has 0 entries, expected at least 1");
         detail::require(num_basis >= 1 && num_basis % w == 0, where, "num_basis is ", num_basis,
                         ", expected a positive multiple of the number of widths (", w, ")");
+        const double n = static_cast<double>(num_basis);
+        detail::require_allocatable(where, "num_basis centres and widths", n,
+                                    6 * n * static_cast<double>(sizeof(Scalar)));
         const Index k_centers = num_basis / w;
         Vector c(num_basis), s(num_basis);
         for (Index i = 0; i < k_centers; ++i) {

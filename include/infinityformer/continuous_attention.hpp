@@ -4,6 +4,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
@@ -113,6 +115,12 @@ public:
                         ", expected a positive divisor of dim (", dim, ")");
         detail::require(d_model >= 0, where, "d_model is ", d_model,
                         ", expected >= 1 (or 0 for d_model = dim)");
+        const double e = static_cast<double>(dim), out = static_cast<double>(d_model_);
+        detail::require_allocatable(where,
+                                    "the weights (proj_key, proj_value: dim x dim; attn_out: "
+                                    "d_model x dim) and gradients",
+                                    std::max(e * e, out * e),
+                                    weight_bytes(basis.size(), dim, d_model_));
         sigma_sq_min_ = static_cast<Scalar>(params.sigma_sq_min);
         kl_sigma_0_ = static_cast<Scalar>(params.kl_sigma_0);
         kl_mu_term_ = params.kl_mu_term;
@@ -126,6 +134,14 @@ public:
                         Index d_model, const LongTermParams& params)
         : ContinuousAttention(basis, dim, num_heads, d_model, params.attention_params(),
                               params.seed) {}
+
+    /// Bytes of the weights and their gradients for N basis functions, width e and output
+    /// width d_model (what the constructor allocates, and refuses beyond the machine's memory).
+    static double weight_bytes(Index num_basis, Index dim, Index d_model) {
+        const double n = static_cast<double>(num_basis), e = static_cast<double>(dim),
+                     d = static_cast<double>(d_model);
+        return static_cast<double>(sizeof(Scalar)) * 2 * (2 * e * e + d * e + 2 * n);
+    }
 
     Index dim() const { return dim_; }
     Index num_heads() const { return heads_; }

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
@@ -43,8 +44,19 @@ public:
 
     /// @param dim e ≥ 1. Weights initialised as PyTorch's Conv1d: U(±1/√(3e)).
     explicit MemoryGate(Index dim, std::uint64_t seed = 0) : dim_(dim) {
-        detail::require(dim >= 1, "MemoryGate::MemoryGate", "dim is ", dim, ", expected >= 1");
+        constexpr const char* where = "MemoryGate::MemoryGate";
+        detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
+        const double e = static_cast<double>(dim);
+        detail::require_allocatable(where, "the weights (3 taps of dim x dim) and gradients", e * e,
+                                    weight_bytes(dim));
         init_weights(seed);
+    }
+
+    /// Bytes of the weights and their gradients of a gate of width e (what the constructor
+    /// allocates, and refuses beyond the machine's memory).
+    static double weight_bytes(Index dim) {
+        const double e = static_cast<double>(dim);
+        return static_cast<double>(sizeof(Scalar)) * 2 * (3 * e * e + e);
     }
 
     Index dim() const { return dim_; }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -185,10 +186,8 @@ public:
     void set_num_streams(Index n) {
         constexpr const char* where = "InfinityFormerLayer::set_num_streams";
         detail::require(n >= 1, where, "n is ", n, ", expected >= 1");
-        const double per_stream =
-            window_bytes(num_heads(), length_, d_model()) + ltm_.stream_bytes();
         detail::require_allocatable(where, "n streams", static_cast<double>(n),
-                                    static_cast<double>(n) * per_stream);
+                                    static_cast<double>(n) * stream_bytes());
         std::vector<StreamState> next;
         next.reserve(static_cast<std::size_t>(n));
         for (Index s = 0; s < n; ++s)
@@ -200,6 +199,13 @@ public:
     /// The stream's whole state (a value: copy it, compare it).
     const StreamState& stream_state(Index stream = 0) const {
         return state("InfinityFormerLayer::stream_state", stream);
+    }
+
+    /// Bytes of one stream's state and workspace once it has been through forwards and
+    /// backwards, the stream object included, at most: set_num_streams() refuses a count
+    /// whose streams would not fit in the machine's memory.
+    double stream_bytes() const {
+        return stream_bytes_for(d_model(), num_heads(), length_, ltm_.params());
     }
 
     /// Replaces a stream's state by `s` (a saved stream restored by
@@ -476,18 +482,34 @@ private:
                         ", expected a positive divisor of d_model (", d_model, ")");
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
         p.template validate_for<Scalar>(where);
-        const double l = static_cast<double>(length);
+        // Everything the constructor allocates (each part also checks its own): the
+        // short-term weights, the long-term module with its stream, and the layer's stream.
+        const double l = static_cast<double>(length), dm = static_cast<double>(d_model);
         detail::require_allocatable(
-            where, "the short-term window (num_heads, chunk_length, d_model)",
-            2 * static_cast<double>(heads) * l * l, window_bytes(heads, length, d_model));
+            where,
+            "the weights, the memory's operators and one stream (num_heads x chunk_length^2 "
+            "attention weights, d_model^2 weights)",
+            std::max(2 * static_cast<double>(heads) * l * l, dm * dm),
+            ShortTermAttention<Scalar>::weight_bytes(d_model) +
+                LongTermMemory<Scalar>::operator_bytes(length, p.memory_params()) +
+                ContinuousAttention<Scalar>::weight_bytes(p.num_basis, d_model, d_model) +
+                (p.gate ? MemoryGate<Scalar>::weight_bytes(d_model) : 0.0) +
+                LongTermAttention<Scalar>::stream_bytes_for(d_model, heads, length, d_model, p) +
+                stream_bytes_for(d_model, heads, length, p));
         return length;
     }
 
-    // Bytes of one stream's short-term window, traces and workspace, estimated in double.
-    static double window_bytes(Index heads, Index length, Index d_model) {
+    // stream_bytes() of a layer of these sizes: the short-term window, two traces and the
+    // backward workspace, and the long-term part (LongTermAttention::stream_bytes_for()).
+    static double stream_bytes_for(Index d_model, Index heads, Index length,
+                                   const LongTermParams& p) {
         const double h = static_cast<double>(heads), l = static_cast<double>(length),
                      d = static_cast<double>(d_model);
-        return static_cast<double>(sizeof(Scalar)) * (4 * h * l * l + 24 * l * d);
+        constexpr double blocks = 32, per_block = 64;  // allocations, and each one's overhead
+        return static_cast<double>(sizeof(StreamState) - sizeof(LongTermStream<Scalar>)) +
+               static_cast<double>(sizeof(Scalar)) * (32 * l * d + 6 * h * l * l + h * l) +
+               blocks * per_block +
+               LongTermAttention<Scalar>::stream_bytes_for(d_model, heads, length, d_model, p);
     }
 
     StreamState& state(const char* where, Index stream) {

@@ -187,13 +187,28 @@ public:
         streams_.swap(next);
     }
 
-    /// Bytes of one stream's state and workspace, estimated (set_num_streams() refuses a
-    /// count whose streams would not fit in the machine's memory).
+    /// Bytes of one stream's state and workspace once it has been through forwards and
+    /// backwards with chunk-sized queries (L of them), the stream object included, at most:
+    /// set_num_streams() refuses a count whose streams would not fit in the machine's memory.
     double stream_bytes() const {
-        const double n = static_cast<double>(attention_.num_basis()),
-                     e = static_cast<double>(dim()), l = static_cast<double>(length_),
-                     h = static_cast<double>(num_heads());
-        return static_cast<double>(sizeof(Scalar)) * (2 * h * l * n + 8 * n * e + 8 * l * e);
+        return stream_bytes_for(dim(), num_heads(), length_, d_model(), params_);
+    }
+    /// stream_bytes() of a module of these sizes.
+    static double stream_bytes_for(Index dim, Index num_heads, Index chunk_length, Index d_model,
+                                   const LongTermParams& p) {
+        const double n = static_cast<double>(p.num_basis), e = static_cast<double>(dim),
+                     l = static_cast<double>(chunk_length), h = static_cast<double>(num_heads),
+                     out = static_cast<double>(d_model == 0 ? dim : d_model);
+        // A trace (two per stream): B and values (N × e), r (H·L × N), queries, context and
+        // workspace (L × e), the output (L × d_model), six H·L vectors and four e-vectors.
+        const double trace = 2 * n * e + h * l * n + 3 * l * e + l * out + 6 * h * l + 4 * e;
+        // Two traces, the observed densities, the gate's inputs and outputs (current and
+        // next), dB and dX̃.
+        const double scalars = 2 * trace + 2 * h * l + (p.gate ? 6 * l * e : 0) + n * e + l * e;
+        constexpr double blocks = 48, per_block = 64;  // allocations, and each one's overhead
+        return static_cast<double>(sizeof(StreamState)) +
+               static_cast<double>(sizeof(Scalar)) * scalars + blocks * per_block +
+               LongTermMemory<Scalar>::heap_bytes(dim, p.memory_params());
     }
 
     /// The continuous attention (read-only; set its weights with set_attention_weights()).
@@ -519,12 +534,20 @@ private:
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
         detail::require(d_model >= 0, where, "d_model is ", d_model,
                         ", expected >= 1 (or 0 for d_model = dim)");
+        // Everything the constructor allocates: the shared operators and the weights with
+        // their gradients (each part also checks its own), and one stream.
         const double r = static_cast<double>(heads) * static_cast<double>(length) *
                          static_cast<double>(p.num_basis);
-        detail::require_allocatable(where,
-                                    "one stream's attention trace (num_heads x "
-                                    "chunk_length x num_basis)",
-                                    r, 2 * r * static_cast<double>(sizeof(Scalar)));
+        const Index out = d_model == 0 ? dim : d_model;
+        detail::require_allocatable(
+            where,
+            "the weights, the memory's operators and one stream (num_heads x chunk_length x "
+            "num_basis attention weights per trace)",
+            r,
+            LongTermMemory<Scalar>::operator_bytes(length, p.memory_params()) +
+                ContinuousAttention<Scalar>::weight_bytes(p.num_basis, dim, out) +
+                (p.gate ? MemoryGate<Scalar>::weight_bytes(dim) : 0.0) +
+                2 * stream_bytes_for(dim, heads, length, d_model, p));
         return p;
     }
 

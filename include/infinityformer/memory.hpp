@@ -143,6 +143,26 @@ public:
     /// The stream's state (a value: copy it, compare it).
     const State& state() const { return state_; }
 
+    /// Bytes of the operators a configuration builds once and its memories share (the
+    /// fits are computed in double over about 2(M + L) positions), at most.
+    static double operator_bytes(Index chunk_length, const MemoryParams& p) {
+        const double n = static_cast<double>(p.num_basis), m = static_cast<double>(p.num_samples),
+                     l = static_cast<double>(chunk_length), d = static_cast<double>(p.num_bins);
+        return 8 * (3 * n * n + 6 * n * (m + l + 1)) +
+               static_cast<double>(sizeof(Scalar)) * (n * n + n * (m + 2 * l) + d * n + 4 * n);
+    }
+    /// Bytes one memory's state and workspace take on the heap once it has been through
+    /// every kind of update, at most: besides the object itself (sizeof) and the densities
+    /// it observes (two values per query and head).
+    static double heap_bytes(Index dim, const MemoryParams& p) {
+        const double n = static_cast<double>(p.num_basis), m = static_cast<double>(p.num_samples),
+                     e = static_cast<double>(dim), d = static_cast<double>(p.num_bins);
+        constexpr double blocks = 24, per_block = 64;  // allocations, and each one's overhead
+        return static_cast<double>(sizeof(Scalar)) *
+                   (4 * n * e + m * n + m * e + d * e + n * d + 4 * m + n + d) +
+               8 * (2 * d + 2 + m) + blocks * per_block;
+    }
+
     /// Replaces the stream's state, for instance with one saved earlier
     /// (<infinityformer/io/state.hpp>) or copied from another memory of the same
     /// configuration; `seed_base` is what restart_generator() will restart from. Checked,
@@ -572,13 +592,10 @@ private:
         const double n = static_cast<double>(p.num_basis), m = static_cast<double>(p.num_samples),
                      l = static_cast<double>(length), e = static_cast<double>(dim),
                      d = static_cast<double>(p.num_bins);
-        // The fits are computed in double over ~2(M + L) positions; the state is N × e.
-        const double largest = std::max({n * n, n * 2 * (m + l + 1), m * e, d * n});
-        const double bytes =
-            8 * (3 * n * n + 6 * n * (m + l + 1)) +
-            static_cast<double>(sizeof(Scalar)) * (6 * n * e + m * n + m * e + d * n);
+        const double largest = std::max({n * n, n * 2 * (m + l + 1), m * e, d * n, d * e});
         detail::require_allocatable(
-            where, "this memory (num_basis, num_samples, chunk_length, dim)", largest, bytes);
+            where, "this memory (num_basis, num_samples, chunk_length, dim)", largest,
+            operator_bytes(length, p) + heap_bytes(dim, p) + sizeof(LongTermMemory));
         return p;
     }
 

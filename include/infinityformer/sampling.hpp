@@ -13,6 +13,7 @@
 #include <unsupported/Eigen/SpecialFunctions>
 #include <vector>
 
+#include "detail/limits.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
@@ -126,8 +127,21 @@ public:
     using Index = Eigen::Index;
 
     /// @param sampling the mode. @param num_samples M ≥ 1. @param num_bins D ≥ 1.
+    /// @throws infinityformer::invalid_argument on an unknown mode, a count below 1 or
+    ///         sizes beyond the machine's memory.
     SamplePointChooser(Sampling sampling, Index num_samples, Index num_bins)
-        : sampling_(sampling), m_(num_samples), d_(num_bins), uniform_(num_samples) {
+        : sampling_(sampling), m_(num_samples), d_(num_bins) {
+        constexpr const char* where = "SamplePointChooser::SamplePointChooser";
+        const int mode = static_cast<int>(sampling);
+        detail::require(mode >= static_cast<int>(Sampling::uniform) &&
+                            mode <= static_cast<int>(Sampling::stratified),
+                        where, "sampling is ", mode, ", expected a Sampling value");
+        detail::require(num_samples >= 1, where, "num_samples is ", num_samples, ", expected >= 1");
+        detail::require(num_bins >= 1, where, "num_bins is ", num_bins, ", expected >= 1");
+        const double m = static_cast<double>(num_samples), d = static_cast<double>(num_bins);
+        detail::require_allocatable(where, "the points and bins (num_samples, num_bins)",
+                                    std::max(m, d + 1), 16 * (2 * m + 2 * d + 2));
+        uniform_.resize(num_samples);
         for (Index i = 0; i < m_; ++i)
             uniform_[i] = static_cast<Scalar>(static_cast<double>(i + 1) / static_cast<double>(m_));
     }

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "detail/random.hpp"
 #include "errors.hpp"
@@ -80,8 +81,18 @@ public:
         detail::require(d_model >= 1, where, "d_model is ", d_model, ", expected >= 1");
         detail::require(num_heads >= 1 && d_model % num_heads == 0, where, "num_heads is ",
                         num_heads, ", expected a positive divisor of d_model (", d_model, ")");
+        const double d = static_cast<double>(d_model);
+        detail::require_allocatable(where, "the weights (4 x d_model x d_model) and gradients",
+                                    d * d, weight_bytes(d_model));
         init_weights(seed);
         zero_grad();
+    }
+
+    /// Bytes of the weights and their gradients of a part of width d_model (what the
+    /// constructor allocates; it refuses a width for which they exceed the machine's memory).
+    static double weight_bytes(Index d_model) {
+        const double d = static_cast<double>(d_model);
+        return static_cast<double>(sizeof(Scalar)) * 8 * d * d;
     }
 
     Index d_model() const { return d_; }
