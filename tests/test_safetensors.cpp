@@ -15,8 +15,14 @@
 #include <limits>
 #include <random>
 #include <sstream>
+#include <streambuf>
 #include <string>
+#include <system_error>
 #include <vector>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
 
 #include "test_util.hpp"
 
@@ -136,6 +142,91 @@ bool same_gate(const MemoryGated::Weights& a, const MemoryGated::Weights& b) {
     return a.taps[0] == b.taps[0] && a.taps[1] == b.taps[1] && a.taps[2] == b.taps[2] &&
            a.bias == b.bias;
 }
+
+// ---- File-system errors ------------------------------------------------------------------
+
+namespace fs = std::filesystem;
+
+// A fresh directory under the system's temporary directory, removed with what it holds.
+struct Scratch {
+    fs::path dir;
+    explicit Scratch(const std::string& tag)
+        : dir(fs::temp_directory_path() / (tag + std::to_string(std::random_device{}()))) {
+        fs::remove_all(dir);
+        fs::create_directories(dir);
+    }
+    ~Scratch() {
+        std::error_code ignored;
+        fs::remove_all(dir, ignored);
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    fs::path operator/(const std::string& name) const { return dir / name; }
+};
+
+std::string contents(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// Permissions do not stop root: the checks that need them are skipped there.
+bool permissions_apply() {
+#if defined(__unix__) || defined(__APPLE__)
+    return geteuid() != 0;
+#else
+    return false;
+#endif
+}
+
+// A stream buffer that gives `good` and then fails: its next read throws E (a device error).
+template <typename E>
+class FailingInput : public std::streambuf {
+public:
+    explicit FailingInput(std::string good) : good_(std::move(good)) {
+        setg(good_.data(), good_.data(), good_.data() + good_.size());
+    }
+
+protected:
+    int_type underflow() override { throw E("the device failed"); }
+
+private:
+    std::string good_;
+};
+
+// Io::Safetensors::read of a stream over FailingInput<E>, with the stream's exceptions mask.
+template <typename E>
+io::Safetensors read_failing(const std::string& good, std::ios::iostate exceptions) {
+    FailingInput<E> buffer(good);
+    std::istream in(&buffer);
+    in.exceptions(exceptions);
+    return io::Safetensors::read(in, "src");
+}
+
+// A stream buffer that takes `room` bytes and then refuses more (a full disk).
+class FullOutput : public std::streambuf {
+public:
+    explicit FullOutput(std::size_t room) : room_(room) {}
+
+protected:
+    int_type overflow(int_type c) override {
+        if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+        if (room_ == 0) return traits_type::eof();
+        --room_;
+        return c;
+    }
+
+private:
+    std::size_t room_;
+};
+
+// The library's runtime_error (never a std::ios_base::failure or filesystem_error).
+#define REQUIRE_FILE_ERROR(expr, matcher)                                    \
+    do {                                                                     \
+        REQUIRE_THROWS_AS(expr, runtime_error);                              \
+        REQUIRE_THROWS_WITH(expr, Contains("[infinityformer] ") && matcher); \
+    } while (false)
 
 }  // namespace
 
@@ -423,8 +514,8 @@ TEST_CASE("safetensors: malformed files are refused with a message", "[safetenso
               .values<double>("t")
               .empty());
     // Files and streams.
-    REQUIRE_THROWS_WITH(io::Safetensors::load("/nonexistent/x.safetensors"),
-                        Contains("/nonexistent/x.safetensors: cannot open"));
+    REQUIRE_FILE_ERROR(io::Safetensors::load("/nonexistent/x.safetensors"),
+                       Contains("/nonexistent/x.safetensors: cannot open"));
     std::istringstream in(good);
     CHECK(io::Safetensors::read(in, "s").names() == std::vector<std::string>{"a", "b"});
 }
@@ -586,4 +677,128 @@ TEST_CASE("safetensors: a layer saved and loaded runs bit-identically", "[safete
     InfinityFormerLayerd wide(8, heads, len, small_params(true));
     REQUIRE_INVALID(io::load_weights(wide, f, "layer."),
                     Contains("'layer.short_term.query.weight' has shape [6, 6], expected [8, 8]"));
+}
+
+TEST_CASE("safetensors: every file error is a runtime_error naming the file", "[safetensors]") {
+    Scratch tmp("infinityformer_st_io_");
+    io::SafetensorsWriter w;
+    w.add("x", VectorXd::Ones(3), DType::F64);
+    const std::string bytes = w.bytes();
+    const fs::path good = tmp / "good.safetensors", dir = tmp / "dir";
+    w.save(good);
+    fs::create_directory(dir);
+    REQUIRE((contents(good) == bytes));
+    REQUIRE_FALSE(fs::exists(good.string() + ".tmp"));
+
+    // Reading a directory, a missing file, a file in a missing directory or under a file.
+    const std::string load = "[infinityformer] io::Safetensors::load: ";
+    REQUIRE_FILE_ERROR(io::Safetensors::load(dir),
+                       Contains(load + dir.string() + ": cannot open the file: it is a directory"));
+    for (const fs::path& missing : {tmp / "missing.safetensors", tmp / "no" / "x.safetensors"}) {
+        INFO(missing);
+        REQUIRE_FILE_ERROR(io::Safetensors::load(missing),
+                           Contains(load + missing.string() + ": cannot open the file: "));
+    }
+    REQUIRE_FILE_ERROR(io::Safetensors::load(tmp / "missing.safetensors"),
+                       Contains("it does not exist"));
+    REQUIRE_FILE_ERROR(io::Safetensors::load(good / "x"),
+                       Contains(load + (good / "x").string() + ": cannot open the file: "));
+    REQUIRE_FILE_ERROR(io::Safetensors::load(""), Contains(load + "the path is empty"));
+    // A truncated file: the parser names it.
+    const fs::path cut = tmp / "cut.safetensors";
+    {
+        std::ofstream out(cut, std::ios::binary);
+        out << bytes.substr(0, bytes.size() - 1);
+    }
+    REQUIRE_FILE_ERROR(io::Safetensors::load(cut),
+                       Contains("io::Safetensors::parse: " + cut.string() + ": "));
+    // A file that opens but cannot be read (reading /proc/self/mem at offset 0 fails: EIO).
+    if (fs::exists("/proc/self/mem"))
+        REQUIRE_FILE_ERROR(io::Safetensors::load("/proc/self/mem"),
+                           Contains(load + "/proc/self/mem: reading failed: "));
+    if (permissions_apply()) {
+        const fs::path locked = tmp / "locked.safetensors";
+        w.save(locked);
+        fs::permissions(locked, fs::perms::none);
+        REQUIRE_FILE_ERROR(io::Safetensors::load(locked),
+                           Contains(load + locked.string() + ": cannot open the file: "));
+        fs::permissions(locked, fs::perms::owner_all);
+    }
+
+    // Streams: a buffer that throws (whatever the exceptions mask), a failed stream.
+    const std::string read = "[infinityformer] io::Safetensors::read: src: ";
+    REQUIRE_FILE_ERROR(read_failing<std::ios_base::failure>(bytes.substr(0, 10), std::ios::goodbit),
+                       Contains(read + "reading failed: the device failed"));
+    REQUIRE_FILE_ERROR(
+        read_failing<std::runtime_error>(bytes.substr(0, 10), std::ios::badbit | std::ios::failbit),
+        Contains(read + "reading failed: the device failed"));
+    {
+        std::istringstream in(bytes);
+        in.setstate(std::ios::failbit);
+        REQUIRE_FILE_ERROR(io::Safetensors::read(in, "src"),
+                           Contains(read + "the stream is in a failed state"));
+    }
+    {
+        std::istringstream in(bytes);
+        in.exceptions(std::ios::badbit | std::ios::failbit);  // reading to the end is no failure
+        CHECK(io::Safetensors::read(in, "src").names() == std::vector<std::string>{"x"});
+    }
+    for (std::ios::iostate mask : {std::ios::goodbit, std::ios::badbit}) {
+        FullOutput full(5);
+        std::ostream out(&full);
+        out.exceptions(mask);
+        REQUIRE_FILE_ERROR(w.write(out), Contains("io::SafetensorsWriter::write: writing failed"));
+    }
+
+    // Writing: onto a directory, into a missing directory or under a file, an empty path; the
+    // temporary file cannot be created. Nothing is left behind and the old file is intact.
+    io::SafetensorsWriter other;
+    other.add("y", VectorXd::Zero(2), DType::F32);
+    const std::string save = "[infinityformer] io::SafetensorsWriter::save: ";
+    REQUIRE_FILE_ERROR(other.save(dir), Contains(save + dir.string() +
+                                                 ": cannot write the file: it is a directory"));
+    CHECK(fs::is_directory(dir));
+    CHECK_FALSE(fs::exists(dir.string() + ".tmp"));
+    REQUIRE_FILE_ERROR(other.save(tmp / "no" / "x.safetensors"),
+                       Contains(save + (tmp / "no" / "x.safetensors").string() +
+                                ": cannot write the file: the directory '" + (tmp / "no").string() +
+                                "' does not exist"));
+    CHECK_FALSE(fs::exists(tmp / "no"));
+    REQUIRE_FILE_ERROR(
+        other.save(good / "x.safetensors"),
+        Contains(save + (good / "x.safetensors").string() + ": cannot write the file: '" +
+                 good.string() + "' is not a directory"));
+    const bool had_tmp = fs::exists(".tmp");
+    REQUIRE_FILE_ERROR(other.save(""), Contains(save + "the path is empty"));
+    CHECK(fs::exists(".tmp") == had_tmp);
+    fs::create_directory(good.string() + ".tmp");
+    REQUIRE_FILE_ERROR(other.save(good),
+                       Contains(save + good.string() + ": cannot create the temporary file '" +
+                                good.string() + ".tmp': it is a directory"));
+    CHECK(fs::is_directory(good.string() + ".tmp"));  // not ours: left alone
+    CHECK((contents(good) == bytes));
+    fs::remove(good.string() + ".tmp");
+#if defined(__unix__) || defined(__APPLE__)
+    const fs::path fifo = tmp / "fifo";
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    REQUIRE_FILE_ERROR(other.save(fifo), Contains(save + fifo.string() +
+                                                  ": cannot write the file: it exists and is "
+                                                  "not a regular file"));
+    CHECK(fs::is_fifo(fifo));
+    CHECK_FALSE(fs::exists(fifo.string() + ".tmp"));
+#endif
+    if (permissions_apply()) {
+        const fs::path ro = tmp / "ro";
+        fs::create_directory(ro);
+        fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec);
+        REQUIRE_FILE_ERROR(other.save(ro / "x.safetensors"),
+                           Contains(save + (ro / "x.safetensors").string() +
+                                    ": cannot create the temporary file '"));
+        fs::permissions(ro, fs::perms::owner_all);
+        CHECK(fs::is_empty(ro));
+    }
+    // A save that works replaces the file and leaves no temporary file.
+    other.save(good);
+    CHECK((contents(good) == other.bytes()));
+    CHECK_FALSE(fs::exists(good.string() + ".tmp"));
 }

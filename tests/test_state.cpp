@@ -14,11 +14,19 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <infinityformer/io/state.hpp>
+#include <random>
 #include <sstream>
+#include <stdexcept>
+#include <streambuf>
 #include <string>
+#include <system_error>
 #include <vector>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include "extern_templates.hpp"
 #include "test_util.hpp"
@@ -120,6 +128,73 @@ void reseal(std::string& s) {
     put_u32(h - 8, crc(h, s.size()));
     put_u32(h - 4, crc(0, h - 4));
 }
+
+namespace fs = std::filesystem;
+
+// A fresh directory under the system's temporary directory, removed with what it holds.
+struct Scratch {
+    fs::path dir;
+    explicit Scratch(const std::string& tag)
+        : dir(fs::temp_directory_path() / (tag + std::to_string(std::random_device{}()))) {
+        fs::remove_all(dir);
+        fs::create_directories(dir);
+    }
+    ~Scratch() {
+        std::error_code ignored;
+        fs::remove_all(dir, ignored);
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    std::string operator/(const std::string& name) const { return (dir / name).string(); }
+};
+
+std::string contents(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// Permissions do not stop root: the checks that need them are skipped there.
+bool permissions_apply() {
+#if defined(__unix__) || defined(__APPLE__)
+    return geteuid() != 0;
+#else
+    return false;
+#endif
+}
+
+// A stream buffer that gives `good` and then fails: its next read throws E (a device error).
+template <typename E>
+class FailingInput : public std::streambuf {
+public:
+    explicit FailingInput(std::string good) : good_(std::move(good)) {
+        setg(good_.data(), good_.data(), good_.data() + good_.size());
+    }
+
+protected:
+    int_type underflow() override { throw E("the device failed"); }
+
+private:
+    std::string good_;
+};
+
+// A stream buffer that takes `room` bytes and then refuses more (a full disk).
+class FullOutput : public std::streambuf {
+public:
+    explicit FullOutput(std::size_t room) : room_(room) {}
+
+protected:
+    int_type overflow(int_type c) override {
+        if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+        if (room_ == 0) return traits_type::eof();
+        --room_;
+        return c;
+    }
+
+private:
+    std::size_t room_;
+};
 
 std::uint64_t le(const std::string& s, std::size_t at, int n) {
     std::uint64_t v = 0;
@@ -308,6 +383,132 @@ TEST_CASE("state: a truncated, damaged, foreign or newer state is refused, the s
     std::remove(path.c_str());
     CHECK_THROWS_AS(io::restore_state_file(b, path), infinityformer::runtime_error);
     CHECK(b.stream_state() == before);
+}
+
+TEST_CASE("state: every file or stream error is a runtime_error naming the file", "[state][twin]") {
+    Scratch tmp("infinityformer_state_io_");
+    const auto p = small_params(Sampling::uniform);
+    Normal rng(6);
+    InfinityFormerLayer<double> a(kD, kHeads, kL, p), b(kD, kHeads, kL, p);
+    for (int c = 0; c < 3; ++c) a.forward(rng.matrix(kL, kD));
+    for (int c = 0; c < 2; ++c) b.forward(rng.matrix(kL, kD));
+    const auto before = b.stream_state();
+    const std::string good = tmp / "good.state", dir = tmp / "dir";
+    io::save_state_file(a, good);
+    const std::string bytes = contents(good);
+    REQUIRE((bytes == saved(a)));
+    REQUIRE_FALSE(fs::exists(good + ".tmp"));
+    fs::create_directory(dir);
+
+    // Reading a directory, a missing file, a file in a missing directory or under a file, an
+    // empty path, a truncated file, a file that opens but cannot be read.
+    const std::string restore = "[infinityformer] io::restore_state_file: ";
+    auto refused = [&](const std::string& path, const std::string& says) {
+        INFO(path);
+        CHECK_THROWS_AS(io::restore_state_file(b, path), infinityformer::runtime_error);
+        CHECK_THROWS_WITH(io::restore_state_file(b, path), has(restore) && has(says));
+        REQUIRE(b.stream_state() == before);
+    };
+    refused(dir, "'" + dir + "': cannot open the file: it is a directory");
+    refused(tmp / "missing.state",
+            "'" + tmp / "missing.state" + "': cannot open the file: it does not exist");
+    refused(tmp / "no/x.state", "'" + tmp / "no/x.state" + "': cannot open the file: ");
+    refused(good + "/x", "'" + good + "/x': cannot open the file: ");
+    refused("", "the path is empty");
+    const std::string cut = tmp / "cut.state";
+    {
+        std::ofstream out(cut, std::ios::binary);
+        out << bytes.substr(0, bytes.size() - 1);
+    }
+    refused(cut, "'" + cut + "': the state is truncated");
+    if (fs::exists("/proc/self/mem")) refused("/proc/self/mem", "'/proc/self/mem': reading failed");
+    if (permissions_apply()) {
+        const std::string locked = tmp / "locked.state";
+        io::save_state_file(a, locked);
+        fs::permissions(locked, fs::perms::none);
+        refused(locked, "'" + locked + "': cannot open the file: ");
+        fs::permissions(locked, fs::perms::owner_all);
+    }
+
+    // Streams: a buffer that throws (whatever the exceptions mask), a failed stream.
+    for (std::ios::iostate mask : {std::ios::goodbit, std::ios::badbit}) {
+        INFO("exceptions " << mask);
+        FailingInput<std::ios_base::failure> io_failure(bytes.substr(0, 30));
+        FailingInput<std::runtime_error> other_failure(bytes.substr(0, 30));
+        for (std::streambuf* buffer : {static_cast<std::streambuf*>(&io_failure),
+                                       static_cast<std::streambuf*>(&other_failure)}) {
+            std::istream in(buffer);
+            in.exceptions(mask);
+            CHECK_THROWS_AS(io::restore_state(b, in), infinityformer::runtime_error);
+        }
+        FailingInput<std::runtime_error> again(bytes.substr(0, 30));
+        std::istream in(&again);
+        in.exceptions(mask);
+        CHECK_THROWS_WITH(io::restore_state(b, in),
+                          has("[infinityformer] io::restore_state: reading failed"));
+        REQUIRE(b.stream_state() == before);
+    }
+    {
+        std::istringstream in(bytes);
+        in.setstate(std::ios::failbit);
+        CHECK_THROWS_WITH(io::restore_state(b, in),
+                          has("[infinityformer] io::restore_state: the input stream is in a "
+                              "failed state"));
+        REQUIRE(b.stream_state() == before);
+    }
+    for (std::ios::iostate mask : {std::ios::goodbit, std::ios::badbit}) {
+        FullOutput full(100);
+        std::ostream out(&full);
+        out.exceptions(mask);
+        CHECK_THROWS_AS(io::save_state(a, out), infinityformer::runtime_error);
+        CHECK_THROWS_WITH(io::save_state(a, out),
+                          has("[infinityformer] io::save_state: writing the state failed"));
+    }
+
+    // Writing: onto a directory, into a missing directory or under a file, an empty path; the
+    // temporary file cannot be created. Nothing is left behind and the old file is intact.
+    const std::string save = "[infinityformer] io::save_state_file: ";
+    auto unsaved = [&](const std::string& path, const std::string& says) {
+        INFO(path);
+        CHECK_THROWS_AS(io::save_state_file(b, path), infinityformer::runtime_error);
+        CHECK_THROWS_WITH(io::save_state_file(b, path), has(save) && has(says));
+        CHECK_FALSE(fs::exists(path + ".tmp"));
+    };
+    unsaved(dir, "'" + dir + "': cannot write the file: it is a directory");
+    CHECK(fs::is_directory(dir));
+    unsaved(tmp / "no/x.state", "'" + tmp / "no/x.state" +
+                                    "': cannot write the file: the directory '" + tmp / "no" +
+                                    "' does not exist");
+    unsaved(good + "/x.state",
+            "'" + good + "/x.state': cannot write the file: '" + good + "' is not a directory");
+    const bool had_tmp = fs::exists(".tmp");
+    CHECK_THROWS_WITH(io::save_state_file(b, ""), has(save + "the path is empty"));
+    CHECK(fs::exists(".tmp") == had_tmp);
+    fs::create_directory(good + ".tmp");
+    CHECK_THROWS_AS(io::save_state_file(b, good), infinityformer::runtime_error);
+    CHECK_THROWS_WITH(io::save_state_file(b, good),
+                      has(save + "'" + good + "': cannot create the temporary file '" + good +
+                          ".tmp': it is a directory"));
+    CHECK(fs::is_directory(good + ".tmp"));  // not ours: left alone
+    CHECK((contents(good) == bytes));
+    fs::remove(good + ".tmp");
+    if (permissions_apply()) {
+        const std::string ro = tmp / "ro";
+        fs::create_directory(ro);
+        fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec);
+        CHECK_THROWS_WITH(io::save_state_file(b, ro + "/x.state"),
+                          has(save + "'" + ro + "/x.state': cannot create the temporary file"));
+        fs::permissions(ro, fs::perms::owner_all);
+        CHECK(fs::is_empty(ro));
+    }
+    // A bad stream index is the argument's fault: no temporary file either.
+    CHECK_THROWS_AS(io::save_state_file(b, good, 7), infinityformer::invalid_argument);
+    CHECK_FALSE(fs::exists(good + ".tmp"));
+    CHECK((contents(good) == bytes));
+    // A save that works replaces the file and leaves no temporary file.
+    io::save_state_file(b, good);
+    CHECK((contents(good) == saved(b)));
+    CHECK_FALSE(fs::exists(good + ".tmp"));
 }
 
 TEST_CASE("state: set_stream_state checks what it is given", "[state][twin]") {

@@ -25,6 +25,10 @@
 /// other than the three are ignored; so is the order of the entries and of the data.
 /// A malformed input throws infinityformer::runtime_error, "[infinityformer]
 /// io::Safetensors::parse: <source>: <what is wrong>, expected <what is valid>".
+/// A file or stream that cannot be read (an empty path, a missing file, a directory, a read
+/// error) throws infinityformer::runtime_error too, "[infinityformer] io::Safetensors::load:
+/// <path>: <what went wrong>" (read: the source's name); so does one that cannot be written
+/// (SafetensorsWriter::write, save), never a std::ios_base::failure or filesystem_error.
 ///
 /// **Values** (values(), matrix(), vector(), taps()) convert any floating dtype exactly to
 /// double, then to the requested Scalar; a NaN or infinity, or a value beyond the Scalar's
@@ -95,6 +99,7 @@
 #include "../long_term_attention.hpp"
 #include "../short_term_attention.hpp"
 #include "../version.hpp"
+#include "files.hpp"
 
 namespace infinityformer::io {
 
@@ -400,23 +405,23 @@ public:
         return parse(size == 0 ? std::string() : std::string(p, p + size), source);
     }
 
-    /// Reads the stream to its end and parses what it held.
-    /// @throws infinityformer::runtime_error if the stream fails or the input is malformed.
+    /// Reads the stream's buffer to its end and parses what it held (the stream's state is
+    /// not changed; its exceptions mask does not matter).
+    /// @throws infinityformer::runtime_error "io::Safetensors::read: <source>: …" if the
+    ///         stream is already failed or reading fails (whatever the buffer throws), or as
+    ///         parse() if the input is malformed.
     static Safetensors read(std::istream& in, const std::string& source = "<stream>") {
-        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        if (in.bad()) corrupt(source, "reading failed");
-        return parse(std::move(bytes), source);
+        return parse(file_detail::read_all(in, "io::Safetensors::read", source), source);
     }
 
     /// Reads and parses a file (the path names it in error messages).
-    /// @throws infinityformer::runtime_error if it cannot be opened or is malformed.
+    /// @throws infinityformer::runtime_error "io::Safetensors::load: <path>: …" if the path
+    ///         is empty, does not exist, is a directory, cannot be opened or reading it fails,
+    ///         or as parse() if it is malformed.
     static Safetensors load(const std::filesystem::path& path) {
-        std::ifstream in(path, std::ios::binary);
-        if (!in)
-            throw infinityformer::runtime_error(
-                "[infinityformer] io::Safetensors::load: " + path.string() +
-                ": cannot open the file, expected a readable file");
-        return read(in, path.string());
+        constexpr const char* where = "io::Safetensors::load";
+        std::ifstream in = file_detail::open_for_reading(where, path, path.string());
+        return parse(file_detail::read_all(in, where, path.string()), path.string());
     }
 
     /// The name given to the input (a path for load()).
@@ -801,38 +806,36 @@ public:
         return out;
     }
 
-    /// @throws infinityformer::runtime_error if the stream fails.
+    /// Writes the file to the stream.
+    /// @throws infinityformer::runtime_error if the stream fails (or throws: whatever its
+    ///         exceptions mask).
     void write(std::ostream& out) const {
+        constexpr const char* where = "io::SafetensorsWriter::write";
         const std::string b = bytes();
-        out.write(b.data(), static_cast<std::streamsize>(b.size()));
-        out.flush();
+        try {
+            out.write(b.data(), static_cast<std::streamsize>(b.size()));
+            out.flush();
+        } catch (...) {
+            file_detail::rethrow_write_error(where, "", "writing");
+        }
         if (!out)
-            throw infinityformer::runtime_error(
-                "[infinityformer] io::SafetensorsWriter::write: writing failed, expected a "
-                "writable stream");
+            file_detail::fail(where, "", "writing failed (the stream's ",
+                              out.bad() ? "badbit" : "failbit",
+                              " is set), expected a writable stream");
     }
 
     /// Writes to path + ".tmp", then renames it to path: a failed save leaves an existing
-    /// file as it was. @throws infinityformer::runtime_error naming the path.
+    /// file as it was and no temporary file (a path + ".tmp" that is a directory is refused
+    /// and left alone).
+    /// @throws infinityformer::runtime_error "io::SafetensorsWriter::save: <path>: …" if the
+    ///         path is empty, is a directory or another non-regular file, its directory does
+    ///         not exist, or creating, writing or renaming the temporary file fails.
     void save(const std::filesystem::path& path) const {
-        const std::filesystem::path tmp = path.string() + ".tmp";
-        const auto failed = [&](const std::string& what) {
-            std::error_code ec;
-            if (std::filesystem::is_regular_file(tmp, ec)) std::filesystem::remove(tmp, ec);
-            throw infinityformer::runtime_error(
-                "[infinityformer] io::SafetensorsWriter::save: " + path.string() + ": " + what);
-        };
-        {
-            std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-            if (!out) failed("cannot create " + tmp.string() + ", expected a writable directory");
-            const std::string b = bytes();
-            out.write(b.data(), static_cast<std::streamsize>(b.size()));
-            out.close();
-            if (!out) failed("writing " + tmp.string() + " failed");
-        }
-        std::error_code ec;
-        std::filesystem::rename(tmp, path, ec);
-        if (ec) failed("renaming " + tmp.string() + " failed: " + ec.message());
+        const std::string b = bytes();
+        file_detail::save_atomically(
+            "io::SafetensorsWriter::save", path, path.string(), [&b](std::ostream& out) {
+                out.write(b.data(), static_cast<std::streamsize>(b.size()));
+            });
     }
 
 private:

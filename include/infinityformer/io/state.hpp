@@ -50,6 +50,7 @@
 #include "../layer.hpp"
 #include "../long_term_attention.hpp"
 #include "../memory.hpp"
+#include "files.hpp"
 
 namespace infinityformer::io {
 
@@ -412,9 +413,13 @@ inline void write_file(std::ostream& out, const Config& cfg, const Bytes& payloa
         throw infinityformer::logic_error(
             infinityformer::detail::concat("[infinityformer] ", where, ": header of ", h.size(),
                                            " bytes, expected ", header_bytes));
-    out.write(reinterpret_cast<const char*>(h.data()), static_cast<std::streamsize>(h.size()));
-    out.write(reinterpret_cast<const char*>(payload.data()),
-              static_cast<std::streamsize>(payload.size()));
+    try {  // a stream whose exceptions mask is set throws: the library's error instead
+        out.write(reinterpret_cast<const char*>(h.data()), static_cast<std::streamsize>(h.size()));
+        out.write(reinterpret_cast<const char*>(payload.data()),
+                  static_cast<std::streamsize>(payload.size()));
+    } catch (...) {
+        file_detail::rethrow_write_error(where, "", "writing the state");
+    }
     if (!out)
         throw infinityformer::runtime_error(infinityformer::detail::concat(
             "[infinityformer] ", where, ": writing the state failed (the stream's state is bad)"));
@@ -464,14 +469,23 @@ inline std::vector<unsigned char> read_file(std::istream& in, const Config& obje
         reject(where, "the state is truncated: its ", part, " needs ", expected,
                " bytes, the input ends after ", got, " (state unchanged)");
     };
-    // A stream that throws on failure (exceptions(failbit)) ends like any other here.
+    if (in.fail())
+        reject(where, "the input stream is in a failed state (", in.bad() ? "badbit" : "failbit",
+               " set), expected a readable stream (state unchanged)");
+    // A read error (the stream's badbit) is reported as such, whether the stream throws
+    // (its exceptions mask) or not; a stream that throws at its end (exceptions(failbit))
+    // ends like any other here.
     auto read = [where](std::istream& is, std::uint64_t n) {
+        std::vector<unsigned char> got;
         try {
-            return read_up_to(is, n);
-        } catch (const std::ios_base::failure& e) {
+            got = read_up_to(is, n);
+        } catch (const std::exception& e) {
+            if (is.bad()) reject(where, "reading failed (", e.what(), "; state unchanged)");
             reject(where, "the state is truncated or unreadable: the input stream failed (",
                    e.what(), "; state unchanged)");
         }
+        if (is.bad()) reject(where, "reading failed (the stream's badbit is set; state unchanged)");
+        return got;
     };
     const auto prelude = read(in, kPreludeBytes);
     const std::size_t have = std::min(prelude.size(), sizeof kMagic);
@@ -553,33 +567,7 @@ inline void expect_end(const Cursor& c) {
 
 template <typename Save>
 void save_to_path(const std::string& path, const char* where, Save save) {
-    namespace fs = std::filesystem;
-    const fs::path target(path), tmp(path + ".tmp");
-    auto fail = [&](const std::string& what) {
-        std::error_code ignored;
-        fs::remove(tmp, ignored);
-        throw infinityformer::runtime_error(
-            infinityformer::detail::concat("[infinityformer] ", where, ": ", what));
-    };
-    try {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out)
-            fail(infinityformer::detail::concat("cannot open '", tmp.string(), "' for writing"));
-        save(out);
-        out.flush();
-        if (!out) fail(infinityformer::detail::concat("writing '", tmp.string(), "' failed"));
-    } catch (const infinityformer::runtime_error&) {
-        throw;
-    } catch (...) {
-        std::error_code ignored;
-        fs::remove(tmp, ignored);
-        throw;
-    }
-    std::error_code ec;
-    fs::rename(tmp, target, ec);  // replaces an existing file (also on Windows)
-    if (ec)
-        fail(infinityformer::detail::concat("cannot rename '", tmp.string(), "' to '", path,
-                                            "': ", ec.message()));
+    file_detail::save_atomically(where, path, "'" + path + "'", save);
 }
 
 }  // namespace state_detail
@@ -765,8 +753,11 @@ void restore_state(InfinityFormerLayer<Scalar>& layer, std::istream& in, Eigen::
 // ---- files ---------------------------------------------------------------------------
 
 /// save_state() to a file: written to `path` + ".tmp", then renamed over `path`, so that a
-/// failed save leaves an existing file as it was.
-/// @throws infinityformer::runtime_error if the file cannot be written.
+/// failed save leaves an existing file as it was (and no temporary file).
+/// @throws infinityformer::runtime_error "io::save_state_file: '<path>': …" if the path is
+///         empty, is a directory or another non-regular file, its directory does not exist,
+///         or creating, writing or renaming the temporary file fails; invalid_argument on a
+///         bad stream index.
 template <typename Object>
 void save_state_file(const Object& object, const std::string& path, Eigen::Index stream = 0) {
     state_detail::save_to_path(path, "io::save_state_file", [&](std::ostream& out) {
@@ -779,19 +770,35 @@ void save_state_file(const Object& object, const std::string& path, Eigen::Index
 
 /// restore_state() from a file that holds one state and nothing after it (stream ignored
 /// for a LongTermMemory).
-/// @throws infinityformer::runtime_error if it cannot be opened or naming what is wrong
-///         with it (object unchanged).
+/// @throws infinityformer::runtime_error "io::restore_state_file: '<path>': …" if the path
+///         is empty, does not exist, is a directory, cannot be opened or read, or naming what
+///         is wrong with its contents (object unchanged); invalid_argument on a bad stream
+///         index.
 template <typename Object>
 void restore_state_file(Object& object, const std::string& path, Eigen::Index stream = 0) {
     constexpr const char* where = "io::restore_state_file";
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        throw infinityformer::runtime_error(infinityformer::detail::concat(
-            "[infinityformer] ", where, ": cannot open '", path, "' for reading"));
-    auto next = state_detail::parse_state(object, in, stream, where);
-    if (in.peek() != std::char_traits<char>::eof())
-        state_detail::reject(where, "'", path,
-                             "' is damaged: it has bytes after the state (state unchanged)");
+    const std::string name = "'" + path + "'";
+    std::ifstream in = file_detail::open_for_reading(where, path, name);
+    auto next = [&] {
+        try {
+            auto parsed = state_detail::parse_state(object, in, stream, where);
+            const auto after = in.peek();
+            if (in.bad())
+                state_detail::reject(where,
+                                     "reading failed (the stream's badbit is set; state "
+                                     "unchanged)");
+            if (after != std::char_traits<char>::eof())
+                state_detail::reject(where,
+                                     "the file is damaged: it has bytes after the state (state "
+                                     "unchanged)");
+            return parsed;
+        } catch (const infinityformer::runtime_error& e) {  // the file's name after `where`
+            const std::string m = e.what(), head = infinityformer::detail::concat(
+                                                "[infinityformer] ", where, ": ");
+            if (m.compare(0, head.size(), head) != 0) throw;
+            throw infinityformer::runtime_error(head + name + ": " + m.substr(head.size()));
+        }
+    }();
     state_detail::commit_state(object, std::move(next), stream);
 }
 
