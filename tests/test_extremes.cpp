@@ -8,6 +8,7 @@
 #include <functional>
 #include <infinityformer/infinityformer.hpp>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -502,4 +503,92 @@ TEMPLATE_TEST_CASE("extremes: no operator, memory, attention or gradient holds a
     sta.forward_unchecked(prev, X, q, t);
     CHECK(subnormals(t.probs) == 0);
     CHECK(subnormals(t.context) == 0);
+}
+
+// Every public constructor validates what it reads, the low-level ones included: whatever
+// finite values it is given, it either refuses them (invalid_argument) or builds an object
+// whose results on finite input are finite. Tried here on the parts' own constructors with
+// values at and beyond the edges of each Scalar's range; nothing tells the test which
+// values the code has a rule for.
+TEMPLATE_TEST_CASE("extremes: low-level constructors refuse what would give non-finite results",
+                   "[extremes][errors]", float, double) {
+    using S = TestType;
+    using V = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+    using M = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+    const std::vector<double> values = {1e-300, 1e-200, 1e-160, 1e-100, 1e-40, 1e-30,
+                                        1e-20,  1e-10,  1e-3,   0.5,    1e10,  1e20,
+                                        1e30,   1e100,  1e160,  1e200,  1e300};
+    int built = 0, refused = 0;
+    for (double w : values)
+        for (double c : {0.5, 1e20, 1e200}) {
+            if (!std::isfinite(static_cast<S>(w)) || !std::isfinite(static_cast<S>(c)) ||
+                static_cast<S>(w) == S(0))
+                continue;  // not a value of the Scalar: not a finite argument
+            INFO("width " << w << ", centre " << c);
+            V centres(2), widths(2);
+            centres << S(0), static_cast<S>(c);
+            widths << static_cast<S>(w), S(0.1);
+            std::optional<GaussianBasis<S>> basis;
+            try {
+                basis.emplace(centres, widths);
+            } catch (const infinityformer::invalid_argument&) {
+                ++refused;
+                continue;
+            }
+            ++built;
+            V t(4), mu(3), s2(3);
+            t << S(0), S(0.5), S(1), static_cast<S>(c);
+            mu << S(0), S(0.5), static_cast<S>(c);
+            s2 << S(0), S(1e-4), S(1);
+            CHECK(basis->evaluate(t).allFinite());
+            CHECK(basis->expect_psi(mu, s2).allFinite());
+            // E[t ψ] and E[t² ψ] may exceed the Scalar (centres of 1e20 in float): then an
+            // error naming them, never an Inf.
+            for (int moment = 1; moment <= 2; ++moment) try {
+                    const M e =
+                        moment == 1 ? basis->expect_t_psi(mu, s2) : basis->expect_t2_psi(mu, s2);
+                    CHECK(e.allFinite());
+                } catch (const infinityformer::invalid_argument& err) {
+                    CHECK_THAT(err.what(), Contains("overflowed (centre"));
+                }
+            V dmu(3), ds2(3);
+            basis->expect_psi_backward(mu, s2, M::Ones(3, 2), dmu, ds2);
+            CHECK(dmu.allFinite());
+            CHECK(ds2.allFinite());
+        }
+    INFO(built << " bases built, " << refused << " refused");
+    CHECK(built > 0);
+    CHECK(refused > 0);
+
+    // Adam's options: refused, or every step on finite gradients leaves finite weights
+    // (a refused step leaves them as they were).
+    for (double lr : {1e-3, 1e39, 1e300})
+        for (double eps : {1e-8, 1e-50, 1e-320})
+            for (double decay : {0.0, 1e300}) {
+                INFO("learning_rate " << lr << ", epsilon " << eps << ", weight_decay " << decay);
+                MemoryGate<S> gate(3, 1);
+                std::vector<Parameter<S>> ps;
+                gate.append_parameters(ps);
+                AdamOptions o;
+                o.learning_rate = lr;
+                o.epsilon = eps;
+                o.weight_decay = decay;
+                std::optional<Adam<S>> adam;
+                try {
+                    adam.emplace(ps, o);
+                } catch (const infinityformer::invalid_argument&) {
+                    continue;
+                }
+                for (int k = 0; k < 3; ++k) {
+                    for (auto& p : ps) p.gradient().setConstant(k == 1 ? S(0) : S(1e-3));
+                    const auto before = gate.weights().taps[0];
+                    try {
+                        adam->step();
+                    } catch (const infinityformer::runtime_error&) {
+                        CHECK(gate.weights().taps[0] == before);
+                        break;
+                    }
+                    for (const auto& p : ps) CHECK(p.values().allFinite());
+                }
+            }
 }

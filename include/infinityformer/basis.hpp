@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -43,7 +44,8 @@ public:
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     using Index = Eigen::Index;
 
-    /// A basis from explicit centres and widths (both N, widths > 0, all finite).
+    /// A basis from explicit centres and widths (both N, all finite; widths > 0 whose
+    /// squares are normal numbers of the Scalar).
     /// @throws infinityformer::invalid_argument on empty, mismatched or bad values.
     GaussianBasis(const Eigen::Ref<const Vector>& centers, const Eigen::Ref<const Vector>& widths)
         : centers_(centers), widths_(widths) {
@@ -53,9 +55,16 @@ public:
         detail::check_shape(where, "widths", widths, centers.size(), 1);
         detail::check_finite(where, "centers", centers);
         detail::check_finite(where, "widths", widths);
-        for (Index k = 0; k < widths.size(); ++k)
+        for (Index k = 0; k < widths.size(); ++k) {
             detail::require(widths[k] > Scalar(0), where, "widths[", k, "] is ", widths[k],
                             ", expected > 0");
+            // The expectations divide by s² and by σ² + s²: a square that underflows or
+            // overflows the Scalar turns them into NaN.
+            const double w = static_cast<double>(widths[k]);
+            const std::string name = detail::concat("widths[", k, "]^2");
+            detail::require_normal<Scalar>(where, name.c_str(), w * w,
+                                           "expected a width whose square is a normal number");
+        }
         widths_sq_ = widths_.array().square();
         min_width_sq_ = widths_sq_.minCoeff();
         max_width_sq_ = widths_sq_.maxCoeff();
@@ -353,11 +362,25 @@ private:
                     out(q, k) = e;
                     continue;
                 }
-                const Scalar m = (c * sig2 + mu[q] * s2) / v;
-                const Scalar x = moment == 1 ? e * m : e * (m * m + sig2 * s2 / v);
+                // Weights σ²/v and s²/v in [0, 1]: no product of two large values.
+                const Scalar m = c * (sig2 / v) + mu[q] * (s2 / v);
+                const Scalar x = moment == 1 ? e * m : e * (m * m + sig2 * (s2 / v));
                 out(q, k) = std::abs(x) < std::numeric_limits<Scalar>::min() ? Scalar(0) : x;
             }
         }
+        if (moment == 0 || detail::all_finite(out)) return;
+        // E[t ψ] and E[t² ψ] grow with |m̃| (between the centre and μ): values beyond the
+        // Scalar's range are refused, not returned as Inf.
+        for (Index k = 0; k < size(); ++k)
+            for (Index q = 0; q < mu.size(); ++q)
+                if (!std::isfinite(static_cast<double>(out(q, k))))
+                    detail::fail(moment == 1 ? "GaussianBasis::expect_t_psi"
+                                             : "GaussianBasis::expect_t2_psi",
+                                 moment == 1 ? "E[t psi_" : "E[t^2 psi_", k, "] under mu[", q,
+                                 "] = ", mu[q], ", sigma_sq[", q, "] = ", sigma_sq[q],
+                                 " overflowed (centre ", centers_[k], ", width ", widths_[k],
+                                 "), expected a value the Scalar can hold: smaller centres or "
+                                 "means");
     }
 
     Vector centers_;

@@ -9,6 +9,7 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <initializer_list>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -76,6 +77,16 @@ inline std::string renamed(const char* what, const char* where) {
     } catch (const infinityformer::logic_error& e) {
         throw infinityformer::logic_error(renamed(e.what(), where));
     }
+}
+
+/// Checks that a positive double is a normal, finite number once rounded to Scalar.
+template <typename Scalar>
+void require_normal(const char* where, const char* name, double v, const char* why) {
+    using L = std::numeric_limits<Scalar>;
+    const bool ok = std::isfinite(v) && v >= static_cast<double>(L::min()) &&
+                    v <= static_cast<double>(L::max());
+    require(ok, where, name, " is ", v, ", outside the normal range of ",
+            sizeof(Scalar) == 4 ? "float" : "double", " (", L::min(), " to ", L::max(), "): ", why);
 }
 
 /// Checks the shape of a matrix argument.

@@ -83,20 +83,6 @@ inline std::string to_string(Stability s) {
     return "unknown";
 }
 
-namespace detail {
-
-/// Checks that a positive double is a normal, finite number once rounded to Scalar.
-template <typename Scalar>
-void require_normal(const char* where, const char* name, double v, const char* why) {
-    using L = std::numeric_limits<Scalar>;
-    const bool ok = std::isfinite(v) && v >= static_cast<double>(L::min()) &&
-                    v <= static_cast<double>(L::max());
-    require(ok, where, name, " is ", v, ", outside the normal range of ",
-            sizeof(Scalar) == 4 ? "float" : "double", " (", L::min(), " to ", L::max(), "): ", why);
-}
-
-}  // namespace detail
-
 /// Settings of the long-term memory (LongTermMemory): the basis, the fit and the sampling.
 /// Defaults: the paper's synthetic `sorting` model.
 struct MemoryParams {

@@ -5,9 +5,12 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <string>
 #include <type_traits>
 #include <vector>
 
+#include "detail/limits.hpp"
+#include "detail/math.hpp"
 #include "errors.hpp"
 #include "parameter_view.hpp"
 
@@ -39,6 +42,23 @@ struct AdamOptions {
         detail::require(std::isfinite(clip_norm) && clip_norm >= 0.0, where, "clip_norm is ",
                         clip_norm, ", expected >= 0 (0 = no clipping)");
     }
+
+    /// validate(), then what the Scalar of the weights cannot hold: the learning rate and
+    /// epsilon must be normal numbers of it (an epsilon that rounds to 0 divides 0 by 0 for
+    /// a weight whose gradient has been 0), and so must learning_rate · weight_decay if
+    /// weight_decay > 0. @param where the public call, named in the message.
+    template <typename Scalar>
+    void validate_for(const char* where) const {
+        validate();
+        detail::require_normal<Scalar>(where, "learning_rate", learning_rate,
+                                       "expected a step the weights' Scalar can hold");
+        detail::require_normal<Scalar>(where, "epsilon", epsilon,
+                                       "expected a value that does not round to 0");
+        if (weight_decay > 0.0)
+            detail::require_normal<Scalar>(where, "learning_rate * weight_decay",
+                                           learning_rate * weight_decay,
+                                           "expected a decay the weights' Scalar can hold");
+    }
 };
 
 /// Adam over a list of Parameter views (e.g. InfinityFormerLayer::parameters()).
@@ -53,8 +73,26 @@ public:
     using Scalar = Scalar_;
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
+    /// @param parameters the views to update (each with rows, cols >= 0 and both pointers
+    ///        set unless it is empty). @param options validated for Scalar.
+    /// @throws infinityformer::invalid_argument naming the option or the parameter.
     explicit Adam(std::vector<Parameter<Scalar>> parameters, const AdamOptions& options = {})
-        : params_(std::move(parameters)), opt_(checked(options)) {
+        : params_(std::move(parameters)), opt_(checked("Adam::Adam", options)) {
+        constexpr const char* where = "Adam::Adam";
+        double entries = 0.0;
+        for (std::size_t i = 0; i < params_.size(); ++i) {
+            const auto& p = params_[i];
+            detail::require(p.rows >= 0 && p.cols >= 0, where, "parameter ", i, " (", p.name,
+                            ") is ", p.rows, "x", p.cols, ", expected sizes >= 0");
+            const double size = static_cast<double>(p.rows) * static_cast<double>(p.cols);
+            detail::require(size == 0.0 || (p.value != nullptr && p.grad != nullptr), where,
+                            "parameter ", i, " (", p.name, ") has a null ",
+                            p.value == nullptr ? "value" : "gradient",
+                            " pointer, expected a view of a module's weights");
+            entries += size;
+        }
+        detail::require_allocatable(where, "the moments (two per weight)", entries,
+                                    2 * entries * static_cast<double>(sizeof(Scalar)));
         for (const auto& p : params_) {
             m_.push_back(Matrix::Zero(p.rows, p.cols));
             v_.push_back(Matrix::Zero(p.rows, p.cols));
@@ -63,7 +101,7 @@ public:
 
     const AdamOptions& options() const { return opt_; }
     /// Changes the options (e.g. a learning-rate schedule); the moments are kept.
-    void set_options(const AdamOptions& options) { opt_ = checked(options); }
+    void set_options(const AdamOptions& options) { opt_ = checked("Adam::set_options", options); }
     const std::vector<Parameter<Scalar>>& parameters() const { return params_; }
     long steps() const { return t_; }
     /// Global L2 norm of the gradients seen by the last step(), before clipping.
@@ -71,7 +109,8 @@ public:
 
     /// One update of every parameter from its gradient. Gradients are left as they are
     /// (call zero_grad() before accumulating the next ones).
-    /// @throws infinityformer::runtime_error if a gradient is not finite (nothing updated).
+    /// @throws infinityformer::runtime_error if a gradient is not finite or an update
+    ///         overflows (nothing updated).
     void step() {
         double sq = 0.0;
         for (const auto& p : params_) {
@@ -86,15 +125,32 @@ public:
         const double clip = (opt_.clip_norm > 0.0 && last_norm_ > opt_.clip_norm)
                                 ? opt_.clip_norm / last_norm_
                                 : 1.0;
-        ++t_;
-        const double bc1 = 1.0 - std::pow(opt_.beta1, static_cast<double>(t_));
-        const double bc2 = 1.0 - std::pow(opt_.beta2, static_cast<double>(t_));
+        const long t = t_ + 1;
+        const double bc1 = 1.0 - std::pow(opt_.beta1, static_cast<double>(t));
+        const double bc2 = 1.0 - std::pow(opt_.beta2, static_cast<double>(t));
         const auto b1 = static_cast<Scalar>(opt_.beta1), b2 = static_cast<Scalar>(opt_.beta2);
         const auto step = static_cast<Scalar>(opt_.learning_rate / bc1);
         const auto inv_sqrt_bc2 = static_cast<Scalar>(1.0 / std::sqrt(bc2));
         const auto eps = static_cast<Scalar>(opt_.epsilon);
         const auto decay = static_cast<Scalar>(opt_.learning_rate * opt_.weight_decay);
         const auto c = static_cast<Scalar>(clip);
+        // The new moments and weights, as expressions: checked first (one pass, nothing
+        // stored), written only if every parameter's are finite.
+        for (std::size_t i = 0; i < params_.size(); ++i) {
+            const auto g = params_[i].gradient();
+            const auto w = params_[i].values();
+            const auto m = b1 * m_[i].array() + (Scalar(1) - b1) * c * g.array();
+            const auto v = b2 * v_[i].array() + (Scalar(1) - b2) * (c * g.array()).square();
+            const auto decayed = w.array() - decay * w.array();
+            const auto updated = decayed - step * m / (v.sqrt() * inv_sqrt_bc2 + eps);
+            if (!detail::all_finite(updated))
+                throw infinityformer::runtime_error(detail::concat(
+                    "[infinityformer] Adam::step: the update of ", params_[i].name,
+                    " overflowed (learning_rate ", opt_.learning_rate, ", weight_decay ",
+                    opt_.weight_decay, ", largest |weight| ", detail::largest_abs(w),
+                    "), expected finite weights; no parameter was updated"));
+        }
+        t_ = t;
         for (std::size_t i = 0; i < params_.size(); ++i) {
             auto w = params_[i].values();
             const auto g = params_[i].gradient();
@@ -111,8 +167,8 @@ public:
     }
 
 private:
-    static const AdamOptions& checked(const AdamOptions& o) {
-        o.validate();
+    static const AdamOptions& checked(const char* where, const AdamOptions& o) {
+        o.template validate_for<Scalar>(where);
         return o;
     }
 
