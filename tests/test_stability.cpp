@@ -278,3 +278,44 @@ TEST_CASE("stability: points given by the caller are held to the bound on every 
                 if (policy == Stability::refuse) CHECK(refused > 0);
             }
 }
+
+// What a stream refused under Stability::refuse does next (documented with Stability): it is
+// unchanged, and since what it observed is unchanged too, the next chunks are refused as
+// well while the attention stays where it was: the stream is stuck until reset(). The
+// same stream under Stability::stabilise goes on.
+TEST_CASE("stability: a refused stream stays refused until reset; stabilise goes on",
+          "[stability]") {
+    LongTermMemory<double> mem(2, 16, growing_sticky(Stability::refuse));
+    LongTermMemory<double> alive(2, 16, growing_sticky(Stability::stabilise));
+    Normal rng(21), same(21);
+    int c = 0;
+    for (; c < 1000; ++c) {
+        try {
+            mem.update(rng.matrix(16, 2));
+        } catch (const infinityformer::runtime_error&) {
+            break;
+        }
+        observe(mem, rng, true);
+    }
+    REQUIRE(c < 1000);
+    int refused = 0;
+    for (int k = 0; k < 20; ++k) {
+        try {
+            mem.update(rng.matrix(16, 2));
+        } catch (const infinityformer::runtime_error& e) {
+            CHECK_THAT(e.what(), Contains("reset()"));
+            ++refused;
+        }
+    }
+    INFO("after the first refusal at chunk " << c << ", " << refused << " of 20 refused");
+    CHECK(refused == 20);
+    mem.reset();
+    mem.update(rng.matrix(16, 2));
+    CHECK(mem.tokens_stored() == 16);
+    // Stabilise: the same stream never stops.
+    for (int k = 0; k < c + 21; ++k) {
+        alive.update(same.matrix(16, 2));
+        observe(alive, same, true);
+    }
+    CHECK(alive.state().rescaled > 0);
+}

@@ -51,7 +51,11 @@ enum class Stability {
     /// (update(X, points), whatever the sampling) can sit anywhere: such an update that
     /// would take max |B| above
     /// kBoundSlack·κ·max|x| (MemoryStability) throws infinityformer::runtime_error, the memory
-    /// unchanged. Otherwise the update is the reference's, bit for bit.
+    /// unchanged. Otherwise the update is the reference's, bit for bit. A refused stream is
+    /// stuck: nothing it reads has changed (its densities, its generator, which a refused
+    /// update does not advance), so the next chunks are refused too while the attention
+    /// stays where it was. Catch the error and reset() the stream (its memory is lost), or
+    /// build with stabilise, which keeps such a stream going.
     refuse,
     /// Opt-in deviation from the reference: nothing is refused; an update that would take
     /// max |B| above kBoundSlack·κ·max|x| scales the old memory's share of it down until the

@@ -561,7 +561,9 @@ private:
                 to_string(params_.sampling), " sampling, growth up to ",
                 ops_->stability.concentrated_growth,
                 " per chunk when its points concentrate); expected stability = "
-                "Stability::stabilise, more basis functions or wider widths (memory unchanged)"));
+                "Stability::stabilise, more basis functions or wider widths (memory unchanged; "
+                "while the attention stays where it is, the next chunks will be refused too: "
+                "reset() the stream, or use Stability::stabilise, which keeps it going)"));
         // stabilise: B' = γ·(old memory's share) + G_newᵀ X with max |B'| ≤ bound.
         fresh_.noalias() = ops_->inf.G().bottomRows(length_).transpose() * X;
         next_B_ -= fresh_;
