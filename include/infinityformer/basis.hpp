@@ -102,6 +102,10 @@ public:
         return GaussianBasis(c, s);
     }
 
+    /// Moving copies (N centres and widths): a moved-from basis is unchanged, never empty.
+    GaussianBasis(const GaussianBasis&) = default;
+    GaussianBasis& operator=(const GaussianBasis&) = default;
+
     /// Number of basis functions N.
     Index size() const { return centers_.size(); }
     const Vector& centers() const { return centers_; }

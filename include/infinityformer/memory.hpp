@@ -116,6 +116,17 @@ public:
     LongTermMemory(Index dim, Index chunk_length, const LongTermParams& params, Index stream = 0)
         : LongTermMemory(dim, chunk_length, params.memory_params(), stream) {}
 
+    LongTermMemory(const LongTermMemory&) = default;
+    LongTermMemory& operator=(const LongTermMemory&) = default;
+    /// Moves the state out: `o` is left an empty memory of its configuration and stream,
+    /// its generator restarted (as after reset() and restart_generator()), on which every
+    /// call works. Allocates `o`'s empty coefficients (N × e).
+    LongTermMemory(LongTermMemory&& o) : chooser_(o.chooser_) { take(o); }
+    LongTermMemory& operator=(LongTermMemory&& o) {
+        if (this != &o) take(o);
+        return *this;
+    }
+
     Index dim() const { return dim_; }
     Index chunk_length() const { return length_; }
     Index num_basis() const { return ops_->basis.size(); }
@@ -470,6 +481,37 @@ public:
     }
 
 private:
+    // The moves: the state and the workspace are moved, the configuration and the shared
+    // operators copied; `o` becomes an empty memory of its configuration.
+    void take(LongTermMemory& o) {
+        params_ = o.params_;
+        dim_ = o.dim_;
+        length_ = o.length_;
+        stream_ = o.stream_;
+        seed_base_ = o.seed_base_;
+        ops_ = o.ops_;
+        state_ = std::move(o.state_);
+        chooser_ = o.chooser_;
+        next_B_ = std::move(o.next_B_);
+        psi_ = std::move(o.psi_);
+        past_ = std::move(o.past_);
+        edge_past_ = std::move(o.edge_past_);
+        gathered_ = std::move(o.gathered_);
+        fresh_ = std::move(o.fresh_);
+        drop_rows_ = std::move(o.drop_rows_);
+        drop_cols_ = std::move(o.drop_cols_);
+        next_points_ = std::move(o.next_points_);
+        next_rng_ = o.next_rng_;
+        next_peak_ = o.next_peak_;
+        next_rescaled_ = o.next_rescaled_;
+        next_reset_ = o.next_reset_;
+        prepared_ = o.prepared_;
+        o.state_ = State();
+        o.restart_generator();
+        o.reset();
+        o.prepared_ = false;
+    }
+
     // What depends only on the configuration, built once and shared by copies.
     struct Operators {
         Operators(const MemoryParams& p, Index length, Index dim)

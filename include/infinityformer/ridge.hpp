@@ -75,6 +75,11 @@ public:
         G_ = cached_operator(basis, positions, ridge_lambda);
     }
 
+    /// Copies share G. Moving copies too (there is no cheaper move): a moved-from fit is
+    /// unchanged, never one without an operator.
+    RidgeFit(const RidgeFit&) = default;
+    RidgeFit& operator=(const RidgeFit&) = default;
+
     /// The operator G (num_kept × N): B = Gᵀ Y.
     const Matrix& G() const { return *G_; }
     const FitPositions& positions() const { return positions_; }

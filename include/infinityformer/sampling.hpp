@@ -146,6 +146,10 @@ public:
             uniform_[i] = static_cast<Scalar>(static_cast<double>(i + 1) / static_cast<double>(m_));
     }
 
+    /// Moving copies (a few vectors of M and D): a moved-from chooser is unchanged.
+    SamplePointChooser(const SamplePointChooser&) = default;
+    SamplePointChooser& operator=(const SamplePointChooser&) = default;
+
     /// The uniform points i/M, i = 1…M.
     const Vector& uniform_points() const { return uniform_; }
 

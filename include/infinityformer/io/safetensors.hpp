@@ -446,8 +446,10 @@ public:
     }
     /// The header's "__metadata__" (empty if absent).
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
-    /// Size of the data section in bytes.
-    std::uint64_t data_bytes() const { return bytes_.size() - data_start_; }
+    /// Size of the data section in bytes (0 for a moved-from object, which has no tensors).
+    std::uint64_t data_bytes() const {
+        return bytes_.size() > data_start_ ? bytes_.size() - data_start_ : 0;
+    }
 
     /// The tensor's elements in row-major order, converted to Scalar.
     /// @throws infinityformer::invalid_argument if the name is absent, the dtype is not a
