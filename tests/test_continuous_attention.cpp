@@ -614,12 +614,14 @@ TEST_CASE("continuous attention: bad backward arguments are rejected and change 
     Normal rng(92);
     const Index d = 6, q = 3, n = 8;
     ContinuousAttentiond att(GaussianBasisd::default_family(n, p.widths), d, 2, 5, p);
-    att.forward(rng.matrix(n, d), rng.matrix(q, d));
+    const MatrixXd B = rng.matrix(n, d), Q = rng.matrix(q, d);
+    att.forward(B, Q);
     MatrixXd dq(q, d), dB(n, d), dq_bad(q, d + 1), dB_bad(n + 1, d);
     const MatrixXd dout = rng.matrix(q, 5);
     MatrixXd dout_nan = dout;
     dout_nan(1, 2) = nan;
     att.backward(dout, 0.1, dq, dB);  // non-zero gradients to protect
+    att.forward(B, Q);                // the same trace again: the backward consumed the first one
     auto views = [&] { return parameter_views(att); };
     require_rejected("dout", views, [&] { att.backward(rng.matrix(q, d), 0.1, dq, dB); });
     require_rejected("dout", views, [&] { att.backward(dout_nan, 0.1, dq, dB); });
@@ -627,7 +629,7 @@ TEST_CASE("continuous attention: bad backward arguments are rejected and change 
     require_rejected("kl_weight", views, [&] { att.backward(dout, nan, dq, dB); });
     require_rejected("dqueries", views, [&] { att.backward(dout, 0.1, dq_bad, dB); });
     require_rejected("dB", views, [&] { att.backward(dout, 0.1, dq, dB_bad); });
-    // The trace survived: a valid call adds the same gradients again.
+    // The trace survived the rejected calls: a valid call adds the same gradients again.
     const auto once = gradients_of(views());
     att.backward(dout, 0.1, dq, dB);
     const auto twice = gradients_of(views());

@@ -476,16 +476,21 @@ TEST_CASE("long-term attention: failed calls leave it as its twin", "[long_term_
             CHECK(lta.attention().gradients().mu == twin.attention().gradients().mu);
             CHECK(lta.attention().gradients().proj_key == twin.attention().gradients().proj_key);
         };
-        auto step = [&] {
-            const MatrixXd x = rng.matrix(4, 6), q = rng.matrix(3, 6), dout = rng.matrix(3, 6);
+        auto advance = [&] {  // a forward on both, not differentiated
+            const MatrixXd x = rng.matrix(4, 6), q = rng.matrix(3, 6);
             CHECK(lta.forward(x, q) == twin.forward(x, q));
+        };
+        auto step = [&] {
+            advance();
+            const MatrixXd dout = rng.matrix(3, 6);
             MatrixXd dq(3, 6), dx(4, 6), dq2(3, 6), dx2(4, 6);
             lta.backward(dout, 0.3, dq, dx);
             twin.backward(dout, 0.3, dq2, dx2);
             CHECK(dq == dq2);
             CHECK(dx == dx2);
         };
-        for (int c = 0; c < 3; ++c) step();
+        for (int c = 0; c < 2; ++c) step();
+        advance();  // its trace is differentiated after the failed calls below
         // A forward whose attention produces NaN (a NaN weight): the memory keeps the
         // previous chunk, the trace stays differentiable.
         const auto w = lta.attention().weights();
@@ -513,7 +518,9 @@ TEST_CASE("long-term attention: failed calls leave it as its twin", "[long_term_
             REQUIRE_THROWS_AS(lta.update(huge), infinityformer::invalid_argument);
             same();
         }
-        // A rejected backward (wrong shape) accumulates nothing.
+        // A rejected backward (wrong shape) accumulates nothing (of a new trace: the
+        // backward above consumed the last one).
+        advance();
         MatrixXd dq(3, 6), dx(4, 6), dx_bad(3, 6);
         REQUIRE_THROWS_AS(lta.backward(rng.matrix(2, 6), 0.3, dq, dx),
                           infinityformer::invalid_argument);
@@ -583,7 +590,8 @@ TEST_CASE("long-term attention: bad backward arguments are rejected and change n
     for (int k = 0; k < 3; ++k) lta.forward(rng.matrix(l, d), rng.matrix(q, d));
     MatrixXd dq(q, d), dX(l, d), dX_bad(l + 1, d), dq_bad(q + 1, d);
     const MatrixXd dout = rng.matrix(q, d);
-    lta.backward(dout, 0.1, dq, dX);
+    lta.backward(dout, 0.1, dq, dX);                  // non-zero gradients to protect
+    lta.forward(rng.matrix(l, d), rng.matrix(q, d));  // a trace: the backward consumed the last
     auto views = [&] { return lta.parameters(); };
     require_rejected("dout", views, [&] { lta.backward(rng.matrix(q, d + 1), 0.1, dq, dX); });
     require_rejected("kl_weight", views, [&] { lta.backward(dout, -1.0, dq, dX); });

@@ -189,6 +189,8 @@ public:
     ///   ∂L/∂σ²_q = Σ_k dr_qk r_qk ((μ_q − c_k)²/v_qk² − 1/v_qk)/2,   v_qk = σ²_q + s_k².
     /// @param mu Q. @param sigma_sq Q, ≥ 0. @param dr Q × N upstream gradient.
     /// @param dmu Q. @param dsigma_sq Q.
+    /// @throws infinityformer::invalid_argument on shapes, non-finite input or a result
+    ///         that overflowed (computed aside: dmu and dsigma_sq are then not written).
     void expect_psi_backward(const Eigen::Ref<const Vector>& mu,
                              const Eigen::Ref<const Vector>& sigma_sq,
                              const Eigen::Ref<const Matrix>& dr, Eigen::Ref<Vector> dmu,
@@ -198,7 +200,14 @@ public:
         detail::check_finite(where, "dr", dr);
         detail::check_shape(where, "dmu", dmu, mu.size(), 1);
         detail::check_shape(where, "dsigma_sq", dsigma_sq, mu.size(), 1);
-        expect_psi_backward_unchecked(mu, sigma_sq, dr, dmu, dsigma_sq);
+        Vector gm(mu.size()), gs(mu.size());
+        expect_psi_backward_unchecked(mu, sigma_sq, dr, gm, gs);
+        if (!(detail::all_finite(gm) && detail::all_finite(gs)))
+            detail::fail_backward<Scalar>(
+                where, detail::concat("dr's largest |entry| ", detail::largest_abs(dr)),
+                detail::all_finite(gm) ? "dsigma_sq" : "dmu", "dr");
+        dmu = gm;
+        dsigma_sq = gs;
     }
 
     /// expect_psi_backward() without argument checks (inputs already validated).

@@ -135,12 +135,24 @@ public:
         : ContinuousAttention(basis, dim, num_heads, d_model, params.attention_params(),
                               params.seed) {}
 
-    /// Bytes of the weights and their gradients for N basis functions, width e and output
-    /// width d_model (what the constructor allocates, and refuses beyond the machine's memory).
+    /// Bytes of the weights, their gradients and a backward's gradients (computed aside) for
+    /// N basis functions, width e and output width d_model (the constructor refuses sizes
+    /// beyond the machine's memory).
     static double weight_bytes(Index num_basis, Index dim, Index d_model) {
         const double n = static_cast<double>(num_basis), e = static_cast<double>(dim),
                      d = static_cast<double>(d_model);
-        return static_cast<double>(sizeof(Scalar)) * 2 * (2 * e * e + d * e + 2 * n);
+        return static_cast<double>(sizeof(Scalar)) * 3 * (2 * e * e + d * e + 2 * n);
+    }
+
+    ContinuousAttention(const ContinuousAttention&) = default;
+    ContinuousAttention& operator=(const ContinuousAttention&) = default;
+    /// Moves the weights and gradients (views from parameters() follow them): `o` keeps its
+    /// sizes and settings, with zero weights and gradients, and no forward to differentiate;
+    /// every call on it works. Allocates `o`'s zeros.
+    ContinuousAttention(ContinuousAttention&& o) : basis_(o.basis_) { take(o); }
+    ContinuousAttention& operator=(ContinuousAttention&& o) {
+        if (this != &o) take(o);
+        return *this;
     }
 
     Index dim() const { return dim_; }
@@ -321,10 +333,13 @@ public:
     ///   ℓ = Σ output ⊙ dout + kl_weight · Σ kl_reg:
     /// accumulates ∂ℓ/∂weights into gradients() and writes ∂ℓ/∂queries and ∂ℓ/∂B.
     /// ∂r/∂(μ, σ²) uses the direct form; no gradient passes the σ² clamp where it is active
-    /// (softplus(w_σ·s) < σ²_min).
+    /// (softplus(w_σ·s) < σ²_min). A forward() is differentiated once: its trace is
+    /// consumed by the backward() that succeeds (a second one would add the gradients again).
     /// @param dout Q × d_model. @param kl_weight ≥ 0. @param dqueries Q × e. @param dB N × e.
-    /// @throws infinityformer::logic_error without a forward();
-    ///         infinityformer::invalid_argument on shapes or non-finite input (nothing changed).
+    /// @throws infinityformer::logic_error without a forward() or once its trace was
+    ///         consumed; infinityformer::invalid_argument on shapes, non-finite input or a
+    ///         result that overflowed (nothing changed: no gradient, no output, the trace
+    ///         still differentiable).
     void backward(const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
                   Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dB) {
         constexpr const char* where = "ContinuousAttention::backward";
@@ -333,32 +348,50 @@ public:
                 detail::concat("[infinityformer] ", where,
                                ": no forward() to differentiate, expected a call "
                                "to forward() first"));
+        if (trace_consumed_)
+            throw infinityformer::logic_error(detail::concat(
+                "[infinityformer] ", where,
+                ": the trace of the last forward() was consumed by the previous backward(), "
+                "expected a new forward() before the next backward() (a second backward() "
+                "of one forward() would add its gradients again)"));
         const Index nq = trace_.queries.rows();
         detail::check_matrix(where, "dout", dout, nq, d_model_);
         detail::check_kl_weight(where, kl_weight);
         detail::check_shape(where, "dqueries", dqueries, nq, dim_);
         detail::check_shape(where, "dB", dB, num_basis(), dim_);
-        backward_unchecked(trace_, dout, kl_weight, dqueries, dB);
+        backward_checked(where, trace_, dout, kl_weight, dqueries, dB);
+        trace_consumed_ = true;
     }
 
-    /// backward() without the checks, for composite modules that checked already.
-    /// The score path is rank 2 per head: ∂ℓ/∂s_h = da_μ,h w_μᵀ + da_σ,h w_σᵀ, so the
-    /// gradients of the queries, of W_K and of B through the keys are outer products.
+    /// backward() of a trace held by the caller, without the argument checks (composite
+    /// modules that checked already). The results are checked: computed aside, they are
+    /// added and written only once all are finite.
+    /// @throws infinityformer::invalid_argument if a result overflowed (nothing changed).
     void backward_unchecked(const Trace& t, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
                             Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dB) {
-        if (grads_.mu.size() != num_basis()) zero_grad();
+        backward_checked("ContinuousAttention::backward_unchecked", t, dout, kl_weight, dqueries,
+                         dB);
+    }
+
+    /// The computing half of a backward of trace t (inputs checked): this call's gradients of
+    /// the weights, ∂ℓ/∂queries (backward_dqueries()), ∂ℓ/∂B (backward_dB()) and ∂ℓ/∂μ, ∂ℓ/∂σ²
+    /// into the workspace. Nothing is accumulated; gradients() and last_grad_mu() unchanged.
+    /// The score path is rank 2 per head: ∂ℓ/∂s_h = da_μ,h w_μᵀ + da_σ,h w_σᵀ, so the
+    /// gradients of the queries, of W_K and of B through the keys are outer products.
+    void backward_compute(const Trace& t, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight) {
         const Index nq = t.queries.rows();
         const Index dh = head_size();
         const Index n = num_basis();
         const Index hq = heads_ * nq;
         const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
         Work& w = work_;
+        Weights& g = w.dgrad;
         const Matrix* values = &t.values;
         if (t.values.rows() != n) {
             w.values.noalias() = t.B * weights_.proj_value.transpose();
             values = &w.values;
         }
-        grads_.attn_out.noalias() += dout.transpose() * t.context;
+        g.attn_out.noalias() = dout.transpose() * t.context;
         w.dcontext.noalias() = dout * weights_.attn_out;
         w.dr.resize(hq, n);
         w.dV.resize(n, dim_);
@@ -389,29 +422,90 @@ public:
         // g_μ,h = Q_hᵀ da_μ,h (stacked over heads: e), and the same for σ.
         w.g_mu.resize(dim_);
         w.g_sigma.resize(dim_);
+        w.dqueries.resize(nq, dim_);
         for (Index h = 0; h < heads_; ++h) {
             const auto qh = t.queries.middleCols(h * dh, dh);
             w.g_mu.segment(h * dh, dh).noalias() =
                 scale * qh.transpose() * w.da_mu.segment(h * nq, nq);
             w.g_sigma.segment(h * dh, dh).noalias() =
                 scale * qh.transpose() * w.da_sigma.segment(h * nq, nq);
-            dqueries.middleCols(h * dh, dh).noalias() =
+            w.dqueries.middleCols(h * dh, dh).noalias() =
                 scale * w.da_mu.segment(h * nq, nq) * t.key_mu.segment(h * dh, dh).transpose();
-            dqueries.middleCols(h * dh, dh).noalias() +=
+            w.dqueries.middleCols(h * dh, dh).noalias() +=
                 scale * w.da_sigma.segment(h * nq, nq) *
                 t.key_sigma.segment(h * dh, dh).transpose();
         }
         // ∂ℓ/∂w_μ = Σ_h S_hᵀ da_μ,h = B W_Kᵀ g_μ; ∂ℓ/∂K = w_μ g_μᵀ + w_σ g_σᵀ.
         w.wk_g_mu.noalias() = weights_.proj_key.transpose() * w.g_mu;
-        grads_.mu.noalias() += t.B * w.wk_g_mu;
+        g.mu.noalias() = t.B * w.wk_g_mu;
         w.wk_g_sigma.noalias() = weights_.proj_key.transpose() * w.g_sigma;
-        grads_.sigma.noalias() += t.B * w.wk_g_sigma;
-        grads_.proj_key.noalias() += w.g_mu * t.u_mu.transpose();
-        grads_.proj_key.noalias() += w.g_sigma * t.u_sigma.transpose();
-        grads_.proj_value.noalias() += w.dV.transpose() * t.B;
-        dB.noalias() = w.dV * weights_.proj_value;
-        dB.noalias() += weights_.mu * w.wk_g_mu.transpose();
-        dB.noalias() += weights_.sigma * w.wk_g_sigma.transpose();
+        g.sigma.noalias() = t.B * w.wk_g_sigma;
+        g.proj_key.noalias() = w.g_mu * t.u_mu.transpose();
+        g.proj_key.noalias() += w.g_sigma * t.u_sigma.transpose();
+        g.proj_value.noalias() = w.dV.transpose() * t.B;
+        w.dB.noalias() = w.dV * weights_.proj_value;
+        w.dB.noalias() += weights_.mu * w.wk_g_mu.transpose();
+        w.dB.noalias() += weights_.sigma * w.wk_g_sigma.transpose();
+    }
+
+    /// True if every result of the last backward_compute() is finite, and so is every
+    /// gradient once it is added: one vectorised pass over each (no branch per entry).
+    bool backward_finite() const {
+        const Work& w = work_;
+        return detail::sum_finite(grads_.attn_out, w.dgrad.attn_out) &&
+               detail::sum_finite(grads_.proj_value, w.dgrad.proj_value) &&
+               detail::sum_finite(grads_.proj_key, w.dgrad.proj_key) &&
+               detail::sum_finite(grads_.mu, w.dgrad.mu) &&
+               detail::sum_finite(grads_.sigma, w.dgrad.sigma) && detail::all_finite(w.dmu) &&
+               detail::all_finite(w.dsigma_sq) && detail::all_finite(w.dqueries) &&
+               detail::all_finite(w.dB);
+    }
+
+    /// Throws infinityformer::invalid_argument naming the first result of the last
+    /// backward_compute() that is not finite (a weight's gradient as `prefix` + its
+    /// parameters() name, or its sum with the accumulated one), with `cause`, the input and
+    /// its magnitudes, and `inputs`, what the caller controls.
+    [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
+                                       const std::string& cause, const std::string& inputs) const {
+        const Work& w = work_;
+        detail::check_gradient_sum(where, cause, inputs, prefix, "attn_out.weight", grads_.attn_out,
+                                   w.dgrad.attn_out);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "proj_value.weight",
+                                   grads_.proj_value, w.dgrad.proj_value);
+        detail::check_backward_result(where, cause, inputs,
+                                      "the gradient of the attention densities' means", w.dmu);
+        detail::check_backward_result(where, cause, inputs,
+                                      "the gradient of the attention densities' variances",
+                                      w.dsigma_sq);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "proj_key.weight", grads_.proj_key,
+                                   w.dgrad.proj_key);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "mu.weight", grads_.mu,
+                                   w.dgrad.mu);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "sigma.weight", grads_.sigma,
+                                   w.dgrad.sigma);
+        detail::check_backward_result(
+            where, cause, inputs, "the gradient of the long-term attention's queries", w.dqueries);
+        detail::check_backward_result(where, cause, inputs, "the gradient of the memory B", w.dB);
+        detail::fail(where, "a backward result is not finite (", cause, ")");
+    }
+
+    /// ∂ℓ/∂queries (Q × e) and ∂ℓ/∂B (N × e) of the last backward_compute().
+    const Matrix& backward_dqueries() const { return work_.dqueries; }
+    const Matrix& backward_dB() const { return work_.dB; }
+
+    /// The keeping half, after backward_compute() and backward_finite(): adds this call's
+    /// gradients to gradients() and makes its ∂ℓ/∂μ, ∂ℓ/∂σ² those of last_grad_mu() and
+    /// last_grad_sigma_sq() (additions and swaps only; nothing throws).
+    void backward_accumulate() {
+        if (grads_.mu.size() != num_basis()) zero_grad();
+        Work& w = work_;
+        grads_.attn_out += w.dgrad.attn_out;
+        grads_.proj_value += w.dgrad.proj_value;
+        grads_.proj_key += w.dgrad.proj_key;
+        grads_.mu += w.dgrad.mu;
+        grads_.sigma += w.dgrad.sigma;
+        w.last_dmu.swap(w.dmu);
+        w.last_dsigma_sq.swap(w.dsigma_sq);
     }
 
     /// Appends the named weights and gradients (the reference's names, after `prefix`).
@@ -428,10 +522,26 @@ public:
     }
 
     /// ∂ℓ/∂μ and ∂ℓ/∂σ² (KL terms included) of the last backward(), H·Q each.
-    const Vector& last_grad_mu() const { return work_.dmu; }
-    const Vector& last_grad_sigma_sq() const { return work_.dsigma_sq; }
+    const Vector& last_grad_mu() const { return work_.last_dmu; }
+    const Vector& last_grad_sigma_sq() const { return work_.last_dsigma_sq; }
 
 private:
+    // backward_compute(), the check, then backward_accumulate() and the outputs.
+    void backward_checked(const char* where, const Trace& t, const Eigen::Ref<const Matrix>& dout,
+                          Scalar kl_weight, Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dB) {
+        backward_compute(t, dout, kl_weight);
+        if (!backward_finite())
+            explain_backward(
+                where, "",
+                detail::concat("dout's largest |entry| ", detail::largest_abs(dout), " (kl_weight ",
+                               kl_weight, "; largest |B| ", detail::largest_abs(t.B),
+                               ", largest |query| ", detail::largest_abs(t.queries), ")"),
+                "dout, kl_weight, a memory and queries");
+        backward_accumulate();
+        dqueries = work_.dqueries;
+        dB = work_.dB;
+    }
+
     void check_inputs(const char* where, const Eigen::Ref<const Matrix>& B,
                       const Eigen::Ref<const Matrix>& queries) const {
         detail::check_matrix(where, "B", B, num_basis(), dim_);
@@ -447,6 +557,7 @@ private:
         compute(B, queries, spare_);
         if (!trace_finite(spare_)) explain_trace("ContinuousAttention::forward", "", spare_);
         std::swap(trace_, spare_);
+        trace_consumed_ = false;  // a new trace for backward()
     }
 
     void compute(const Eigen::Ref<const Matrix>& B, const Eigen::Ref<const Matrix>& queries,
@@ -497,10 +608,34 @@ private:
         t.output.noalias() = t.context * weights_.attn_out.transpose();
     }
 
+    // The moves: everything moved but the basis and settings (copied); `o` left with zero
+    // weights and gradients of its sizes and no trace.
+    void take(ContinuousAttention& o) {
+        basis_ = o.basis_;
+        dim_ = o.dim_;
+        heads_ = o.heads_;
+        d_model_ = o.d_model_;
+        sigma_sq_min_ = o.sigma_sq_min_;
+        kl_sigma_0_ = o.kl_sigma_0_;
+        kl_mu_term_ = o.kl_mu_term_;
+        kl_mu_0_ = o.kl_mu_0_;
+        weights_ = std::move(o.weights_);
+        grads_ = std::move(o.grads_);
+        trace_ = std::move(o.trace_);
+        spare_ = std::move(o.spare_);
+        work_ = std::move(o.work_);
+        trace_consumed_ = o.trace_consumed_;
+        o.zero_grad();
+        o.weights_ = o.grads_;
+        o.trace_ = Trace{};
+        o.spare_ = Trace{};
+        o.trace_consumed_ = false;
+    }
+
     GaussianBasis<Scalar> basis_;
-    Index dim_;
-    Index heads_;
-    Index d_model_;
+    Index dim_ = 0;
+    Index heads_ = 1;
+    Index d_model_ = 0;
     Scalar sigma_sq_min_{};
     Scalar kl_sigma_0_{};
     bool kl_mu_term_ = false;
@@ -509,6 +644,9 @@ private:
         Matrix dcontext, dV, values;
         RowMatrix dr;
         Vector dmu, dsigma_sq, da_mu, da_sigma, g_mu, g_sigma, wk_g_mu, wk_g_sigma;
+        Weights dgrad;                    // this backward's gradients, added once all are finite
+        Matrix dqueries, dB;              // this backward's ∂ℓ/∂queries, ∂ℓ/∂B
+        Vector last_dmu, last_dsigma_sq;  // last_grad_mu(), last_grad_sigma_sq()
     };
 
     Weights weights_;
@@ -516,6 +654,7 @@ private:
     Trace trace_;
     Trace spare_;  // the next trace, kept once it is complete and finite
     Work work_;
+    bool trace_consumed_ = false;  // backward() has differentiated trace_ already
 };
 
 using ContinuousAttentiond = ContinuousAttention<double>;

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "detail/math.hpp"
+
 namespace infinityformer {
 
 /// Bad input: wrong shape, non-finite value, parameter out of range.
@@ -133,6 +135,45 @@ void check_weight(const char* where, const std::string& prefix, const char* name
 template <typename Derived>
 double largest_abs(const Eigen::DenseBase<Derived>& m) {
     return m.size() == 0 ? 0.0 : static_cast<double>(m.derived().cwiseAbs().maxCoeff());
+}
+
+/// A backward pass's result that overflowed: throws infinityformer::invalid_argument
+/// "`cause` overflowed `result`, expected `inputs` whose products stay below <largest
+/// Scalar> (nothing was accumulated)". `cause` names the input and its magnitudes (e.g.
+/// "dY's largest |entry| 1e+308 (kl_weight 0.1)"), `inputs` what the caller controls.
+template <typename Scalar>
+[[noreturn]] void fail_backward(const char* where, const std::string& cause,
+                                const std::string& result, const std::string& inputs) {
+    fail(where, cause, " overflowed ", result, ", expected ", inputs, " whose products stay below ",
+         static_cast<double>(std::numeric_limits<Scalar>::max()), " (nothing was accumulated)");
+}
+
+/// In the explanation of a failed backward: throws (fail_backward()) if `result` is not
+/// finite.
+template <typename Derived>
+void check_backward_result(const char* where, const std::string& cause, const std::string& inputs,
+                           const std::string& result, const Eigen::DenseBase<Derived>& m) {
+    if (!all_finite(m)) fail_backward<typename Derived::Scalar>(where, cause, result, inputs);
+}
+
+/// In the explanation of a failed backward: throws if `contribution`, a call's gradient of
+/// the weight `prefix` + `name`, is not finite (fail_backward()), or if adding it to the
+/// gradient accumulated so far (`accumulated`, empty if none yet) overflows.
+template <typename A, typename B>
+void check_gradient_sum(const char* where, const std::string& cause, const std::string& inputs,
+                        const std::string& prefix, const char* name,
+                        const Eigen::DenseBase<A>& accumulated,
+                        const Eigen::DenseBase<B>& contribution) {
+    using Scalar = typename A::Scalar;
+    if (!all_finite(contribution))
+        fail_backward<Scalar>(where, cause, concat("the gradient of weight ", prefix, name),
+                              inputs);
+    if (!sum_finite(accumulated, contribution))
+        fail(where, "adding this call's gradient of weight ", prefix, name, " (largest |entry| ",
+             largest_abs(contribution), ") to the accumulated one (largest |entry| ",
+             largest_abs(accumulated), ") overflowed, expected accumulated gradients below ",
+             static_cast<double>(std::numeric_limits<Scalar>::max()),
+             " (zero_grad() after each optimiser step?; nothing was accumulated)");
 }
 
 /// Shape and finiteness together.

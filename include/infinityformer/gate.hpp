@@ -52,11 +52,22 @@ public:
         init_weights(seed);
     }
 
-    /// Bytes of the weights and their gradients of a gate of width e (what the constructor
-    /// allocates, and refuses beyond the machine's memory).
+    /// Bytes of the weights, their gradients and a backward's gradients (computed aside) of a
+    /// gate of width e (the constructor refuses a width beyond the machine's memory).
     static double weight_bytes(Index dim) {
         const double e = static_cast<double>(dim);
-        return static_cast<double>(sizeof(Scalar)) * 2 * (3 * e * e + e);
+        return static_cast<double>(sizeof(Scalar)) * 3 * (3 * e * e + e);
+    }
+
+    MemoryGate(const MemoryGate&) = default;
+    MemoryGate& operator=(const MemoryGate&) = default;
+    /// Moves the weights and gradients (views from parameters() follow them): `o` keeps its
+    /// sizes and settings, with zero weights and gradients, and no forward to differentiate;
+    /// every call on it works. Allocates `o`'s zeros.
+    MemoryGate(MemoryGate&& o) { take(o); }
+    MemoryGate& operator=(MemoryGate&& o) {
+        if (this != &o) take(o);
+        return *this;
     }
 
     Index dim() const { return dim_; }
@@ -141,6 +152,8 @@ public:
     ///   dx_t = g_t ⊙ dx̃_t + W₀ᵀ dA_{t+1} + W₁ᵀ dA_t + W₂ᵀ dA_{t−1}
     /// @param X L × e (the forward's input). @param gate L × e (the forward's g).
     /// @param dgated L × e. @param dX L × e.
+    /// @throws infinityformer::invalid_argument on shapes, non-finite input or a result that
+    ///         overflowed (nothing changed: no gradient, dX not written).
     void backward(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& gate,
                   const Eigen::Ref<const Matrix>& dgated, Eigen::Ref<Matrix> dX) {
         constexpr const char* where = "MemoryGate::backward";
@@ -149,33 +162,114 @@ public:
         detail::check_matrix(where, "gate", gate, X.rows(), dim_);
         detail::check_matrix(where, "dgated", dgated, X.rows(), dim_);
         detail::check_shape(where, "dX", dX, X.rows(), dim_);
-        backward_unchecked(X, gate, dgated, dX);
+        backward_checked(where, X, gate, dgated, dX);
     }
 
-    /// backward() without the checks.
+    /// backward() without the argument checks; the results are checked (computed aside,
+    /// added and written only once all are finite).
+    /// @throws infinityformer::invalid_argument if a result overflowed (nothing changed).
     void backward_unchecked(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& gate,
                             const Eigen::Ref<const Matrix>& dgated, Eigen::Ref<Matrix> dX) {
-        if (grads_.bias.size() != dim_) zero_grad();
+        backward_checked("MemoryGate::backward_unchecked", X, gate, dgated, dX);
+    }
+
+    /// The computing half of backward() (inputs checked): this call's gradients of the
+    /// weights and ∂ℓ/∂X (backward_dX()) into the workspace; nothing accumulated.
+    void backward_compute(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& gate,
+                          const Eigen::Ref<const Matrix>& dgated) {
         const Index l = X.rows();
-        dA_ = dgated.cwiseProduct(X).cwiseProduct(
+        Work& w = work_;
+        w.dA = dgated.cwiseProduct(X).cwiseProduct(
             gate.cwiseProduct((Scalar(1) - gate.array()).matrix()));
-        grads_.bias.noalias() += dA_.colwise().sum().transpose();
-        grads_.taps[1].noalias() += dA_.transpose() * X;
-        dX = gate.cwiseProduct(dgated);
-        dX.noalias() += dA_ * weights_.taps[1];
+        w.dgrad.bias.noalias() = w.dA.colwise().sum().transpose();
+        w.dgrad.taps[1].noalias() = w.dA.transpose() * X;
+        w.dx = gate.cwiseProduct(dgated);
+        w.dx.noalias() += w.dA * weights_.taps[1];
         if (l > 1) {
-            grads_.taps[0].noalias() += dA_.bottomRows(l - 1).transpose() * X.topRows(l - 1);
-            grads_.taps[2].noalias() += dA_.topRows(l - 1).transpose() * X.bottomRows(l - 1);
-            dX.topRows(l - 1).noalias() += dA_.bottomRows(l - 1) * weights_.taps[0];
-            dX.bottomRows(l - 1).noalias() += dA_.topRows(l - 1) * weights_.taps[2];
+            w.dgrad.taps[0].noalias() = w.dA.bottomRows(l - 1).transpose() * X.topRows(l - 1);
+            w.dgrad.taps[2].noalias() = w.dA.topRows(l - 1).transpose() * X.bottomRows(l - 1);
+            w.dx.topRows(l - 1).noalias() += w.dA.bottomRows(l - 1) * weights_.taps[0];
+            w.dx.bottomRows(l - 1).noalias() += w.dA.topRows(l - 1) * weights_.taps[2];
+        } else {
+            w.dgrad.taps[0].setZero(dim_, dim_);
+            w.dgrad.taps[2].setZero(dim_, dim_);
         }
     }
 
+    /// True if every result of the last backward_compute() is finite, and so is every
+    /// gradient once it is added (one vectorised pass over each).
+    bool backward_finite() const {
+        const Work& w = work_;
+        return detail::sum_finite(grads_.bias, w.dgrad.bias) &&
+               detail::sum_finite(grads_.taps[0], w.dgrad.taps[0]) &&
+               detail::sum_finite(grads_.taps[1], w.dgrad.taps[1]) &&
+               detail::sum_finite(grads_.taps[2], w.dgrad.taps[2]) && detail::all_finite(w.dx);
+    }
+
+    /// Throws infinityformer::invalid_argument naming the first result of the last
+    /// backward_compute() that is not finite (a weight's gradient as `prefix` + weight.j or
+    /// bias, or its sum with the accumulated one; then dX), with `cause` and `inputs` (see
+    /// detail::fail_backward()).
+    [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
+                                       const std::string& cause, const std::string& inputs) const {
+        const Work& w = work_;
+        detail::check_gradient_sum(where, cause, inputs, prefix, "bias", grads_.bias, w.dgrad.bias);
+        for (std::size_t j = 0; j < 3; ++j) {
+            const std::string name = "weight." + std::to_string(j);
+            detail::check_gradient_sum(where, cause, inputs, prefix, name.c_str(), grads_.taps[j],
+                                       w.dgrad.taps[j]);
+        }
+        detail::check_backward_result(where, cause, inputs, "the gate's dX", w.dx);
+        detail::fail(where, "a backward result is not finite (", cause, ")");
+    }
+
+    /// ∂ℓ/∂X of the last backward_compute() (L × e).
+    const Matrix& backward_dX() const { return work_.dx; }
+
+    /// The keeping half, after backward_compute() and backward_finite(): adds this call's
+    /// gradients to gradients() (additions only; nothing throws).
+    void backward_accumulate() {
+        if (grads_.bias.size() != dim_) zero_grad();
+        grads_.bias += work_.dgrad.bias;
+        for (std::size_t j = 0; j < 3; ++j) grads_.taps[j] += work_.dgrad.taps[j];
+    }
+
 private:
-    Index dim_;
+    // backward_compute(), the check, then backward_accumulate() and dX.
+    void backward_checked(const char* where, const Eigen::Ref<const Matrix>& X,
+                          const Eigen::Ref<const Matrix>& gate,
+                          const Eigen::Ref<const Matrix>& dgated, Eigen::Ref<Matrix> dX) {
+        backward_compute(X, gate, dgated);
+        if (!backward_finite())
+            explain_backward(
+                where, "",
+                detail::concat("dgated's largest |entry| ", detail::largest_abs(dgated),
+                               " (largest |X| ", detail::largest_abs(X), ")"),
+                "dgated and X");
+        backward_accumulate();
+        dX = work_.dx;
+    }
+
+    // Workspace of the backward pass: this call's results, kept once all are finite.
+    struct Work {
+        Matrix dA, dx;
+        Weights dgrad;
+    };
+
+    // The moves: everything moved; `o` left with zero weights and gradients of its width.
+    void take(MemoryGate& o) {
+        dim_ = o.dim_;
+        weights_ = std::move(o.weights_);
+        grads_ = std::move(o.grads_);
+        work_ = std::move(o.work_);
+        o.zero_grad();
+        o.weights_ = o.grads_;
+    }
+
+    Index dim_ = 0;
     Weights weights_;
     Weights grads_;
-    Matrix dA_;
+    Work work_;
 };
 
 using MemoryGated = MemoryGate<double>;

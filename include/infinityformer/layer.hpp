@@ -29,6 +29,7 @@ namespace infinityformer {
 enum class LayerPhase {
     idle,       ///< no forward() to differentiate (new stream, after reset())
     forwarded,  ///< backward() differentiates the last forward()
+    consumed,   ///< backward() consumed the last forward(): nothing to differentiate
 };
 
 /// The state of one stream of an InfinityFormerLayer: a value (copy, move, compare).
@@ -55,7 +56,7 @@ struct LayerStream {
     friend bool operator!=(const LayerStream& a, const LayerStream& b) { return !(a == b); }
 
     // workspace
-    Matrix q_next, y_next, dq_long, dx_stored;
+    Matrix q_next, y_next, dx_next;  // dx_next: ∂ℓ/∂X of a backward, written once it succeeded
     typename ShortTermAttention<Scalar>::Trace next_short_term;
     typename ShortTermAttention<Scalar>::Work work;
     bool next_uses_long = false;  // the forward being prepared reads the long-term memory
@@ -300,22 +301,27 @@ public:
 
     /// Backward of the stream's last forward() for ℓ = Σ Y ⊙ dY + kl_weight · Σ KL (the
     /// long-term attention's regulariser): accumulates the gradients of every weight
-    /// (short-term, long-term, gate) and returns ∂ℓ/∂X of that chunk.
+    /// (short-term, long-term, gate) and returns ∂ℓ/∂X of that chunk. A forward() is
+    /// differentiated once: the backward that succeeds consumes its trace (a second one
+    /// would add the gradients again).
     ///
     /// Truncated back-propagation, as the authors train: the previous chunk in the
     /// short-term window and the memory of older chunks are constants. The chunk stored in
     /// the memory during this forward() (chunk c−2) gives gradients to the gate's weights
     /// through the fit, but not to chunk c−2's inputs.
     /// @param dY L × d. @param kl_weight ≥ 0. @param dX L × d, receives ∂ℓ/∂X.
-    /// @throws infinityformer::logic_error without a forward(); invalid_argument on shapes
-    ///         (nothing changed).
+    /// @throws infinityformer::logic_error without a forward() or once its trace was
+    ///         consumed; invalid_argument on shapes, non-finite input or a result that
+    ///         overflowed (nothing changed: no gradient, dX not written, the trace still
+    ///         differentiable).
     void backward(const Eigen::Ref<const Matrix>& dY, Scalar kl_weight, Eigen::Ref<Matrix> dX,
                   Index stream = 0) {
         constexpr const char* where = "InfinityFormerLayer::backward";
         StreamState& s = state(where, stream);
         check_backward(where, s, dY, kl_weight);
         detail::check_shape(where, "dX", dX, length_, d_model());
-        backward_stream(s, dY, kl_weight, dX, short_, ltm_);
+        backward_stream(where, s, dY, kl_weight, short_, ltm_);
+        commit_backward(s, dX);
     }
 
     /// backward() of the last forward() of each of the streams 0 … S−1 (S = dY.size()), the
@@ -323,7 +329,8 @@ public:
     /// copy of the gradients, which are then added to the layer's in stream order. dX[s] is
     /// what backward(dY[s], kl_weight, dX[s], s) gives, bit for bit; the gradients equal the
     /// sequential loop's to rounding (the sum is grouped by thread). Every check is made
-    /// before anything is computed; the gradients change only once every stream is done.
+    /// before anything is computed; the gradients, the streams and dX change only once every
+    /// stream is done and every sum is finite (all or nothing).
     /// Allocates a copy of the weights per thread. @param dX resized to S matrices (L × d).
     void backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight, std::vector<Matrix>& dX,
                           int threads = 1) {
@@ -332,8 +339,6 @@ public:
         for (Index i = 0; i < count; ++i)
             check_backward(where, streams_[static_cast<std::size_t>(i)],
                            dY[static_cast<std::size_t>(i)], kl_weight);
-        dX.resize(static_cast<std::size_t>(count));
-        for (auto& m : dX) m.resize(length_, d_model());
         const Index workers = std::min<Index>(threads, count);
         struct Copy {
             ShortTermAttention<Scalar> st;
@@ -351,22 +356,39 @@ public:
             Copy& c = copies[static_cast<std::size_t>(w)];
             try {
                 for (Index i = begin; i < end; ++i)
-                    backward_stream(streams_[static_cast<std::size_t>(i)],
-                                    dY[static_cast<std::size_t>(i)], kl_weight,
-                                    dX[static_cast<std::size_t>(i)], c.st, c.lt);
+                    backward_stream(where, streams_[static_cast<std::size_t>(i)],
+                                    dY[static_cast<std::size_t>(i)], kl_weight, c.st, c.lt);
             } catch (...) {
                 errors[static_cast<std::size_t>(w)] = std::current_exception();
             }
         });
         for (const auto& e : errors)
             if (e) std::rethrow_exception(e);
+        // The sums aside, checked, then kept.
         const auto mine = parameters();
+        std::vector<Matrix> sums(mine.size());
+        for (std::size_t k = 0; k < mine.size(); ++k) sums[k] = mine[k].gradient();
         for (auto& c : copies) {
             std::vector<Parameter<Scalar>> theirs;
             c.st.append_parameters(theirs, "short_term.");
             for (auto& p : c.lt.parameters("long_term.")) theirs.push_back(std::move(p));
-            for (std::size_t k = 0; k < mine.size(); ++k)
-                mine[k].gradient() += theirs[k].gradient();
+            for (std::size_t k = 0; k < mine.size(); ++k) sums[k] += theirs[k].gradient();
+        }
+        for (std::size_t k = 0; k < mine.size(); ++k)
+            if (!detail::all_finite(sums[k]))
+                detail::fail(where, "adding the streams' gradients of weight ", mine[k].name,
+                             " to the accumulated one (largest |entry| ",
+                             detail::largest_abs(mine[k].gradient()),
+                             ") overflowed, expected accumulated gradients below ",
+                             static_cast<double>(std::numeric_limits<Scalar>::max()),
+                             " (zero_grad() after each optimiser step?; nothing was "
+                             "accumulated)");
+        for (std::size_t k = 0; k < mine.size(); ++k) mine[k].gradient() = sums[k];
+        dX.resize(static_cast<std::size_t>(count));
+        for (Index i = 0; i < count; ++i) {
+            Matrix& out = dX[static_cast<std::size_t>(i)];
+            out.resize(length_, d_model());
+            commit_backward(streams_[static_cast<std::size_t>(i)], out);
         }
     }
 
@@ -442,6 +464,12 @@ private:
     // Every check of backward() but dX's shape.
     void check_backward(const char* where, const StreamState& s, const Eigen::Ref<const Matrix>& dY,
                         Scalar kl_weight) const {
+        if (s.phase == LayerPhase::consumed)
+            throw infinityformer::logic_error(detail::concat(
+                "[infinityformer] ", where,
+                ": the trace of the last forward() was consumed by the previous backward(), "
+                "expected a new forward() before the next backward() (a second backward() of "
+                "one forward() would add its gradients again)"));
         if (s.phase != LayerPhase::forwarded)
             throw infinityformer::logic_error(detail::concat(
                 "[infinityformer] ", where,
@@ -451,19 +479,45 @@ private:
         if (s.used_long_term) ltm_.check_backward(where, s.long_term, dY, kl_weight);
     }
 
-    // backward() after the checks, accumulating into the given modules (the layer's own, or
-    // a thread's copy of them).
-    void backward_stream(StreamState& s, const Eigen::Ref<const Matrix>& dY, Scalar kl_weight,
-                         Eigen::Ref<Matrix> dX, ShortTermAttention<Scalar>& st,
+    // backward() after the checks, into the given modules (the layer's own, or a thread's
+    // copy of them): every result computed aside and checked, then the gradients added to
+    // the modules' and ∂ℓ/∂X kept in s.dx_next; the stream's state is left to
+    // commit_backward(). Throws invalid_argument (modules and stream unchanged) if a result
+    // overflowed.
+    void backward_stream(const char* where, StreamState& s, const Eigen::Ref<const Matrix>& dY,
+                         Scalar kl_weight, ShortTermAttention<Scalar>& st,
                          LongTermAttention<Scalar>& lt) const {
         st.backward_unchecked(s.short_term, dY, s.work);
         if (s.used_long_term) {
-            s.dq_long.resize(length_, d_model());
-            s.dx_stored.resize(length_, d_model());
-            lt.backward_stream(s.long_term, dY, kl_weight, s.dq_long, s.dx_stored);
-            s.work.dq += s.dq_long;  // chunk c−2's own gradient (s.dx_stored) is not propagated
+            lt.prepare_backward(where, "long_term.", "dY", s.long_term, dY, kl_weight);
+            s.work.dq += lt.backward_dqueries();  // chunk c−2's own gradient is not propagated
         }
-        st.finish_backward(s.short_term, dY, s.work, dX);
+        st.finish_backward_compute(s.short_term, dY, s.work);
+        if (!st.finish_backward_finite()) {
+            const std::string long_term =
+                s.used_long_term ? detail::concat(
+                                       "; the long-term part's gradient of the queries, largest "
+                                       "|entry| ",
+                                       detail::largest_abs(lt.backward_dqueries()))
+                                 : std::string();
+            st.explain_backward(
+                where, "short_term.",
+                detail::concat("dY's largest |entry| ", detail::largest_abs(dY), " (kl_weight ",
+                               kl_weight, "; the short-term window's largest |entry| ",
+                               detail::largest_abs(s.short_term.kv_in), long_term, ")"),
+                "dY, kl_weight and a window");
+        }
+        st.finish_backward_accumulate();
+        if (s.used_long_term) lt.accumulate_backward(s.long_term);
+        s.dx_next = st.backward_dX();
+    }
+
+    // The stream's part of a backward that succeeded: dX written, the trace consumed
+    // (copies and swaps only; nothing throws).
+    void commit_backward(StreamState& s, Eigen::Ref<Matrix> dX) const {
+        dX = s.dx_next;
+        if (s.used_long_term) ltm_.commit_backward(s.long_term);
+        s.phase = LayerPhase::consumed;
     }
 
     // The number of streams of a batch call, checked.

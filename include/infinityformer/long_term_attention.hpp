@@ -30,6 +30,7 @@ enum class StreamPhase {
     updated,          ///< the memory changed since the last attend(): nothing to differentiate
     attended,         ///< an attend() over a memory no update of this step changed
     attended_update,  ///< an attend() right after the update() it differentiates through
+    consumed,         ///< backward() consumed the last attend(): nothing to differentiate
 };
 
 /// The state of one stream of a LongTermAttention: a value (copy, move, compare).
@@ -54,9 +55,10 @@ struct LongTermStream {
     friend bool operator!=(const LongTermStream& a, const LongTermStream& b) { return !(a == b); }
 
     // workspace: the next values, kept only once a call has succeeded; backward's results
+    // (dB, dgated) and the next ones, published once the backward has succeeded
     Matrix next_input, next_gate, next_gated;
     Trace next_trace;
-    Matrix dB, dgated;
+    Matrix dB, dgated, next_dB, next_dgated;
 };
 
 namespace detail {
@@ -122,8 +124,8 @@ inline void check_stream_index(const char* where, Eigen::Index stream, Eigen::In
 /// and keeps the result only once it is complete and finite: a call that throws leaves
 /// the stream, the weights and the gradients as they were.
 ///
-/// backward(dout) differentiates the last attend() of a stream (refused once an update()
-/// has followed it), for the loss
+/// backward(dout) differentiates the last attend() of a stream, once (refused once an
+/// update() has followed it, or once a backward() has consumed it), for the loss
 /// ℓ = Σ output ⊙ dout + kl_weight · Σ KL: the weights' gradients accumulate (over calls,
 /// chunks and streams, until zero_grad()), ∂ℓ/∂Q is returned, and, if an update() preceded
 /// that attend(), ∂ℓ/∂X of the chunk stored by it, through the fit and the gate. The memory
@@ -277,8 +279,8 @@ public:
         detail::require(diff.empty(), where, "the state's memory has another configuration: ", diff,
                         " (here: this module; the other: the state)");
         const auto phase = static_cast<int>(s.phase);
-        detail::require(phase >= 0 && phase <= static_cast<int>(StreamPhase::attended_update),
-                        where, "the state's phase is ", phase, ", expected a StreamPhase");
+        detail::require(phase >= 0 && phase <= static_cast<int>(StreamPhase::consumed), where,
+                        "the state's phase is ", phase, ", expected a StreamPhase");
         if (s.phase != StreamPhase::updated) return;
         detail::require(!s.memory.empty(), where,
                         "the state's phase is updated but its memory is empty, expected a "
@@ -351,13 +353,17 @@ public:
         return s.trace.output;
     }
 
-    /// Backward of the stream's last attend() (and of the update just before it, if any).
+    /// Backward of the stream's last attend() (and of the update just before it, if any),
+    /// once: the backward that succeeds consumes the attend()'s trace (a second one would
+    /// add the gradients again).
     /// @param dout q × d_model, ∂ℓ/∂output. @param kl_weight ≥ 0, weight of Σ KL in ℓ.
     /// @param dqueries q × e, receives ∂ℓ/∂Q.
     /// @param dX L × e, receives ∂ℓ/∂X of the chunk stored by that update (zeros if the
     ///        attend() read a memory no update of this step had changed).
-    /// @throws infinityformer::logic_error without an attend(); invalid_argument on shapes
-    ///         (nothing changed).
+    /// @throws infinityformer::logic_error without an attend() to differentiate (none, an
+    ///         update() since, or consumed); invalid_argument on shapes, non-finite input or
+    ///         a result that overflowed (nothing changed: no gradient, no output, the trace
+    ///         still differentiable).
     void backward(const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
                   Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX, Index stream = 0) {
         constexpr const char* where = "LongTermAttention::backward";
@@ -365,7 +371,11 @@ public:
         check_backward(where, s, dout, kl_weight);
         detail::check_shape(where, "dqueries", dqueries, s.trace.queries.rows(), dim());
         detail::check_shape(where, "dX", dX, chunk_length(), dim());
-        backward_stream(s, dout, kl_weight, dqueries, dX);
+        prepare_backward(where, "", "dout", s, dout, kl_weight);
+        accumulate_backward(s);
+        dqueries = backward_dqueries();
+        dX = backward_dX(s);
+        commit_backward(s);
     }
 
     const Vector& last_grad_mu() const { return attention_.last_grad_mu(); }
@@ -478,6 +488,12 @@ public:
     /// The checks of backward() but the output shapes.
     void check_backward(const char* where, const StreamState& s,
                         const Eigen::Ref<const Matrix>& dout, Scalar kl_weight) const {
+        if (s.phase == StreamPhase::consumed)
+            throw infinityformer::logic_error(detail::concat(
+                "[infinityformer] ", where,
+                ": the trace of the last attend() was consumed by the previous backward(), "
+                "expected a new forward() or attend() before the next backward() (a second "
+                "backward() of one attend() would add its gradients again)"));
         if (s.phase != StreamPhase::attended && s.phase != StreamPhase::attended_update)
             throw infinityformer::logic_error(detail::concat(
                 "[infinityformer] ", where,
@@ -489,22 +505,76 @@ public:
         detail::check_kl_weight(where, kl_weight);
     }
 
-    /// backward() on a stream state, after check_backward() and the shape checks.
+    /// backward() on a stream state, after check_backward() and the shape checks: the
+    /// three steps below, then the outputs. @throws infinityformer::invalid_argument if a
+    /// result overflowed (nothing changed).
     void backward_stream(StreamState& s, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
                          Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX) {
-        s.dB.resize(attention_.num_basis(), dim());
-        s.dgated.resize(chunk_length(), dim());
-        attention_.backward_unchecked(s.trace, dout, kl_weight, dqueries, s.dB);
-        if (s.phase != StreamPhase::attended_update) {
-            dX.setZero();
+        prepare_backward("LongTermAttention::backward", "", "dout", s, dout, kl_weight);
+        accumulate_backward(s);
+        dqueries = backward_dqueries();
+        dX = backward_dX(s);
+        commit_backward(s);
+    }
+
+    /// The computing half of a backward on a stream state (after check_backward()): every
+    /// result into the workspace (this module's and the stream's), checked to be finite
+    /// with the gradients they will be added to. Changes nothing a later call reads.
+    /// Errors name `where`, the weights as `prefix` + parameters() name and the upstream
+    /// gradient as `grad_name`.
+    /// @throws infinityformer::invalid_argument naming the result that overflowed.
+    void prepare_backward(const char* where, const char* prefix, const char* grad_name,
+                          StreamState& s, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight) {
+        attention_.backward_compute(s.trace, dout, kl_weight);
+        s.next_dB = attention_.backward_dB();
+        const bool through_update = s.phase == StreamPhase::attended_update;
+        s.next_dgated.resize(chunk_length(), dim());
+        if (through_update)
+            s.memory.backward_unchecked(s.next_dB, s.next_dgated);  // ∂ℓ/∂X̃ (∂ℓ/∂X: no gate)
+        else
+            s.next_dgated.setZero();
+        if (gate_ && through_update) gate_->backward_compute(s.input, s.gate, s.next_dgated);
+        if (attention_.backward_finite() && detail::all_finite(s.next_dgated) &&
+            (!gate_ || !through_update || gate_->backward_finite()))
             return;
-        }
-        if (gate_) {
-            s.memory.backward_unchecked(s.dB, s.dgated);
-            gate_->backward_unchecked(s.input, s.gate, s.dgated, dX);
-        } else {
-            s.memory.backward_unchecked(s.dB, dX);
-        }
+        const std::string cause = detail::concat(
+            grad_name, "'s largest |entry| ", detail::largest_abs(dout), " (kl_weight ", kl_weight,
+            "; the long-term memory's largest |entry| ", detail::largest_abs(s.trace.B),
+            ", the queries' ", detail::largest_abs(s.trace.queries), ")");
+        const std::string inputs = detail::concat(grad_name, ", kl_weight, a memory and queries");
+        if (!attention_.backward_finite())
+            attention_.explain_backward(where, prefix, cause, inputs);
+        detail::check_backward_result(
+            where, cause, inputs,
+            gate_ ? "the gradient of the gated chunk, through the memory's fit"
+                  : "dX, the gradient of the chunk stored by the last update()",
+            s.next_dgated);
+        if (gate_) gate_->explain_backward(where, std::string(prefix) + "mask_net.", cause, inputs);
+        detail::fail(where, "a backward result is not finite (", cause, ")");
+    }
+
+    /// ∂ℓ/∂Q of the last prepare_backward() (q × e).
+    const Matrix& backward_dqueries() const { return attention_.backward_dqueries(); }
+    /// ∂ℓ/∂X of the chunk stored by the update the last prepare_backward() went through
+    /// (L × e, zeros if none).
+    const Matrix& backward_dX(const StreamState& s) const {
+        return gate_ && s.phase == StreamPhase::attended_update ? gate_->backward_dX()
+                                                                : s.next_dgated;
+    }
+
+    /// Adds the gradients of the last prepare_backward() on `s` to this module's (additions
+    /// only; nothing throws).
+    void accumulate_backward(const StreamState& s) {
+        attention_.backward_accumulate();
+        if (gate_ && s.phase == StreamPhase::attended_update) gate_->backward_accumulate();
+    }
+
+    /// The stream's part of a backward that succeeded (swaps only; nothing throws): its
+    /// ∂ℓ/∂B and ∂ℓ/∂X̃ become last_grad_B() and last_grad_gated(), and the trace is consumed.
+    void commit_backward(StreamState& s) const {
+        s.dB.swap(s.next_dB);
+        s.dgated.swap(s.next_dgated);
+        s.phase = StreamPhase::consumed;
     }
 
     /// X must be L × e and finite.

@@ -320,7 +320,8 @@ public:
     /// operator that multiplied the new chunk (G_first for a first chunk, the last L rows of
     /// G_inf otherwise). The old memory is a constant (truncated back-propagation).
     /// @param dB N × e. @param dX L × e.
-    /// @throws infinityformer::logic_error before any update.
+    /// @throws infinityformer::logic_error before any update; invalid_argument on shapes,
+    ///         non-finite input or a dX that would overflow (dX not written).
     void backward(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
         constexpr const char* where = "LongTermMemory::backward";
         if (state_.empty)
@@ -330,7 +331,29 @@ public:
                                "to update() first"));
         detail::check_matrix(where, "dB", dB, num_basis(), dim_);
         detail::check_shape(where, "dX", dX, length_, dim_);
-        backward_unchecked(dB, dX);
+        // |G ∂B| ≤ (largest row sum of |G|) · max |∂B|: below half the largest Scalar nothing
+        // can overflow, and dX is written directly (no allocation); above, it is computed
+        // aside and checked.
+        const auto largest_row_sum = [](const auto& G) {
+            return static_cast<double>(G.cwiseAbs().rowwise().sum().maxCoeff());
+        };
+        const double g = state_.last_points.size() == 0
+                             ? largest_row_sum(ops_->first.G())
+                             : largest_row_sum(ops_->inf.G().bottomRows(length_));
+        const double b = detail::largest_abs(dB);
+        if (g * b < 0.5 * static_cast<double>(std::numeric_limits<Scalar>::max())) {
+            backward_unchecked(dB, dX);
+            return;
+        }
+        Matrix out(length_, dim_);
+        backward_unchecked(dB, out);
+        if (!detail::all_finite(out))
+            detail::fail(where, "dB's largest |entry| ", b,
+                         " overflowed dX = G dB (the fit's largest row sum of |G| is ", g,
+                         "), expected dB whose products with G stay below ",
+                         static_cast<double>(std::numeric_limits<Scalar>::max()),
+                         " (nothing was accumulated)");
+        dX = out;
     }
     void backward_unchecked(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
         if (state_.last_points.size() == 0)

@@ -88,11 +88,23 @@ public:
         zero_grad();
     }
 
-    /// Bytes of the weights and their gradients of a part of width d_model (what the
-    /// constructor allocates; it refuses a width for which they exceed the machine's memory).
+    /// Bytes of the weights, their gradients and a backward's gradients (computed aside) of a
+    /// part of width d_model: the constructor refuses a width for which they exceed the
+    /// machine's memory.
     static double weight_bytes(Index d_model) {
         const double d = static_cast<double>(d_model);
-        return static_cast<double>(sizeof(Scalar)) * 8 * d * d;
+        return static_cast<double>(sizeof(Scalar)) * 12 * d * d;  // and a backward's gradients
+    }
+
+    ShortTermAttention(const ShortTermAttention&) = default;
+    ShortTermAttention& operator=(const ShortTermAttention&) = default;
+    /// Moves the weights and gradients (views from parameters() follow them): `o` keeps its
+    /// sizes and settings, with zero weights and gradients, and no forward to differentiate;
+    /// every call on it works. Allocates `o`'s zeros.
+    ShortTermAttention(ShortTermAttention&& o) { take(o); }
+    ShortTermAttention& operator=(ShortTermAttention&& o) {
+        if (this != &o) take(o);
+        return *this;
     }
 
     Index d_model() const { return d_; }
@@ -224,17 +236,76 @@ public:
 
     /// Second half: accumulates the weights' gradients from t, dY and w (w.dq may include
     /// other parts' ∂ℓ/∂Q) and writes ∂ℓ/∂X of the chunk (L × d). The previous chunk of the
-    /// window is a constant (truncated back-propagation).
+    /// window is a constant (truncated back-propagation). The results are computed aside
+    /// and added and written only once all are finite.
+    /// @throws infinityformer::invalid_argument if a result overflowed (nothing changed).
     void finish_backward(const Trace& t, const Eigen::Ref<const Matrix>& dY, const Work& w,
                          Eigen::Ref<Matrix> dX) {
+        constexpr const char* where = "ShortTermAttention::finish_backward";
+        finish_backward_compute(t, dY, w);
+        if (!finish_backward_finite())
+            explain_backward(
+                where, "",
+                detail::concat("dY's largest |entry| ", detail::largest_abs(dY),
+                               " (the window's largest |entry| ", detail::largest_abs(t.kv_in),
+                               ", the queries' gradient's largest |entry| ",
+                               detail::largest_abs(w.dq), ")"),
+                "dY and a window");
+        finish_backward_accumulate();
+        dX = dx_;
+    }
+
+    /// The computing half of finish_backward(): this call's gradients of the weights and
+    /// ∂ℓ/∂X (backward_dX()) into the part's workspace; nothing accumulated.
+    void finish_backward_compute(const Trace& t, const Eigen::Ref<const Matrix>& dY,
+                                 const Work& w) {
         const Index l = t.x.rows();
-        grads_.out.noalias() += dY.transpose() * t.context;
-        grads_.query.noalias() += w.dq.transpose() * t.x;
-        grads_.key.noalias() += w.dk.transpose() * t.kv_in;
-        grads_.value.noalias() += w.dv.transpose() * t.kv_in;
-        dX.noalias() = w.dq * weights_.query;
-        dX.noalias() += w.dk.bottomRows(l) * weights_.key;
-        dX.noalias() += w.dv.bottomRows(l) * weights_.value;
+        dgrad_.out.noalias() = dY.transpose() * t.context;
+        dgrad_.query.noalias() = w.dq.transpose() * t.x;
+        dgrad_.key.noalias() = w.dk.transpose() * t.kv_in;
+        dgrad_.value.noalias() = w.dv.transpose() * t.kv_in;
+        dx_.noalias() = w.dq * weights_.query;
+        dx_.noalias() += w.dk.bottomRows(l) * weights_.key;
+        dx_.noalias() += w.dv.bottomRows(l) * weights_.value;
+    }
+
+    /// True if every result of the last finish_backward_compute() is finite, and so is every
+    /// gradient once it is added (one vectorised pass over each).
+    bool finish_backward_finite() const {
+        return detail::sum_finite(grads_.out, dgrad_.out) &&
+               detail::sum_finite(grads_.value, dgrad_.value) &&
+               detail::sum_finite(grads_.key, dgrad_.key) &&
+               detail::sum_finite(grads_.query, dgrad_.query) && detail::all_finite(dx_);
+    }
+
+    /// Throws infinityformer::invalid_argument naming the first result of the last
+    /// finish_backward_compute() that is not finite (a weight's gradient as `prefix` + its
+    /// parameters() name, or its sum with the accumulated one; then dX), with `cause` and
+    /// `inputs` (see detail::fail_backward()).
+    [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
+                                       const std::string& cause, const std::string& inputs) const {
+        detail::check_gradient_sum(where, cause, inputs, prefix, "out.weight", grads_.out,
+                                   dgrad_.out);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "value.weight", grads_.value,
+                                   dgrad_.value);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "key.weight", grads_.key,
+                                   dgrad_.key);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "query.weight", grads_.query,
+                                   dgrad_.query);
+        detail::check_backward_result(where, cause, inputs, "dX", dx_);
+        detail::fail(where, "a backward result is not finite (", cause, ")");
+    }
+
+    /// ∂ℓ/∂X of the last finish_backward_compute() (L × d).
+    const Matrix& backward_dX() const { return dx_; }
+
+    /// The keeping half, after finish_backward_compute() and finish_backward_finite(): adds
+    /// this call's gradients to gradients() (additions only; nothing throws).
+    void finish_backward_accumulate() {
+        grads_.out += dgrad_.out;
+        grads_.value += dgrad_.value;
+        grads_.key += dgrad_.key;
+        grads_.query += dgrad_.query;
     }
 
     /// Gradients accumulated by finish_backward(), laid out as the weights.
@@ -253,10 +324,24 @@ public:
     }
 
 private:
+    // The moves: everything moved; `o` left with zero weights and gradients of its sizes.
+    void take(ShortTermAttention& o) {
+        d_ = o.d_;
+        heads_ = o.heads_;
+        weights_ = std::move(o.weights_);
+        grads_ = std::move(o.grads_);
+        dgrad_ = std::move(o.dgrad_);
+        dx_ = std::move(o.dx_);
+        o.zero_grad();
+        o.weights_ = o.grads_;
+    }
+
     Index d_ = 0;
     Index heads_ = 0;
     Weights weights_;
     Weights grads_;
+    Weights dgrad_;  // workspace: the last finish_backward_compute()'s gradients
+    Matrix dx_;      // and its ∂ℓ/∂X
 };
 
 using ShortTermAttentiond = ShortTermAttention<double>;

@@ -56,6 +56,15 @@ bool all_finite(const Eigen::DenseBase<Derived>& m) {
     return m.size() == 0 || (m.derived().array() * Scalar(0)).sum() == Scalar(0);
 }
 
+/// True if `accumulated` + `contribution` is finite entry by entry (one vectorised pass
+/// over both, nothing stored): the check before a backward pass adds its gradients. An
+/// empty `accumulated` (gradients not yet sized) counts as zeros.
+template <typename A, typename B>
+bool sum_finite(const Eigen::DenseBase<A>& accumulated, const Eigen::DenseBase<B>& contribution) {
+    if (accumulated.size() == 0) return all_finite(contribution);
+    return all_finite(accumulated.derived() + contribution.derived());
+}
+
 /// Sets to exactly 0 the n values at `p` (stride `stride`) whose magnitude is below
 /// `threshold`. A plain loop that compilers turn into vector selects.
 template <typename Scalar>
