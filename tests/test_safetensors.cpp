@@ -24,6 +24,7 @@
 #include <unistd.h>
 #endif
 
+#include "io_test_util.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -164,36 +165,9 @@ struct Scratch {
     fs::path operator/(const std::string& name) const { return dir / name; }
 };
 
-std::string contents(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-
-// Permissions do not stop root: the checks that need them are skipped there.
-bool permissions_apply() {
-#if defined(__unix__) || defined(__APPLE__)
-    return geteuid() != 0;
-#else
-    return false;
-#endif
-}
-
-// A stream buffer that gives `good` and then fails: its next read throws E (a device error).
-template <typename E>
-class FailingInput : public std::streambuf {
-public:
-    explicit FailingInput(std::string good) : good_(std::move(good)) {
-        setg(good_.data(), good_.data(), good_.data() + good_.size());
-    }
-
-protected:
-    int_type underflow() override { throw E("the device failed"); }
-
-private:
-    std::string good_;
-};
+using io_test::contents;
+using io_test::FailingInput;
+using io_test::permissions_apply;
 
 // Io::Safetensors::read of a stream over FailingInput<E>, with the stream's exceptions mask.
 template <typename E>

@@ -29,6 +29,7 @@
 #endif
 
 #include "extern_templates.hpp"
+#include "io_test_util.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -148,36 +149,9 @@ struct Scratch {
     std::string operator/(const std::string& name) const { return (dir / name).string(); }
 };
 
-std::string contents(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-
-// Permissions do not stop root: the checks that need them are skipped there.
-bool permissions_apply() {
-#if defined(__unix__) || defined(__APPLE__)
-    return geteuid() != 0;
-#else
-    return false;
-#endif
-}
-
-// A stream buffer that gives `good` and then fails: its next read throws E (a device error).
-template <typename E>
-class FailingInput : public std::streambuf {
-public:
-    explicit FailingInput(std::string good) : good_(std::move(good)) {
-        setg(good_.data(), good_.data(), good_.data() + good_.size());
-    }
-
-protected:
-    int_type underflow() override { throw E("the device failed"); }
-
-private:
-    std::string good_;
-};
+using io_test::contents;
+using io_test::FailingInput;
+using io_test::permissions_apply;
 
 // A stream buffer that takes `room` bytes and then refuses more (a full disk).
 class FullOutput : public std::streambuf {
