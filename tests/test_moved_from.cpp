@@ -1275,7 +1275,7 @@ struct MemorySpec {
         p.survives("operator==", [&] { return m == *a.twin; });
         p.survives("operator== (with itself)", [&] { return m == m; });
         p.survives("operator!=", [&] { return m != *a.twin; });
-        p.survives("pending_coefficients", [&] { return m.pending_coefficients(); });
+        p.survives("operators", [&] { return m.operators().uniform_op; });
         p.survives("backward", [&] {
             Mat<S> dX(a.l, a.e);
             m.backward(a.dB, dX);
@@ -1305,15 +1305,18 @@ struct MemorySpec {
         p.survives_unchecked(
             "prepare",  // X checked: L x e
             [&] { return a.X.rows() == m.chunk_length() && a.X.cols() == m.dim(); },
-            [&] { m.prepare("moved-from test", x, nullptr); });
+            [&] { return m.prepare("moved-from test", x, nullptr).coefficients(); });
         p.survives_unchecked(
             "prepare (with points)",
             [&] {
                 return a.X.rows() == m.chunk_length() && a.X.cols() == m.dim() &&
                        a.points.size() == m.num_samples();
             },
-            [&] { m.prepare("moved-from test", x, &pts); });
-        p.survives("commit", [&] { m.commit(); });
+            [&] { return m.prepare("moved-from test", x, &pts).coefficients(); });
+        p.survives_unchecked(
+            "commit",  // of an Update this memory prepared
+            [&] { return a.X.rows() == m.chunk_length() && a.X.cols() == m.dim(); },
+            [&] { m.commit(m.prepare("moved-from test", x, nullptr)); });
         p.survives("set_stream_index", [&] { m.set_stream_index(2); });
         p.survives("seed", [&] { m.seed(11); });
         p.survives("restart_generator", [&] { m.restart_generator(); });
@@ -1658,21 +1661,24 @@ struct ShortTermSpec {
             [&] { return a.trace.x.cols() == st.d_model() && a.dY.cols() == st.d_model(); },
             [&] {
                 Mat<S> dX(a.l, a.d);
-                st.finish_backward(a.trace, a.dY, a.work, dX);
+                auto w = a.work;
+                st.finish_backward(a.trace, a.dY, w, dX);
                 return dX;
             });
         const auto finish_fits = [&] {
             return a.trace.x.cols() == st.d_model() && a.dY.cols() == st.d_model();
         };
-        p.survives_unchecked("finish_backward_compute", finish_fits,
-                             [&] { st.finish_backward_compute(a.trace, a.dY, a.work); });
-        p.survives("finish_backward_finite", [&] { return st.finish_backward_finite(); });
-        p.survives("backward_dX", [&] { return st.backward_dX(); });
-        p.survives("explain_backward",
-                   [&] { st.explain_backward("moved-from test", "p.", "a cause", "inputs"); });
+        p.survives_unchecked("finish_backward_compute", finish_fits, [&] {
+            auto w = a.work;
+            st.finish_backward_compute(a.trace, a.dY, w);
+        });
+        p.survives("finish_backward_finite (static)",
+                   [&] { return T::finish_backward_finite(a.work, st.gradients()); });
+        p.survives("zero_gradients", [&] { return st.zero_gradients().query; });
         p.survives_unchecked("finish_backward_accumulate", finish_fits, [&] {
-            st.finish_backward_compute(a.trace, a.dY, a.work);
-            if (st.finish_backward_finite()) st.finish_backward_accumulate();
+            auto w = a.work;
+            st.finish_backward_compute(a.trace, a.dY, w);
+            if (T::finish_backward_finite(w, st.gradients())) st.finish_backward_accumulate(w);
         });
         p.survives("weight_bytes (static)", [&] { return T::weight_bytes(a.d); });
         p.survives("zero_grad", [&] { st.zero_grad(); });
@@ -1793,83 +1799,64 @@ struct LongTermSpec {
         p.survives("last_gated", [&] { return m.last_gated(0); });
         p.survives("last_grad_B", [&] { return m.last_grad_B(0); });
         p.survives("last_grad_gated", [&] { return m.last_grad_gated(0); });
-        p.survives("make_stream", [&] { return m.make_stream(1); });
-        p.survives("check_stream_state", [&] { m.check_stream_state(where, *a.stream); });
-        p.survives("check_backward", [&] { m.check_backward(where, *a.stream, a.dout, S(0.1)); });
-        p.survives("check_chunk", [&] { m.check_chunk(where, a.X); });
-        p.survives("check_queries", [&] { m.check_queries(where, a.Q); });
-        p.survives("check_points", [&] { m.check_points(where, a.points); });
-        p.survives("take_stream_state", [&] {
+        // the engine's steps on a stream the caller holds, after the checks their
+        // documentation asks
+        const auto& g = m.engine();
+        p.survives("engine().make_stream", [&] { return g.make_stream(1); });
+        p.survives("engine().check_stream_state", [&] { g.check_stream_state(where, *a.stream); });
+        p.survives("engine().check_backward",
+                   [&] { g.check_backward(where, *a.stream, a.dout, S(0.1)); });
+        p.survives("engine().check_chunk", [&] { g.check_chunk(where, a.X); });
+        p.survives("engine().check_queries", [&] { g.check_queries(where, a.Q); });
+        p.survives("engine().check_points", [&] { g.check_points(where, a.points); });
+        p.survives("engine().take_stream_state", [&] {
             Stream s = *a.stream;
-            m.take_stream_state(where, s);
+            g.take_stream_state(where, s);
         });
-        // the steps on a stream the caller holds, after the checks their documentation asks
+        p.survives("engine().operators", [&] { return g.operators().uniform_op; });
         const Eigen::Ref<const Mat<S>> x(a.X), q(a.Q);
         const Eigen::Ref<const Vec<S>> pts(a.points);
-        p.survives("step", [&] {
+        p.survives("engine().prepare_step", [&] {
             Stream s = *a.stream;
-            m.check_chunk(where, a.X);
-            m.check_queries(where, a.Q);
-            m.step(where, s, &x, nullptr, &q);
+            g.check_queries(where, a.Q);
+            auto st = g.prepare_step(where, s, nullptr, nullptr, &q);
+            return st.output();
+        });
+        p.survives("engine().commit_step", [&] {
+            Stream s = *a.stream;
+            g.check_chunk(where, a.X);
+            g.check_queries(where, a.Q);
+            g.commit_step(g.prepare_step(where, s, &x, nullptr, &q));
             return s.trace.output;
         });
-        p.survives("step (with points)", [&] {
+        p.survives("engine().commit_step (with points)", [&] {
             Stream s = *a.stream;
-            m.check_chunk(where, a.X);
-            m.check_points(where, a.points);
-            m.step(where, s, &x, &pts, nullptr);
+            g.check_chunk(where, a.X);
+            g.check_points(where, a.points);
+            g.commit_step(g.prepare_step(where, s, &x, &pts, nullptr));
             return s.memory.coefficients();
         });
-        p.survives("prepare_step", [&] {
+        p.survives("engine().prepare_backward", [&] {
             Stream s = *a.stream;
-            m.check_queries(where, a.Q);
-            m.prepare_step(where, s, nullptr, nullptr, &q);
-            return s.next_trace.output;
+            g.check_backward(where, s, a.dout, S(0.1));
+            auto b = g.prepare_backward(where, "p.", "dout", s, a.dout, S(0.1));
+            return flat(g.dqueries(b), g.dX(b));
         });
-        p.survives("commit_step", [&] {
+        p.survives("engine().accumulate, commit_backward", [&] {
             Stream s = *a.stream;
-            m.check_chunk(where, a.X);
-            m.check_queries(where, a.Q);
-            m.prepare_step(where, s, &x, nullptr, &q);
-            m.commit_step(s, true, true);
-            return s.trace.output;
+            g.check_backward(where, s, a.dout, S(0.1));
+            auto into = g.zero_gradients();
+            auto b = g.prepare_backward(where, "p.", "dout", s, a.dout, S(0.1), &into);
+            g.accumulate(b, into);
+            g.commit_backward(std::move(b));
+            return flat(s.dB, into.attention.mu);
         });
-        p.survives("backward_stream", [&] {
-            Stream s = *a.stream;
-            m.check_backward(where, s, a.dout, S(0.1));
-            detail::require(s.trace.queries.rows() == a.q, where, "the trace's queries");
-            Mat<S> dq(a.q, m.dim()), dX(m.chunk_length(), m.dim());
-            m.backward_stream(s, a.dout, S(0.1), dq, dX);
-            return flat(dq, dX);
-        });
-        // the steps of backward_stream(), after check_backward()
-        p.survives("prepare_backward", [&] {
-            Stream s = *a.stream;
-            m.check_backward(where, s, a.dout, S(0.1));
-            m.prepare_backward(where, "p.", "dout", s, a.dout, S(0.1));
-            return flat(m.backward_dqueries(), m.backward_dX(s));
-        });
-        p.survives("backward_dqueries", [&] { return m.backward_dqueries(); });
-        p.survives("backward_dX", [&] { return m.backward_dX(*a.stream); });
-        p.survives("accumulate_backward", [&] {
-            Stream s = *a.stream;
-            m.check_backward(where, s, a.dout, S(0.1));
-            m.prepare_backward(where, "p.", "dout", s, a.dout, S(0.1));
-            m.accumulate_backward(s);
-        });
-        p.survives("commit_backward", [&] {
-            Stream s = *a.stream;
-            m.check_backward(where, s, a.dout, S(0.1));
-            m.prepare_backward(where, "p.", "dout", s, a.dout, S(0.1));
-            m.accumulate_backward(s);
-            m.commit_backward(s);
-            return s.dB;
-        });
+        p.survives("engine().zero_gradients", [&] { return g.zero_gradients().attention.mu; });
         p.survives("stream_bytes_for (static)",
                    [&] { return T::stream_bytes_for(a.e, 2, a.l, a.dm, small(true)); });
-        p.survives("reset_stream", [&] {
+        p.survives("engine().reset_stream", [&] {
             Stream s = *a.stream;
-            m.reset_stream(s);
+            g.reset_stream(s);
             return s.memory.coefficients();
         });
         // the calls on the module's own streams
@@ -1939,12 +1926,12 @@ struct StreamSpec {
     using Config = LongTermConfig<S>;
     using Module = LongTermAttention<S>;
     static std::string describe(const Config& c) { return describe_lt(c); }
-    static T make(const Config& c) { return LongTermSpec<S>::make(c).make_stream(0); }
+    static T make(const Config& c) { return LongTermSpec<S>::make(c).engine().make_stream(0); }
     static MatD run(T& s, const Config& c, std::uint64_t seed) {
         Module m = LongTermSpec<S>::make(c);
         const Mat<S> X = rnd<S>(c.length, c.dim, seed), Q = rnd<S>(3, c.dim, seed + 1);
         const Eigen::Ref<const Mat<S>> x(X), q(Q);
-        m.step("moved-from test", s, &x, nullptr, &q);
+        m.engine().commit_step(m.engine().prepare_step("moved-from test", s, &x, nullptr, &q));
         return flat(s.trace.output, s.memory.coefficients());
     }
     static void advance(T& s, const Config& c) { run(s, c, 81); }
@@ -1956,7 +1943,7 @@ struct StreamSpec {
     static Args args(const T&, const Config& c) {
         Args a;
         a.module = std::make_shared<Module>(LongTermSpec<S>::make(c));
-        a.fresh = std::make_shared<T>(a.module->make_stream(0));
+        a.fresh = std::make_shared<T>(a.module->engine().make_stream(0));
         a.X = rnd<S>(c.length, c.dim, 82);
         a.Q = rnd<S>(3, c.dim, 83);
         a.dout = rnd<S>(3, LongTermSpec<S>::dm(c), 84);
@@ -1970,30 +1957,33 @@ struct StreamSpec {
         p.survives("operator== (with itself)", [&] { return s == s; });
         p.survives("operator!=", [&] { return s != *a.fresh; });
         const Eigen::Ref<const Mat<S>> x(a.X), q(a.Q);
-        p.survives("arg: LongTermAttention::check_stream_state",
-                   [&] { m.check_stream_state(where, s); });
-        p.survives("arg: LongTermAttention::check_backward",
-                   [&] { m.check_backward(where, s, a.dout, S(0.1)); });
-        p.survives("arg: LongTermAttention::take_stream_state", [&] {
+        const auto& g = m.engine();
+        p.survives("arg: LongTermEngine::check_stream_state",
+                   [&] { g.check_stream_state(where, s); });
+        p.survives("arg: LongTermEngine::check_backward",
+                   [&] { g.check_backward(where, s, a.dout, S(0.1)); });
+        p.survives("arg: LongTermEngine::take_stream_state", [&] {
             T copy = s;
-            m.take_stream_state(where, copy);
+            g.take_stream_state(where, copy);
         });
-        p.survives("arg: LongTermAttention::step", [&] {
-            m.check_chunk(where, a.X);
-            m.check_queries(where, a.Q);
-            m.step(where, s, &x, nullptr, &q);
+        p.survives("arg: LongTermEngine::prepare_step, commit_step", [&] {
+            g.check_chunk(where, a.X);
+            g.check_queries(where, a.Q);
+            g.commit_step(g.prepare_step(where, s, &x, nullptr, &q));
         });
-        p.survives("arg: LongTermAttention::prepare_step", [&] {
-            m.check_queries(where, a.Q);
-            m.prepare_step(where, s, nullptr, nullptr, &q);
+        p.survives("arg: LongTermEngine::prepare_step", [&] {
+            g.check_queries(where, a.Q);
+            return g.prepare_step(where, s, nullptr, nullptr, &q).output();
         });
-        p.survives("arg: LongTermAttention::backward_stream", [&] {
-            m.check_backward(where, s, a.dout, S(0.1));
-            Mat<S> dq(a.Q.rows(), m.dim()), dX(m.chunk_length(), m.dim());
-            m.backward_stream(s, a.dout, S(0.1), dq, dX);
+        p.survives("arg: LongTermEngine::prepare_backward, accumulate, commit_backward", [&] {
+            g.check_backward(where, s, a.dout, S(0.1));
+            auto into = g.zero_gradients();
+            auto b = g.prepare_backward(where, "", "dout", s, a.dout, S(0.1), &into);
+            g.accumulate(b, into);
+            g.commit_backward(std::move(b));
         });
         p.survives("arg: LongTermAttention::set_stream_state", [&] { m.set_stream_state(s, 0); });
-        p.survives("arg: LongTermAttention::reset_stream", [&] { m.reset_stream(s); });
+        p.survives("arg: LongTermEngine::reset_stream", [&] { g.reset_stream(s); });
     }
 };
 
@@ -2024,7 +2014,7 @@ namespace {
 // Every member of a view, on the view of a moved-from layer and on a moved-from view.
 template <typename S>
 void poke_view(Probe& p, const LongTermView<S>& v) {
-    p.survives("module", [&] { return v.module(); });
+    p.survives("engine", [&] { return v.engine().dim(); });
     p.survives("dim", [&] { return v.dim(); });
     p.survives("chunk_length", [&] { return v.chunk_length(); });
     p.survives("num_heads", [&] { return v.num_heads(); });
@@ -2131,6 +2121,7 @@ struct LayerSpec {
             LayerStream<S> s = *a.stream;
             m.take_stream_state(where, s);
         });
+        p.survives("make_stream", [&] { return m.make_stream(1); });
         p.survives("forward(X)", [&] { return m.forward(a.X); });
         p.survives("forward(X, Y)", [&] {
             Mat<S> Y(a.l, a.d);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <infinityformer/positions.hpp>
 #include <infinityformer/ridge.hpp>
+#include <string>
 #include <vector>
 
 #include "extern_templates.hpp"
@@ -149,27 +150,52 @@ TEST_CASE("ridge: the fit is a stationary point of the padded ridge objective", 
     }
 }
 
-TEST_CASE("ridge: operators are cached per configuration", "[ridge]") {
+TEST_CASE("ridge: copies share the operator; memories share one per configuration", "[ridge]") {
     const auto basis = GaussianBasis<double>::default_family(16, {0.01, 0.05});
     const auto a = unbounded_fit<double>(basis, 8, 8, 0.75, 1.0);
-    const auto b = unbounded_fit<double>(basis, 8, 8, 0.75, 1.0);
-    CHECK(&a.G() == &b.G());
-    const auto b2 = RidgeFit<double>(basis, unbounded_positions(8, 8, 0.75), 1.0);
-    CHECK(&a.G() == &b2.G());
-    // Any difference in the configuration gives another operator.
-    const auto c = unbounded_fit<double>(basis, 8, 8, 0.75, 0.5);
-    const auto d = unbounded_fit<double>(basis, 8, 8, 0.5, 1.0);
-    const auto e = unbounded_fit<double>(basis, 8, 9, 0.75, 1.0);
-    const auto other = GaussianBasis<double>::default_family(16, {0.01, 0.06});
-    const auto f = unbounded_fit<double>(other, 8, 8, 0.75, 1.0);
-    for (const auto* x : {&c, &d, &e, &f}) CHECK(&x->G() != &a.G());
-    CHECK(c.G() != a.G());
-    // Single-chunk: copies and equal configurations share.
-    const auto s1 = single_chunk_fit<double>(basis, 6, 1.0);
-    const auto s2 = single_chunk_fit<double>(basis, 6, 1.0);
-    const auto s3 = s1;
-    CHECK(&s1.G() == &s2.G());
-    CHECK(&s1.G() == &s3.G());
+    const auto a2 = a;
+    CHECK(&a.G() == &a2.G());
+    // The fits themselves are not cached (memory_operators.hpp caches the memory's whole
+    // set): an equal configuration gives an equal operator.
+    const auto b = RidgeFit<double>(basis, unbounded_positions(8, 8, 0.75), 1.0);
+    CHECK(a.G() == b.G());
+    CHECK(unbounded_fit<double>(basis, 8, 8, 0.75, 0.5).G() != a.G());
+    // Memories: one operators object per (L, operator fields), whatever the width, seed,
+    // stream or Stability; any operator field changed gives another.
+    MemoryParams p;
+    p.num_basis = 16;
+    p.num_samples = 8;
+    p.num_bins = 4;
+    p.stability = Stability::allow;
+    const LongTermMemory<double> m1(3, 8, p), m2(5, 8, p, 2);
+    auto q = p;
+    q.seed = 9;
+    q.stability = Stability::stabilise;
+    q.reset_after_tokens = 16;
+    const LongTermMemory<double> m3(3, 8, q);
+    CHECK(&m1.operators() == &m2.operators());
+    CHECK(&m1.operators() == &m3.operators());
+    CHECK(&m1.first_fit().G() == &m2.first_fit().G());
+    MemoryParams::for_each_field(
+        [&](const char* name, FieldRole role, auto, const auto&) {
+            if (role != FieldRole::operators) return;
+            auto r = p;
+            const std::string field = name;
+            if (field == "num_basis") r.num_basis = 18;
+            if (field == "num_samples") r.num_samples = 9;
+            if (field == "num_bins") r.num_bins = 5;
+            if (field == "ridge_lambda") r.ridge_lambda = 0.5;
+            if (field == "tau") r.tau = 0.5;
+            if (field == "sampling") r.sampling = Sampling::sticky;
+            if (field == "widths") r.widths = {0.01, 0.06};
+            INFO(field);
+            REQUIRE(r != p);
+            const LongTermMemory<double> other(3, 8, r);
+            CHECK(&other.operators() != &m1.operators());
+        },
+        p);
+    const LongTermMemory<double> longer(3, 9, p);
+    CHECK(&longer.operators() != &m1.operators());
 }
 
 TEST_CASE("ridge: float G agrees with double G", "[ridge]") {

@@ -500,7 +500,7 @@ TEST_CASE("state: set_stream_state checks what it is given", "[state][twin]") {
     auto q = p;
     q.num_basis = 10;
     LongTermAttention<double> other(kD, kHeads, kL, q, kD);
-    LayerStream<double> foreign(other.make_stream(0));
+    LayerStream<double> foreign(other.engine().make_stream(0));
     CHECK_THROWS_WITH(layer.set_stream_state(foreign),
                       has("another configuration: num_basis is 8 here, 10 in the other"));
     CHECK(layer.stream_state() == before);
@@ -520,10 +520,10 @@ TEST_CASE("state: set_stream_state checks what it is given", "[state][twin]") {
     CHECK_THROWS_WITH(lt.set_stream_state(t), has("its memory is empty"));
     auto st = lt.memory().state();
     st.tokens = 3;
-    auto fresh = lt.make_stream(0);
+    auto fresh = lt.engine().make_stream(0);
     CHECK_THROWS_WITH(fresh.memory.set_state(st, 0), has("state.tokens is 3"));
     st.tokens = (Eigen::Index(1) << 62) + kL;  // the counter could overflow
     st.empty = false;
     CHECK_THROWS_WITH(fresh.memory.set_state(st, 0), has("from 0 to 2^62"));
-    CHECK(lt.stream_state() == lt.make_stream(0));
+    CHECK(lt.stream_state() == lt.engine().make_stream(0));
 }

@@ -318,8 +318,29 @@ public:
 
     Scalar sigma_sq_min() const { return sigma_sq_min_; }
 
+    /// The workspace and results of one backward, held by whoever holds the trace (a
+    /// stream), so that streams can be differentiated at once over shared weights.
+    struct Work {
+        Matrix dcontext, dV, values;
+        RowMatrix dr;
+        Vector dmu, dsigma_sq, da_mu, da_sigma, g_mu, g_sigma, wk_g_mu, wk_g_sigma;
+        Weights dgrad;                    // this backward's gradients, added once all are finite
+        Matrix dqueries, dB;              // this backward's ∂ℓ/∂queries, ∂ℓ/∂B
+        Vector last_dmu, last_dsigma_sq;  // last_grad_mu(), last_grad_sigma_sq()
+    };
+
     /// Gradients accumulated by backward(), laid out as the weights.
     const Weights& gradients() const { return grads_; }
+    /// Zero gradients laid out as the weights (a thread's own sum of gradients).
+    Weights zero_gradients() const {
+        Weights g;
+        g.proj_key.setZero(dim_, dim_);
+        g.proj_value.setZero(dim_, dim_);
+        g.attn_out.setZero(d_model_, dim_);
+        g.mu.setZero(num_basis());
+        g.sigma.setZero(num_basis());
+        return g;
+    }
     /// Sets every gradient to zero (keeps the buffers).
     void zero_grad() {
         grads_.proj_key.setZero(dim_, dim_);
@@ -379,12 +400,16 @@ public:
     /// The score path is rank 2 per head: ∂ℓ/∂s_h = da_μ,h w_μᵀ + da_σ,h w_σᵀ, so the
     /// gradients of the queries, of W_K and of B through the keys are outer products.
     void backward_compute(const Trace& t, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight) {
+        backward_compute(t, dout, kl_weight, work_);
+    }
+    /// backward_compute() into the caller's workspace `w`.
+    void backward_compute(const Trace& t, const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
+                          Work& w) const {
         const Index nq = t.queries.rows();
         const Index dh = head_size();
         const Index n = num_basis();
         const Index hq = heads_ * nq;
         const Scalar scale = Scalar(1) / std::sqrt(static_cast<Scalar>(dh));
-        Work& w = work_;
         Weights& g = w.dgrad;
         const Matrix* values = &t.values;
         if (t.values.rows() != n) {
@@ -450,8 +475,10 @@ public:
 
     /// True if every result of the last backward_compute() is finite, and so is every
     /// gradient once it is added: one vectorised pass over each (no branch per entry).
-    bool backward_finite() const {
-        const Work& w = work_;
+    bool backward_finite() const { return backward_finite(work_, grads_); }
+    /// backward_finite() of workspace `w`, with the gradients `into` it will be added to.
+    bool backward_finite(const Work& w, const Weights& into) const {
+        const Weights& grads_ = into;
         return detail::sum_finite(grads_.attn_out, w.dgrad.attn_out) &&
                detail::sum_finite(grads_.proj_value, w.dgrad.proj_value) &&
                detail::sum_finite(grads_.proj_key, w.dgrad.proj_key) &&
@@ -467,7 +494,13 @@ public:
     /// its magnitudes, and `inputs`, what the caller controls.
     [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
                                        const std::string& cause, const std::string& inputs) const {
-        const Work& w = work_;
+        explain_backward(where, prefix, cause, inputs, work_, grads_);
+    }
+    /// explain_backward() of workspace `w` and the gradients `into`.
+    [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
+                                       const std::string& cause, const std::string& inputs,
+                                       const Work& w, const Weights& into) const {
+        const Weights& grads_ = into;
         detail::check_gradient_sum(where, cause, inputs, prefix, "attn_out.weight", grads_.attn_out,
                                    w.dgrad.attn_out);
         detail::check_gradient_sum(where, cause, inputs, prefix, "proj_value.weight",
@@ -498,7 +531,17 @@ public:
     /// last_grad_sigma_sq() (additions and swaps only; nothing throws).
     void backward_accumulate() {
         if (grads_.mu.size() != num_basis()) zero_grad();
-        Work& w = work_;
+        backward_accumulate(work_, grads_);
+    }
+    /// backward_accumulate() of workspace `w` into gradients().
+    void backward_accumulate(Work& w) {
+        if (grads_.mu.size() != num_basis()) zero_grad();
+        backward_accumulate(w, grads_);
+    }
+    /// backward_accumulate() of workspace `w` into the gradients `into` (laid out as the
+    /// weights, e.g. zero_gradients()).
+    static void backward_accumulate(Work& w, Weights& into) {
+        Weights& grads_ = into;
         grads_.attn_out += w.dgrad.attn_out;
         grads_.proj_value += w.dgrad.proj_value;
         grads_.proj_key += w.dgrad.proj_key;
@@ -511,14 +554,20 @@ public:
     /// Appends the named weights and gradients (the reference's names, after `prefix`).
     void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix = "") {
         if (grads_.mu.size() != num_basis()) zero_grad();
+        append_parameters(out, prefix, grads_);
+    }
+    /// Views of the weights with the gradients `grads` (laid out as the weights) in place
+    /// of the accumulated ones.
+    void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix,
+                           Weights& grads) {
         detail::append_parameter(out, prefix + "proj_key.weight", weights_.proj_key,
-                                 grads_.proj_key);
+                                 grads.proj_key);
         detail::append_parameter(out, prefix + "proj_value.weight", weights_.proj_value,
-                                 grads_.proj_value);
+                                 grads.proj_value);
         detail::append_parameter(out, prefix + "attn_out.weight", weights_.attn_out,
-                                 grads_.attn_out);
-        detail::append_parameter(out, prefix + "mu.weight", weights_.mu, grads_.mu);
-        detail::append_parameter(out, prefix + "sigma.weight", weights_.sigma, grads_.sigma);
+                                 grads.attn_out);
+        detail::append_parameter(out, prefix + "mu.weight", weights_.mu, grads.mu);
+        detail::append_parameter(out, prefix + "sigma.weight", weights_.sigma, grads.sigma);
     }
 
     /// ∂ℓ/∂μ and ∂ℓ/∂σ² (KL terms included) of the last backward(), H·Q each.
@@ -640,14 +689,6 @@ private:
     Scalar kl_sigma_0_{};
     bool kl_mu_term_ = false;
     Scalar kl_mu_0_{};
-    struct Work {
-        Matrix dcontext, dV, values;
-        RowMatrix dr;
-        Vector dmu, dsigma_sq, da_mu, da_sigma, g_mu, g_sigma, wk_g_mu, wk_g_sigma;
-        Weights dgrad;                    // this backward's gradients, added once all are finite
-        Matrix dqueries, dB;              // this backward's ∂ℓ/∂queries, ∂ℓ/∂B
-        Vector last_dmu, last_dsigma_sq;  // last_grad_mu(), last_grad_sigma_sq()
-    };
 
     Weights weights_;
     Weights grads_;

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "detail/math.hpp"
@@ -190,22 +191,33 @@ struct FieldPair {
     double a, b;
 };
 
-/// The first field in which two configurations differ ("name is A <a_is>, B <b_is>",
-/// widths compared entry by entry after the fields); empty if none does.
-inline std::string first_difference(std::initializer_list<FieldPair> fields,
-                                    const std::vector<double>& widths_a,
-                                    const std::vector<double>& widths_b, const char* a_is,
+/// The first field in which two configurations differ ("name is A <a_is>, B <b_is>");
+/// empty if none does.
+inline std::string first_difference(std::initializer_list<FieldPair> fields, const char* a_is,
                                     const char* b_is) {
     for (const auto& f : fields)
         if (!(f.a == f.b)) return concat(f.name, " is ", f.a, " ", a_is, ", ", f.b, " ", b_is);
-    if (widths_a.size() != widths_b.size())
-        return concat("the number of widths is ", widths_a.size(), " ", a_is, ", ", widths_b.size(),
-                      " ", b_is);
-    for (std::size_t j = 0; j < widths_a.size(); ++j)
-        if (!(widths_a[j] == widths_b[j]))
-            return concat("widths[", j, "] is ", widths_a[j], " ", a_is, ", ", widths_b[j], " ",
-                          b_is);
     return {};
+}
+
+/// How one setting differs between two configurations, as first_difference() says it
+/// (numbers and enumerations as numbers; a list by its length, then entry by entry); empty
+/// if it does not.
+template <typename T>
+std::string field_difference(const char* name, const T& a, const T& b, const char* a_is,
+                             const char* b_is) {
+    if constexpr (std::is_same_v<T, std::vector<double>>) {
+        if (a.size() != b.size())
+            return concat("the number of ", name, " is ", a.size(), " ", a_is, ", ", b.size(), " ",
+                          b_is);
+        for (std::size_t j = 0; j < a.size(); ++j)
+            if (!(a[j] == b[j]))
+                return concat(name, "[", j, "] is ", a[j], " ", a_is, ", ", b[j], " ", b_is);
+        return {};
+    } else {
+        return first_difference({{name, static_cast<double>(a), static_cast<double>(b)}}, a_is,
+                                b_is);
+    }
 }
 
 }  // namespace detail

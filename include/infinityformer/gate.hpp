@@ -139,11 +139,17 @@ public:
     /// mask_net.weight[:, :, j]) and `prefix`bias.
     void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix = "") {
         if (grads_.bias.size() != dim_) zero_grad();
+        append_parameters(out, prefix, grads_);
+    }
+    /// Views of the weights with the gradients `grads` (laid out as the weights) in place
+    /// of the accumulated ones.
+    void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix,
+                           Weights& grads) {
         for (int j = 0; j < 3; ++j)
             detail::append_parameter(out, prefix + "weight." + std::to_string(j),
                                      weights_.taps[static_cast<std::size_t>(j)],
-                                     grads_.taps[static_cast<std::size_t>(j)]);
-        detail::append_parameter(out, prefix + "bias", weights_.bias, grads_.bias);
+                                     grads.taps[static_cast<std::size_t>(j)]);
+        detail::append_parameter(out, prefix + "bias", weights_.bias, grads.bias);
     }
 
     /// Backward of forward(X) → (gate, gated): accumulates ∂ℓ/∂W_j and ∂ℓ/∂b into
@@ -173,12 +179,23 @@ public:
         backward_checked("MemoryGate::backward_unchecked", X, gate, dgated, dX);
     }
 
+    /// Workspace of the backward pass, held by the caller of backward_compute(w): this
+    /// call's results, kept once all are finite.
+    struct Work {
+        Matrix dA, dx;
+        Weights dgrad;
+    };
+
     /// The computing half of backward() (inputs checked): this call's gradients of the
     /// weights and ∂ℓ/∂X (backward_dX()) into the workspace; nothing accumulated.
     void backward_compute(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& gate,
                           const Eigen::Ref<const Matrix>& dgated) {
+        backward_compute(X, gate, dgated, work_);
+    }
+    /// backward_compute() into the caller's workspace `w`.
+    void backward_compute(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& gate,
+                          const Eigen::Ref<const Matrix>& dgated, Work& w) const {
         const Index l = X.rows();
-        Work& w = work_;
         w.dA = dgated.cwiseProduct(X).cwiseProduct(
             gate.cwiseProduct((Scalar(1) - gate.array()).matrix()));
         w.dgrad.bias.noalias() = w.dA.colwise().sum().transpose();
@@ -198,8 +215,10 @@ public:
 
     /// True if every result of the last backward_compute() is finite, and so is every
     /// gradient once it is added (one vectorised pass over each).
-    bool backward_finite() const {
-        const Work& w = work_;
+    bool backward_finite() const { return backward_finite(work_, grads_); }
+    /// backward_finite() of workspace `w`, with the gradients `into` it will be added to.
+    bool backward_finite(const Work& w, const Weights& into) const {
+        const Weights& grads_ = into;
         return detail::sum_finite(grads_.bias, w.dgrad.bias) &&
                detail::sum_finite(grads_.taps[0], w.dgrad.taps[0]) &&
                detail::sum_finite(grads_.taps[1], w.dgrad.taps[1]) &&
@@ -212,7 +231,13 @@ public:
     /// detail::fail_backward()).
     [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
                                        const std::string& cause, const std::string& inputs) const {
-        const Work& w = work_;
+        explain_backward(where, prefix, cause, inputs, work_, grads_);
+    }
+    /// explain_backward() of workspace `w` and the gradients `into`.
+    [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
+                                       const std::string& cause, const std::string& inputs,
+                                       const Work& w, const Weights& into) const {
+        const Weights& grads_ = into;
         detail::check_gradient_sum(where, cause, inputs, prefix, "bias", grads_.bias, w.dgrad.bias);
         for (std::size_t j = 0; j < 3; ++j) {
             const std::string name = "weight." + std::to_string(j);
@@ -230,8 +255,24 @@ public:
     /// gradients to gradients() (additions only; nothing throws).
     void backward_accumulate() {
         if (grads_.bias.size() != dim_) zero_grad();
-        grads_.bias += work_.dgrad.bias;
-        for (std::size_t j = 0; j < 3; ++j) grads_.taps[j] += work_.dgrad.taps[j];
+        backward_accumulate(work_, grads_);
+    }
+    /// backward_accumulate() of workspace `w` into gradients().
+    void backward_accumulate(const Work& w) {
+        if (grads_.bias.size() != dim_) zero_grad();
+        backward_accumulate(w, grads_);
+    }
+    /// backward_accumulate() of workspace `w` into the gradients `into`.
+    static void backward_accumulate(const Work& w, Weights& into) {
+        into.bias += w.dgrad.bias;
+        for (std::size_t j = 0; j < 3; ++j) into.taps[j] += w.dgrad.taps[j];
+    }
+    /// Zero gradients laid out as the weights (a thread's own sum of gradients).
+    Weights zero_gradients() const {
+        Weights g;
+        g.bias.setZero(dim_);
+        for (auto& t : g.taps) t.setZero(dim_, dim_);
+        return g;
     }
 
 private:
@@ -249,12 +290,6 @@ private:
         backward_accumulate();
         dX = work_.dx;
     }
-
-    // Workspace of the backward pass: this call's results, kept once all are finite.
-    struct Work {
-        Matrix dA, dx;
-        Weights dgrad;
-    };
 
     // The moves: everything moved; `o` left with zero weights and gradients of its width.
     void take(MemoryGate& o) {

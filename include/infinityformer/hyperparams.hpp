@@ -87,6 +87,13 @@ inline std::string to_string(Stability s) {
     return "unknown";
 }
 
+/// What a MemoryParams field decides, for the code that walks the field list.
+enum class FieldRole {
+    operators,  ///< the memory's operators (basis, fits, A, Ψ): part of their cache key
+    behaviour,  ///< what the updates do: a state is valid only for the same value
+    seed,       ///< the base seed: not part of the configuration
+};
+
 /// Settings of the long-term memory (LongTermMemory): the basis, the fit and the sampling.
 /// Defaults: the paper's synthetic `sorting` model.
 struct MemoryParams {
@@ -114,33 +121,116 @@ struct MemoryParams {
     /// refuse such configurations and such updates.
     Stability stability = Stability::refuse;
 
+    /// Every field once, in the state file's order: visit(name, role, rule, p.field...) for
+    /// the same field of each of the given sets, where rule(q) is empty if the field's value
+    /// is valid in `q`, else "name is v, expected …". Validation, equality,
+    /// configuration_difference(), the memory operators' cache key and the state file's
+    /// configuration all walk this list: a new field is added here, and only here.
+    template <typename Visit, typename... Self>
+    static void for_each_field(Visit&& visit, Self&... p) {
+        using R = std::string (*)(const MemoryParams&);
+        visit("num_basis", FieldRole::operators, R([](const MemoryParams& q) {
+                  const auto w = static_cast<Eigen::Index>(q.widths.size());
+                  // (an empty widths list is the widths rule's error)
+                  return w == 0 || (q.num_basis >= 1 && q.num_basis % w == 0)
+                             ? std::string()
+                             : detail::concat("num_basis is ", q.num_basis,
+                                              ", expected a positive multiple of the number of "
+                                              "widths (",
+                                              w, ")");
+              }),
+              p.num_basis...);
+        visit("num_samples", FieldRole::operators, R([](const MemoryParams& q) {
+                  return q.num_samples >= 1
+                             ? std::string()
+                             : detail::concat("num_samples is ", q.num_samples, ", expected >= 1");
+              }),
+              p.num_samples...);
+        visit("num_bins", FieldRole::operators, R([](const MemoryParams& q) {
+                  return q.num_bins >= 1
+                             ? std::string()
+                             : detail::concat("num_bins is ", q.num_bins, ", expected >= 1");
+              }),
+              p.num_bins...);
+        visit("ridge_lambda", FieldRole::operators, R([](const MemoryParams& q) {
+                  return std::isfinite(q.ridge_lambda) && q.ridge_lambda > 0.0
+                             ? std::string()
+                             : detail::concat("ridge_lambda is ", q.ridge_lambda, ", expected > 0");
+              }),
+              p.ridge_lambda...);
+        visit("tau", FieldRole::operators, R([](const MemoryParams& q) {
+                  return q.tau > 0.0 && q.tau < 1.0
+                             ? std::string()
+                             : detail::concat("tau is ", q.tau, ", expected 0 < tau < 1");
+              }),
+              p.tau...);
+        visit("sampling", FieldRole::operators, R([](const MemoryParams& q) {
+                  return q.sampling == Sampling::uniform || q.sampling == Sampling::sticky ||
+                                 q.sampling == Sampling::stratified
+                             ? std::string()
+                             : detail::concat("sampling is ", static_cast<int>(q.sampling),
+                                              ", expected uniform, sticky or stratified");
+              }),
+              p.sampling...);
+        visit("stability", FieldRole::behaviour, R([](const MemoryParams& q) {
+                  return q.stability == Stability::refuse || q.stability == Stability::stabilise ||
+                                 q.stability == Stability::allow
+                             ? std::string()
+                             : detail::concat("stability is ", static_cast<int>(q.stability),
+                                              ", expected refuse, stabilise or allow");
+              }),
+              p.stability...);
+        visit("reset_after_tokens", FieldRole::behaviour, R([](const MemoryParams& q) {
+                  return q.reset_after_tokens >= 0
+                             ? std::string()
+                             : detail::concat("reset_after_tokens is ", q.reset_after_tokens,
+                                              ", expected >= 0 (0 = never)");
+              }),
+              p.reset_after_tokens...);
+        visit("widths", FieldRole::operators, R([](const MemoryParams& q) {
+                  if (q.widths.empty())
+                      return std::string("widths is empty, expected at least one width");
+                  for (std::size_t j = 0; j < q.widths.size(); ++j)
+                      if (!(std::isfinite(q.widths[j]) && q.widths[j] > 0.0))
+                          return detail::concat("widths[", j, "] is ", q.widths[j],
+                                                ", expected > 0");
+                  return std::string();
+              }),
+              p.widths...);
+        visit("seed", FieldRole::seed, R([](const MemoryParams&) { return std::string(); }),
+              p.seed...);
+    }
+
     /// Checks every field. @throws infinityformer::invalid_argument naming the field, the
     /// range expected and the value received.
     void validate(const char* where = "MemoryParams::validate") const {
-        const auto w = static_cast<Eigen::Index>(widths.size());
-        detail::require(w >= 1, where, "widths is empty, expected at least one width");
-        for (std::size_t j = 0; j < widths.size(); ++j)
-            detail::require(std::isfinite(widths[j]) && widths[j] > 0.0, where, "widths[", j,
-                            "] is ", widths[j], ", expected > 0");
-        detail::require(num_basis >= 1 && num_basis % w == 0, where, "num_basis is ", num_basis,
-                        ", expected a positive multiple of the number of widths (", w, ")");
-        detail::require(std::isfinite(ridge_lambda) && ridge_lambda > 0.0, where,
-                        "ridge_lambda is ", ridge_lambda, ", expected > 0");
-        detail::require(tau > 0.0 && tau < 1.0, where, "tau is ", tau, ", expected 0 < tau < 1");
-        detail::require(num_samples >= 1, where, "num_samples is ", num_samples, ", expected >= 1");
-        detail::require(num_bins >= 1, where, "num_bins is ", num_bins, ", expected >= 1");
-        detail::require(reset_after_tokens >= 0, where, "reset_after_tokens is ",
-                        reset_after_tokens, ", expected >= 0 (0 = never)");
-        detail::require(sampling == Sampling::uniform || sampling == Sampling::sticky ||
-                            sampling == Sampling::stratified,
-                        where, "sampling is ", static_cast<int>(sampling),
-                        ", expected uniform, sticky or stratified");
-        detail::require(stability == Stability::refuse || stability == Stability::stabilise ||
-                            stability == Stability::allow,
-                        where, "stability is ", static_cast<int>(stability),
-                        ", expected refuse, stabilise or allow");
+        for_each_field(
+            [&](const char*, FieldRole, auto rule, const auto&) {
+                const std::string error = rule(*this);
+                if (!error.empty()) detail::fail(where, error);
+            },
+            *this);
     }
 
+    /// Equal in every field, the seed included.
+    friend bool operator==(const MemoryParams& a, const MemoryParams& b) {
+        return a.configuration_difference(b, "", "").empty() && a.seed == b.seed;
+    }
+    friend bool operator!=(const MemoryParams& a, const MemoryParams& b) { return !(a == b); }
+
+    /// The first field but the seed in which `o` differs, as "name is A <a_is>, B <b_is>"
+    /// (the widths compared by count, then entry by entry); empty if none does.
+    std::string configuration_difference(const MemoryParams& o, const char* a_is,
+                                         const char* b_is) const {
+        std::string out;
+        for_each_field(
+            [&](const char* name, FieldRole role, auto, const auto& x, const auto& y) {
+                if (out.empty() && role != FieldRole::seed)
+                    out = detail::field_difference(name, x, y, a_is, b_is);
+            },
+            *this, o);
+        return out;
+    }
     /// validate(), and what the Scalar's range adds: every width s must have s² a normal
     /// number of Scalar (the basis divides by s²).
     template <typename Scalar>

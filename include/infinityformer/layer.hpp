@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -17,9 +18,10 @@
 #include "detail/math.hpp"
 #include "detail/parallel.hpp"
 #include "detail/random.hpp"
+#include "detail/streams.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
-#include "long_term_attention.hpp"
+#include "long_term_engine.hpp"
 #include "parameter_view.hpp"
 #include "short_term_attention.hpp"
 
@@ -56,48 +58,44 @@ struct LayerStream {
     friend bool operator!=(const LayerStream& a, const LayerStream& b) { return !(a == b); }
 
     // workspace
-    Matrix q_next, y_next, dx_next;  // dx_next: ∂ℓ/∂X of a backward, written once it succeeded
+    Matrix q_next, y_next;
     typename ShortTermAttention<Scalar>::Trace next_short_term;
     typename ShortTermAttention<Scalar>::Work work;
-    bool next_uses_long = false;  // the forward being prepared reads the long-term memory
 };
 
-/// A read-only view of a layer's long-term part: the module's settings and weights, and
-/// each of the layer's streams' long-term state (memory(s), last_attention(s), …).
+/// A read-only view of a layer's long-term part: its settings and weights (the layer's
+/// LongTermEngine), and each of the layer's streams' long-term state (memory(s),
+/// last_attention(s), last_grad_mu(s), …).
 template <typename Scalar>
 class LongTermView : public detail::LongTermStreamReader<Scalar, LongTermView<Scalar>> {
     friend class detail::LongTermStreamReader<Scalar, LongTermView<Scalar>>;
 
 public:
     using Index = Eigen::Index;
-    using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
-    LongTermView(const LongTermAttention<Scalar>& module,
-                 const std::vector<LayerStream<Scalar>>& streams)
-        : module_(&module), streams_(&streams) {}
+    LongTermView(const LongTermEngine<Scalar>& engine,
+                 const detail::StreamSet<LayerStream<Scalar>>& streams)
+        : engine_(&engine), streams_(&streams) {}
 
-    /// The module (weights and settings; its own streams are not the layer's).
-    const LongTermAttention<Scalar>& module() const { return *module_; }
-    Index dim() const { return module_->dim(); }
-    Index chunk_length() const { return module_->chunk_length(); }
-    Index num_heads() const { return module_->num_heads(); }
-    Index d_model() const { return module_->d_model(); }
-    const LongTermParams& params() const { return module_->params(); }
-    const ContinuousAttention<Scalar>& attention() const { return module_->attention(); }
-    bool has_gate() const { return module_->has_gate(); }
-    const MemoryGate<Scalar>& gate() const { return module_->gate(); }
-    const Vector& last_grad_mu() const { return module_->last_grad_mu(); }
-    const Vector& last_grad_sigma_sq() const { return module_->last_grad_sigma_sq(); }
+    /// The weights and settings.
+    const LongTermEngine<Scalar>& engine() const { return *engine_; }
+    Index dim() const { return engine_->dim(); }
+    Index chunk_length() const { return engine_->chunk_length(); }
+    Index num_heads() const { return engine_->num_heads(); }
+    Index d_model() const { return engine_->d_model(); }
+    const LongTermParams& params() const { return engine_->params(); }
+    const ContinuousAttention<Scalar>& attention() const { return engine_->attention(); }
+    bool has_gate() const { return engine_->has_gate(); }
+    const MemoryGate<Scalar>& gate() const { return engine_->gate(); }
 
 private:
-    Index stream_count() const { return static_cast<Index>(streams_->size()); }
+    Index stream_count() const { return streams_->size(); }
     const LongTermStream<Scalar>& stream_at(const char* where, Index stream) const {
-        detail::check_stream_index(where, stream, stream_count());
-        return (*streams_)[static_cast<std::size_t>(stream)].long_term;
+        return streams_->at(where, stream).long_term;
     }
 
-    const LongTermAttention<Scalar>* module_;
-    const std::vector<LayerStream<Scalar>>* streams_;
+    const LongTermEngine<Scalar>* engine_;
+    const detail::StreamSet<LayerStream<Scalar>>* streams_;
 };
 
 /// Streaming ∞-former attention layer of width d with H heads and chunks of L tokens.
@@ -118,9 +116,10 @@ private:
 /// of the stream.
 ///
 /// Each stream's state (LayerStream: the window's previous chunk, the chunk waiting to be
-/// stored, the short-term trace, the long-term stream state, the phase) has one owner, the
-/// layer; long_term() is a read-only view of the long-term part. Every call computes
-/// aside and keeps the result only once it is complete and finite: a call that throws
+/// stored, the short-term trace, the long-term stream state, the phase, the workspaces)
+/// has one owner, the layer; the parts (ShortTermAttention, LongTermEngine) hold only
+/// weights and gradients, and long_term() is a read-only view of the long-term part. Every call
+/// computes aside and keeps the result only once it is complete and finite: a call that throws
 /// leaves the streams, the weights and the gradients as they were.
 ///
 /// \tparam Scalar_ float or double.
@@ -146,8 +145,9 @@ public:
         : length_(validated(d_model, num_heads, chunk_length, params)),
           short_(d_model, num_heads,
                  detail::derive_seed(params.seed, detail::SeedPurpose::short_term_weights)),
-          ltm_(d_model, num_heads, chunk_length, params, d_model) {
-        streams_.push_back(StreamState(ltm_.make_stream(0)));
+          ltm_(d_model, num_heads, chunk_length, params, d_model,
+               "InfinityFormerLayer::InfinityFormerLayer") {
+        set_num_streams(1);
     } catch (...) {
         detail::rethrow_as("InfinityFormerLayer::InfinityFormerLayer");
     }
@@ -181,21 +181,17 @@ public:
     }
 
     /// Number of independent streams (default 1).
-    Index num_streams() const { return static_cast<Index>(streams_.size()); }
+    Index num_streams() const { return streams_.size(); }
     /// Adds or removes streams; new streams start empty, existing ones keep their state.
-    /// @throws infinityformer::invalid_argument if n < 1 (nothing changed).
+    /// @throws infinityformer::invalid_argument if n < 1 or the streams would not fit in
+    ///         the machine's memory (nothing changed).
     void set_num_streams(Index n) {
-        constexpr const char* where = "InfinityFormerLayer::set_num_streams";
-        detail::require(n >= 1, where, "n is ", n, ", expected >= 1");
-        detail::require_allocatable(where, "n streams", static_cast<double>(n),
-                                    static_cast<double>(n) * stream_bytes());
-        std::vector<StreamState> next;
-        next.reserve(static_cast<std::size_t>(n));
-        for (Index s = 0; s < n; ++s)
-            next.push_back(s < num_streams() ? streams_[static_cast<std::size_t>(s)]
-                                             : StreamState(ltm_.make_stream(s)));
-        streams_.swap(next);
+        streams_.resize("InfinityFormerLayer::set_num_streams", n, stream_bytes(),
+                        [&](Index s) { return make_stream(s); });
     }
+    /// A new, empty stream state for stream index `index` (to fill and give to
+    /// set_stream_state()).
+    StreamState make_stream(Index index) const { return StreamState(ltm_.make_stream(index)); }
 
     /// The stream's whole state (a value: copy it, compare it).
     const StreamState& stream_state(Index stream = 0) const {
@@ -214,8 +210,8 @@ public:
     /// window's previous chunk, the chunk waiting to be stored and the long-term memory with
     /// its generator are taken; the traces are not, so the stream is idle (its last
     /// forward() before the state was taken cannot be differentiated afterwards); a reset()
-    /// restarts its generator as stream `stream`'s. Build `s`
-    /// from long_term().module().make_stream(stream) when it does not come from a layer.
+    /// restarts its generator as stream `stream`'s. Build `s` with make_stream(stream) when
+    /// it does not come from a layer.
     /// @throws infinityformer::invalid_argument if a chunk is not 0 or L rows of d finite
     ///         values, a chunk waits without a window before it, or the long-term part does
     ///         not fit this layer (stream unchanged).
@@ -228,7 +224,7 @@ public:
     }
 
     /// The checks of set_stream_state(), then what it keeps of `s` (the traces cleared, the
-    /// stream idle); errors name `where`.
+    /// stream idle); errors name `where` (a reader that checks before it commits).
     void take_stream_state(const char* where, StreamState& s) const {
         for (Matrix* chunk : {&s.prev, &s.pending}) {
             if (chunk->rows() == 0) chunk->resize(0, d_model());
@@ -260,8 +256,7 @@ public:
         StreamState& s = state(where, stream);
         detail::check_matrix(where, "X", X, length_, d_model());
         detail::check_shape(where, "Y", Y, length_, d_model());
-        prepare_forward(where, s, X);
-        commit_forward(s);
+        commit_forward(prepare_forward(where, s, X));
         Y = s.y_next;
     }
 
@@ -278,12 +273,14 @@ public:
             detail::check_matrix(where, name.c_str(), X[static_cast<std::size_t>(i)], length_,
                                  d_model());
         }
+        std::vector<std::optional<Step>> steps(static_cast<std::size_t>(count));
         std::vector<std::exception_ptr> errors(static_cast<std::size_t>(count));
         detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index) {
             for (Index i = begin; i < end; ++i) {
                 try {
                     const Eigen::Ref<const Matrix> x(X[static_cast<std::size_t>(i)]);
-                    prepare_forward(where, streams_[static_cast<std::size_t>(i)], x);
+                    steps[static_cast<std::size_t>(i)].emplace(
+                        prepare_forward(where, streams_[i], x));
                 } catch (...) {
                     errors[static_cast<std::size_t>(i)] = std::current_exception();
                 }
@@ -293,9 +290,8 @@ public:
             if (e) std::rethrow_exception(e);
         Y.resize(static_cast<std::size_t>(count));
         for (Index i = 0; i < count; ++i) {
-            StreamState& s = streams_[static_cast<std::size_t>(i)];
-            commit_forward(s);
-            Y[static_cast<std::size_t>(i)] = s.y_next;
+            commit_forward(std::move(*steps[static_cast<std::size_t>(i)]));
+            Y[static_cast<std::size_t>(i)] = streams_[i].y_next;
         }
     }
 
@@ -320,44 +316,39 @@ public:
         StreamState& s = state(where, stream);
         check_backward(where, s, dY, kl_weight);
         detail::check_shape(where, "dX", dX, length_, d_model());
-        backward_stream(where, s, dY, kl_weight, short_, ltm_);
-        commit_backward(s, dX);
+        Backward b = prepare_backward(where, s, dY, kl_weight, nullptr);
+        accumulate(b, nullptr);
+        commit_backward(std::move(b), dX);
     }
 
     /// backward() of the last forward() of each of the streams 0 … S−1 (S = dY.size()), the
     /// streams shared out between `threads` threads: each thread accumulates into its own
-    /// copy of the gradients, which are then added to the layer's in stream order. dX[s] is
-    /// what backward(dY[s], kl_weight, dX[s], s) gives, bit for bit; the gradients equal the
-    /// sequential loop's to rounding (the sum is grouped by thread). Every check is made
-    /// before anything is computed; the gradients, the streams and dX change only once every
-    /// stream is done and every sum is finite (all or nothing).
-    /// Allocates a copy of the weights per thread. @param dX resized to S matrices (L × d).
+    /// gradients (Gradients, laid out as the weights), which are then added to the layer's
+    /// in thread order. dX[s] is what backward(dY[s], kl_weight, dX[s], s) gives, bit for
+    /// bit; the gradients equal the sequential loop's to rounding (the sum is grouped by
+    /// thread). Every check is made before anything is computed; the gradients, the streams
+    /// and dX change only once every stream is done and every sum is finite (all or
+    /// nothing). Allocates one set of gradients per thread. @param dX resized to S matrices
+    /// (L × d).
     void backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight, std::vector<Matrix>& dX,
                           int threads = 1) {
         constexpr const char* where = "InfinityFormerLayer::backward_streams";
         const Index count = check_batch(where, dY.size(), threads);
         for (Index i = 0; i < count; ++i)
-            check_backward(where, streams_[static_cast<std::size_t>(i)],
-                           dY[static_cast<std::size_t>(i)], kl_weight);
+            check_backward(where, streams_[i], dY[static_cast<std::size_t>(i)], kl_weight);
         const Index workers = std::min<Index>(threads, count);
-        struct Copy {
-            ShortTermAttention<Scalar> st;
-            LongTermAttention<Scalar> lt;
-        };
-        std::vector<Copy> copies;
-        copies.reserve(static_cast<std::size_t>(workers));
-        for (Index w = 0; w < workers; ++w) {
-            copies.push_back(Copy{short_, ltm_});
-            copies.back().st.zero_grad();
-            copies.back().lt.zero_grad();
-        }
+        std::vector<Gradients> sums(static_cast<std::size_t>(workers), zero_gradients());
+        std::vector<std::optional<Backward>> done(static_cast<std::size_t>(count));
         std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
         detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index w) {
-            Copy& c = copies[static_cast<std::size_t>(w)];
+            Gradients& mine = sums[static_cast<std::size_t>(w)];
             try {
-                for (Index i = begin; i < end; ++i)
-                    backward_stream(where, streams_[static_cast<std::size_t>(i)],
-                                    dY[static_cast<std::size_t>(i)], kl_weight, c.st, c.lt);
+                for (Index i = begin; i < end; ++i) {
+                    auto& b = done[static_cast<std::size_t>(i)];
+                    b.emplace(prepare_backward(where, streams_[i], dY[static_cast<std::size_t>(i)],
+                                               kl_weight, &mine));
+                    accumulate(*b, &mine);
+                }
             } catch (...) {
                 errors[static_cast<std::size_t>(w)] = std::current_exception();
             }
@@ -365,30 +356,28 @@ public:
         for (const auto& e : errors)
             if (e) std::rethrow_exception(e);
         // The sums aside, checked, then kept.
-        const auto mine = parameters();
-        std::vector<Matrix> sums(mine.size());
-        for (std::size_t k = 0; k < mine.size(); ++k) sums[k] = mine[k].gradient();
-        for (auto& c : copies) {
-            std::vector<Parameter<Scalar>> theirs;
-            c.st.append_parameters(theirs, "short_term.");
-            for (auto& p : c.lt.parameters("long_term.")) theirs.push_back(std::move(p));
-            for (std::size_t k = 0; k < mine.size(); ++k) sums[k] += theirs[k].gradient();
+        const auto own = parameters();
+        std::vector<Matrix> total(own.size());
+        for (std::size_t k = 0; k < own.size(); ++k) total[k] = own[k].gradient();
+        for (auto& g : sums) {
+            const auto theirs = parameters_with(g);
+            for (std::size_t k = 0; k < own.size(); ++k) total[k] += theirs[k].gradient();
         }
-        for (std::size_t k = 0; k < mine.size(); ++k)
-            if (!detail::all_finite(sums[k]))
-                detail::fail(where, "adding the streams' gradients of weight ", mine[k].name,
+        for (std::size_t k = 0; k < own.size(); ++k)
+            if (!detail::all_finite(total[k]))
+                detail::fail(where, "adding the streams' gradients of weight ", own[k].name,
                              " to the accumulated one (largest |entry| ",
-                             detail::largest_abs(mine[k].gradient()),
+                             detail::largest_abs(own[k].gradient()),
                              ") overflowed, expected accumulated gradients below ",
                              static_cast<double>(std::numeric_limits<Scalar>::max()),
                              " (zero_grad() after each optimiser step?; nothing was "
                              "accumulated)");
-        for (std::size_t k = 0; k < mine.size(); ++k) mine[k].gradient() = sums[k];
+        for (std::size_t k = 0; k < own.size(); ++k) own[k].gradient() = total[k];
         dX.resize(static_cast<std::size_t>(count));
         for (Index i = 0; i < count; ++i) {
             Matrix& out = dX[static_cast<std::size_t>(i)];
             out.resize(length_, d_model());
-            commit_backward(streams_[static_cast<std::size_t>(i)], out);
+            commit_backward(std::move(*done[static_cast<std::size_t>(i)]), out);
         }
     }
 
@@ -402,11 +391,11 @@ public:
     }
 
     /// Named weights with their gradients: short_term.{query,key,value,out}.weight and
-    /// long_term.* (LongTermAttention::parameters()).
+    /// long_term.* (LongTermEngine::append_parameters()).
     std::vector<Parameter<Scalar>> parameters() {
         std::vector<Parameter<Scalar>> out;
         short_.append_parameters(out, "short_term.");
-        for (auto& p : ltm_.parameters("long_term.")) out.push_back(std::move(p));
+        ltm_.append_parameters(out, "long_term.");
         return out;
     }
 
@@ -425,20 +414,45 @@ public:
     }
 
 private:
+    // A thread's own sum of gradients, laid out as the weights.
+    struct Gradients {
+        ShortTermWeights short_term;
+        typename LongTermEngine<Scalar>::Gradients long_term;
+    };
+    Gradients zero_gradients() const { return {short_.zero_gradients(), ltm_.zero_gradients()}; }
+    // parameters() with the gradients `g` in place of the accumulated ones.
+    std::vector<Parameter<Scalar>> parameters_with(Gradients& g) {
+        std::vector<Parameter<Scalar>> out;
+        short_.append_parameters(out, "short_term.", g.short_term);
+        ltm_.append_parameters(out, "long_term.", &g.long_term);
+        return out;
+    }
+
+    // A forward computed aside (prepare_forward()) for commit_forward(): move-only.
+    struct Step {
+        StreamState* s;
+        std::optional<typename LongTermEngine<Scalar>::Step> long_term;
+    };
+    // A backward computed aside and checked (prepare_backward()): move-only.
+    struct Backward {
+        StreamState* s;
+        std::optional<typename LongTermEngine<Scalar>::Backward> long_term;
+    };
+
     // The computing half of forward(): everything into the stream's workspace (the output
     // is then s.y_next); nothing a later call reads changes. X checked.
-    void prepare_forward(const char* where, StreamState& s, const Eigen::Ref<const Matrix>& X) {
+    Step prepare_forward(const char* where, StreamState& s, const Eigen::Ref<const Matrix>& X) {
+        Step step{&s, std::nullopt};
         short_.project_queries(X, s.q_next);
         short_.forward_unchecked(s.prev, X, s.q_next, s.next_short_term);
         short_.check_trace(where, "short_term.", s.next_short_term);
         const Eigen::Ref<const Matrix> pending(s.pending);
         const Eigen::Ref<const Matrix> queries(s.next_short_term.q);
         const bool store = s.pending.rows() > 0;  // chunk c−2
-        s.next_uses_long = store || !s.long_term.memory.empty();
-        if (s.next_uses_long) {
-            ltm_.prepare_step(where, s.long_term, store ? &pending : nullptr, nullptr, &queries,
-                              "long_term.");
-            s.y_next = s.next_short_term.output + s.long_term.next_trace.output;
+        if (store || !s.long_term.memory.empty()) {
+            step.long_term.emplace(ltm_.prepare_step(where, s.long_term, store ? &pending : nullptr,
+                                                     nullptr, &queries, "long_term."));
+            s.y_next = s.next_short_term.output + step.long_term->output();
         } else {
             s.y_next = s.next_short_term.output;
         }
@@ -449,13 +463,15 @@ private:
                          detail::largest_abs(s.next_short_term.output), ", |long-term| ",
                          detail::largest_abs(s.long_term.next_trace.output),
                          "), expected smaller inputs");
+        return step;
     }
 
     // The keeping half: swaps and copies only (nothing throws).
-    void commit_forward(StreamState& s) {
-        if (s.next_uses_long) ltm_.commit_step(s.long_term, s.pending.rows() > 0, true);
+    void commit_forward(Step&& step) {
+        StreamState& s = *step.s;
+        s.used_long_term = step.long_term.has_value();
+        if (step.long_term) ltm_.commit_step(std::move(*step.long_term));
         std::swap(s.short_term, s.next_short_term);
-        s.used_long_term = s.next_uses_long;
         s.pending.swap(s.prev);   // chunk c−1 leaves the window: stored at the next call
         s.prev = s.short_term.x;  // (not X: Y may alias it)
         s.phase = LayerPhase::forwarded;
@@ -479,44 +495,57 @@ private:
         if (s.used_long_term) ltm_.check_backward(where, s.long_term, dY, kl_weight);
     }
 
-    // backward() after the checks, into the given modules (the layer's own, or a thread's
-    // copy of them): every result computed aside and checked, then the gradients added to
-    // the modules' and ∂ℓ/∂X kept in s.dx_next; the stream's state is left to
-    // commit_backward(). Throws invalid_argument (modules and stream unchanged) if a result
-    // overflowed.
-    void backward_stream(const char* where, StreamState& s, const Eigen::Ref<const Matrix>& dY,
-                         Scalar kl_weight, ShortTermAttention<Scalar>& st,
-                         LongTermAttention<Scalar>& lt) const {
-        st.backward_unchecked(s.short_term, dY, s.work);
+    // backward() after the checks: every result computed into the stream's workspace and
+    // checked with the gradients it will be added to (`into`, a thread's own, or the
+    // layer's). Reads the weights only, so threads may run it at once on distinct streams.
+    // Throws invalid_argument (nothing changed) if a result overflowed.
+    Backward prepare_backward(const char* where, StreamState& s, const Eigen::Ref<const Matrix>& dY,
+                              Scalar kl_weight, const Gradients* into) const {
+        Backward b{&s, std::nullopt};
+        auto& w = s.work;
+        short_.backward_unchecked(s.short_term, dY, w);
         if (s.used_long_term) {
-            lt.prepare_backward(where, "long_term.", "dY", s.long_term, dY, kl_weight);
-            s.work.dq += lt.backward_dqueries();  // chunk c−2's own gradient is not propagated
+            b.long_term.emplace(ltm_.prepare_backward(where, "long_term.", "dY", s.long_term, dY,
+                                                      kl_weight,
+                                                      into ? &into->long_term : nullptr));
+            w.dq += ltm_.dqueries(*b.long_term);  // chunk c−2's own gradient is not propagated
         }
-        st.finish_backward_compute(s.short_term, dY, s.work);
-        if (!st.finish_backward_finite()) {
+        short_.finish_backward_compute(s.short_term, dY, w);
+        const ShortTermWeights& st = into ? into->short_term : short_.gradients();
+        if (!ShortTermAttention<Scalar>::finish_backward_finite(w, st)) {
             const std::string long_term =
                 s.used_long_term ? detail::concat(
                                        "; the long-term part's gradient of the queries, largest "
                                        "|entry| ",
-                                       detail::largest_abs(lt.backward_dqueries()))
+                                       detail::largest_abs(ltm_.dqueries(*b.long_term)))
                                  : std::string();
-            st.explain_backward(
+            ShortTermAttention<Scalar>::explain_backward(
                 where, "short_term.",
                 detail::concat("dY's largest |entry| ", detail::largest_abs(dY), " (kl_weight ",
                                kl_weight, "; the short-term window's largest |entry| ",
                                detail::largest_abs(s.short_term.kv_in), long_term, ")"),
-                "dY, kl_weight and a window");
+                "dY, kl_weight and a window", w, st);
         }
-        st.finish_backward_accumulate();
-        if (s.used_long_term) lt.accumulate_backward(s.long_term);
-        s.dx_next = st.backward_dX();
+        return b;
+    }
+
+    // Adds a prepared backward's gradients to `into`, or to the layer's (nothing throws).
+    void accumulate(const Backward& b, Gradients* into) {
+        if (into) {
+            ShortTermAttention<Scalar>::finish_backward_accumulate(b.s->work, into->short_term);
+            if (b.long_term) ltm_.accumulate(*b.long_term, into->long_term);
+        } else {
+            short_.finish_backward_accumulate(b.s->work);
+            if (b.long_term) ltm_.accumulate(*b.long_term);
+        }
     }
 
     // The stream's part of a backward that succeeded: dX written, the trace consumed
     // (copies and swaps only; nothing throws).
-    void commit_backward(StreamState& s, Eigen::Ref<Matrix> dX) const {
-        dX = s.dx_next;
-        if (s.used_long_term) ltm_.commit_backward(s.long_term);
+    void commit_backward(Backward&& b, Eigen::Ref<Matrix> dX) const {
+        StreamState& s = *b.s;
+        dX = s.work.dx;
+        if (b.long_term) ltm_.commit_backward(std::move(*b.long_term));
         s.phase = LayerPhase::consumed;
     }
 
@@ -548,7 +577,7 @@ private:
                 LongTermMemory<Scalar>::operator_bytes(length, p.memory_params()) +
                 ContinuousAttention<Scalar>::weight_bytes(p.num_basis, d_model, d_model) +
                 (p.gate ? MemoryGate<Scalar>::weight_bytes(d_model) : 0.0) +
-                LongTermAttention<Scalar>::stream_bytes_for(d_model, heads, length, d_model, p) +
+                LongTermEngine<Scalar>::stream_bytes_for(d_model, heads, length, d_model, p) +
                 stream_bytes_for(d_model, heads, length, p));
         return length;
     }
@@ -563,22 +592,18 @@ private:
         return static_cast<double>(sizeof(StreamState) - sizeof(LongTermStream<Scalar>)) +
                static_cast<double>(sizeof(Scalar)) * (32 * l * d + 6 * h * l * l + h * l) +
                blocks * per_block +
-               LongTermAttention<Scalar>::stream_bytes_for(d_model, heads, length, d_model, p);
+               LongTermEngine<Scalar>::stream_bytes_for(d_model, heads, length, d_model, p);
     }
 
-    StreamState& state(const char* where, Index stream) {
-        detail::check_stream_index(where, stream, num_streams());
-        return streams_[static_cast<std::size_t>(stream)];
-    }
+    StreamState& state(const char* where, Index stream) { return streams_.at(where, stream); }
     const StreamState& state(const char* where, Index stream) const {
-        detail::check_stream_index(where, stream, num_streams());
-        return streams_[static_cast<std::size_t>(stream)];
+        return streams_.at(where, stream);
     }
 
     Index length_ = 0;
     ShortTermAttention<Scalar> short_;
-    LongTermAttention<Scalar> ltm_;  // the long-term weights; the streams are streams_
-    std::vector<StreamState> streams_;
+    LongTermEngine<Scalar> ltm_;  // the long-term weights
+    detail::StreamSet<StreamState> streams_;
 };
 
 using InfinityFormerLayerd = InfinityFormerLayer<double>;

@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -22,7 +21,7 @@
 #include "detail/random.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
-#include "positions.hpp"
+#include "memory_operators.hpp"
 #include "ridge.hpp"
 #include "sampling.hpp"
 #include "stability.hpp"
@@ -103,8 +102,10 @@ public:
         : params_(validated(params, dim, chunk_length)),
           dim_(dim),
           length_(chunk_length),
-          ops_(std::make_shared<const Operators>(params, chunk_length, dim)),
+          ops_(MemoryOperators<Scalar>::shared(chunk_length, params_)),
           chooser_(params.sampling, params.num_samples, params.num_bins) {
+        if (params_.stability == Stability::refuse)
+            ops_->refuse_unstable("LongTermMemory::LongTermMemory", params_, chunk_length, dim);
         detail::require(stream >= 0, "LongTermMemory::LongTermMemory", "stream is ", stream,
                         ", expected >= 0");
         stream_ = stream;
@@ -157,10 +158,7 @@ public:
     /// Bytes of the operators a configuration builds once and its memories share (the
     /// fits are computed in double over about 2(M + L) positions), at most.
     static double operator_bytes(Index chunk_length, const MemoryParams& p) {
-        const double n = static_cast<double>(p.num_basis), m = static_cast<double>(p.num_samples),
-                     l = static_cast<double>(chunk_length), d = static_cast<double>(p.num_bins);
-        return 8 * (3 * n * n + 6 * n * (m + l + 1)) +
-               static_cast<double>(sizeof(Scalar)) * (n * n + n * (m + 2 * l) + d * n + 4 * n);
+        return MemoryOperators<Scalar>::bytes(chunk_length, p);
     }
     /// Bytes one memory's state and workspace take on the heap once it has been through
     /// every kind of update, at most: besides the object itself (sizeof) and the densities
@@ -211,7 +209,7 @@ public:
         if (s.B_prev.size() == 0) s.B_prev.resize(0, dim_);
         state_ = std::move(s);
         seed_base_ = seed_base;
-        prepared_ = false;
+        ++version_;
     }
 
     /// The seed restart_generator() restarts from (params.seed, or seed()'s).
@@ -225,20 +223,15 @@ public:
     /// The first dimension or parameter (the seed aside) in which `o` differs from this
     /// memory, as "name is X here, Y in the other"; empty if none does.
     std::string configuration_difference(const LongTermMemory& o) const {
-        const MemoryParams &a = params_, &b = o.params_;
-        return detail::first_difference(
-            {{"dim", double(dim_), double(o.dim_)},
-             {"chunk_length", double(length_), double(o.length_)},
-             {"num_basis", double(a.num_basis), double(b.num_basis)},
-             {"num_samples", double(a.num_samples), double(b.num_samples)},
-             {"num_bins", double(a.num_bins), double(b.num_bins)},
-             {"ridge_lambda", a.ridge_lambda, b.ridge_lambda},
-             {"tau", a.tau, b.tau},
-             {"sampling", double(a.sampling), double(b.sampling)},
-             {"stability", double(a.stability), double(b.stability)},
-             {"reset_after_tokens", double(a.reset_after_tokens), double(b.reset_after_tokens)}},
-            a.widths, b.widths, "here", "in the other");
+        const std::string sizes =
+            detail::first_difference({{"dim", double(dim_), double(o.dim_)},
+                                      {"chunk_length", double(length_), double(o.length_)}},
+                                     "here", "in the other");
+        return sizes.empty() ? params_.configuration_difference(o.params_, "here", "in the other")
+                             : sizes;
     }
+    /// The shared operators of this memory's configuration.
+    const MemoryOperators<Scalar>& operators() const { return *ops_; }
 
     /// Makes this the memory of stream `stream`: restart_generator() then seeds the
     /// generator as that stream's (the generator's current state is kept).
@@ -272,8 +265,7 @@ public:
     void update(const Eigen::Ref<const Matrix>& X) {
         constexpr const char* where = "LongTermMemory::update";
         check_chunk(where, X);
-        prepare(where, X, nullptr);
-        commit();
+        commit(prepare(where, X, nullptr));
     }
 
     /// Stores a chunk, reading the old memory at the given points instead of choosing them
@@ -286,8 +278,7 @@ public:
         constexpr const char* where = "LongTermMemory::update";
         check_chunk(where, X);
         detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
-        prepare(where, X, &sample_points);
-        commit();
+        commit(prepare(where, X, &sample_points));
     }
 
     /// Records the attention densities of the last chunk's queries (all heads), from which
@@ -301,6 +292,7 @@ public:
         for (Index q = 0; q < sigma_sq.size(); ++q)
             detail::require(sigma_sq[q] > Scalar(0), where, "sigma_sq[", q, "] is ", sigma_sq[q],
                             ", expected > 0");
+        ++version_;
         state_.obs_mu = mu;
         state_.obs_sigma = sigma_sq.cwiseSqrt();
     }
@@ -311,6 +303,7 @@ public:
     /// The M points the next update would read the memory at; for sticky sampling this
     /// draws from the generator (so it advances it).
     Vector next_sample_points() {
+        ++version_;
         Vector out(params_.num_samples);
         chooser_.choose(state_.obs_mu, state_.obs_sigma, state_.rng, out);
         return out;
@@ -356,6 +349,7 @@ public:
     /// Forgets everything stored (and the observed densities); the generator continues (as
     /// the periodic reset of reset_after_tokens needs; restart_generator() restarts it).
     void reset() {
+        ++version_;
         state_.empty = true;
         state_.B.setZero(num_basis(), dim_);
         state_.tokens = 0;
@@ -376,13 +370,13 @@ public:
         m.stream_ = stream;
         m.seed(params_.seed);
         m.reset();
-        m.prepared_ = false;
         return m;
     }
 
     /// Restarts the sticky-sampling generator as a memory of this stream built with
     /// params.seed = `base` would have it (and remembers `base` for restart_generator()).
     void seed(std::uint64_t base) {
+        ++version_;
         seed_base_ = base;
         state_.rng.seed(detail::derive_seed(base, detail::SeedPurpose::sampling,
                                             static_cast<std::uint64_t>(stream_)));
@@ -396,96 +390,121 @@ public:
     /// Same configuration and the same state (the workspace is not compared).
     friend bool operator==(const LongTermMemory& a, const LongTermMemory& b) {
         return a.dim_ == b.dim_ && a.length_ == b.length_ && a.stream_ == b.stream_ &&
-               a.seed_base_ == b.seed_base_ && same_params(a.params_, b.params_) &&
-               a.state_ == b.state_;
+               a.seed_base_ == b.seed_base_ && a.params_ == b.params_ && a.state_ == b.state_;
     }
     friend bool operator!=(const LongTermMemory& a, const LongTermMemory& b) { return !(a == b); }
 
-    /// The two steps of update(), for modules that must attend to the new memory before
-    /// keeping it: prepare() computes the next state aside (nothing observable changes;
-    /// pending_coefficients() is the memory it would store), commit() keeps it, and a
-    /// prepare() not followed by commit() is simply forgotten. X (L × e) must have been
+    /// The next state of a memory, computed aside by prepare() and kept by commit(): a
+    /// move-only value that only the memory that prepared it can commit, once, and only
+    /// while that memory is as it was (nothing in between changed it).
+    class Update {
+    public:
+        Update() = default;
+        Update(Update&&) = default;
+        Update& operator=(Update&&) = default;
+        /// The coefficients the memory would hold (N × e).
+        const Matrix& coefficients() const { return B_; }
+
+    private:
+        friend class LongTermMemory;
+        const LongTermMemory* owner_ = nullptr;
+        std::uint64_t version_ = 0;
+        Matrix B_;
+        Vector points_;
+        detail::Random rng_;
+        Scalar peak_ = 0;
+        bool rescaled_ = false, reset_ = false;
+    };
+
+    /// The first half of update(), for modules that attend to the new memory before keeping
+    /// it: computes the next state aside (nothing observable changes) and returns it for
+    /// commit(); an Update never committed is simply forgotten. X (L × e) must have been
     /// checked; `points` (M) replaces the chosen points when given; errors name `where`.
+    /// No allocation in a steady stream (commit() gives the buffers back).
     /// @throws infinityformer::runtime_error if the update would exceed the run-time bound
     ///         (Stability::refuse); infinityformer::invalid_argument if it overflows.
-    void prepare(const char* where, const Eigen::Ref<const Matrix>& X,
-                 const Eigen::Ref<const Vector>* points) {
+    Update prepare(const char* where, const Eigen::Ref<const Matrix>& X,
+                   const Eigen::Ref<const Vector>* points) {
+        Update u = std::move(spare_.update);
+        u.owner_ = this;
+        u.version_ = version_;
         const bool reset =
             params_.reset_after_tokens > 0 && state_.tokens >= params_.reset_after_tokens;
         const bool first = state_.empty || reset;
         const Matrix& G = ops_->inf.G();
-        next_rng_ = state_.rng;
-        next_reset_ = reset;
-        next_rescaled_ = false;
-        next_peak_ = std::max(first ? Scalar(0) : state_.peak, X.cwiseAbs().maxCoeff());
-        next_B_.resize(num_basis(), dim_);
+        u.rng_ = state_.rng;
+        u.reset_ = reset;
+        u.rescaled_ = false;
+        u.peak_ = std::max(first ? Scalar(0) : state_.peak, X.cwiseAbs().maxCoeff());
+        Matrix& next = u.B_;
+        next.resize(num_basis(), dim_);
         fresh_.resize(num_basis(), dim_);  // sized here: a first rescale allocates nothing
         if (first) {
-            next_B_.noalias() = ops_->first.G().transpose() * X;
-            next_points_.resize(0);
-            drop_subnormal(next_B_);
-            if (!detail::all_finite(next_B_)) overflow(where, X);
+            next.noalias() = ops_->first.G().transpose() * X;
+            u.points_.resize(0);
+            drop_subnormal(next);
+            if (!detail::all_finite(next)) overflow(where, X);
+            return u;
+        }
+        bool from_bins = false;
+        if (points)
+            u.points_ = *points;
+        else
+            from_bins = chooser_.choose(state_.obs_mu, state_.obs_sigma, u.rng_, u.points_);
+        const Index m = params_.num_samples;
+        const Index d = params_.num_bins;
+        const Matrix& B = state_.B;
+        if (u.points_ == ops_->uniform_points) {
+            next.noalias() = ops_->uniform_op * B;
+        } else if (from_bins && d < m) {
+            const auto& bins = chooser_.bins();
+            edge_past_.noalias() = ops_->edge_psi * B;  // D × e
+            gathered_.setZero(num_basis(), d);          // G_pastᵀ S
+            for (Index i = 0; i < m; ++i)
+                gathered_.col(bins[static_cast<std::size_t>(i)]) += G.row(i).transpose();
+            next.noalias() = gathered_ * edge_past_;
         } else {
-            bool from_bins = false;
-            if (points) {
-                next_points_ = *points;
-            } else {
-                from_bins =
-                    chooser_.choose(state_.obs_mu, state_.obs_sigma, next_rng_, next_points_);
-            }
-            const Index m = params_.num_samples;
-            const Index d = params_.num_bins;
-            const Matrix& B = state_.B;
-            if (next_points_ == chooser_.uniform_points()) {
-                next_B_.noalias() = ops_->uniform_op * B;
-            } else if (from_bins && d < m) {
-                const auto& bins = chooser_.bins();
-                edge_past_.noalias() = ops_->edge_psi * B;  // D × e
-                gathered_.setZero(num_basis(), d);          // G_pastᵀ S
-                for (Index i = 0; i < m; ++i)
-                    gathered_.col(bins[static_cast<std::size_t>(i)]) += G.row(i).transpose();
-                next_B_.noalias() = gathered_ * edge_past_;
-            } else {
-                psi_.resize(m, num_basis());
-                ops_->basis.evaluate(next_points_, psi_);
-                detail::drop_negligible(psi_, false, drop_rows_, drop_cols_);  // Ψ(s) B
-                past_.noalias() = psi_ * B;
-                next_B_.noalias() = G.topRows(m).transpose() * past_;
-            }
-            next_B_.noalias() += G.bottomRows(length_).transpose() * X;
-            drop_subnormal(next_B_);
-            if (!detail::all_finite(next_B_)) overflow(where, X);
-            // Only the uniform sampling's own points are bounded by construction under
-            // refuse (ρ(A) < 1); points given by the caller can sit anywhere, as sticky and
-            // stratified points can, and are held to the run-time bound like theirs.
-            const bool bounded_recurrence = params_.sampling == Sampling::uniform && !points;
-            if (params_.stability == Stability::stabilise ||
-                (params_.stability == Stability::refuse && !bounded_recurrence))
-                hold_bound(where, X, points != nullptr);
+            psi_.resize(m, num_basis());
+            ops_->basis.evaluate(u.points_, psi_);
+            detail::drop_negligible(psi_, false, drop_rows_, drop_cols_);  // Ψ(s) B
+            past_.noalias() = psi_ * B;
+            next.noalias() = G.topRows(m).transpose() * past_;
         }
-        prepared_ = true;
+        next.noalias() += G.bottomRows(length_).transpose() * X;
+        drop_subnormal(next);
+        if (!detail::all_finite(next)) overflow(where, X);
+        // Only the uniform sampling's own points are bounded by construction under refuse
+        // (ρ(A) < 1); points given by the caller can sit anywhere, as sticky and stratified
+        // points can, and are held to the run-time bound like theirs.
+        const bool bounded_recurrence = params_.sampling == Sampling::uniform && !points;
+        if (params_.stability == Stability::stabilise ||
+            (params_.stability == Stability::refuse && !bounded_recurrence))
+            hold_bound(where, X, points != nullptr, u);
+        return u;
     }
-    /// The coefficients prepare() computed (N × e).
-    const Matrix& pending_coefficients() const { return next_B_; }
-    /// Keeps what the last prepare() computed. @throws infinityformer::logic_error without one.
-    void commit() {
-        if (!prepared_)
+
+    /// Keeps an Update this memory prepared (swaps only).
+    /// @throws infinityformer::logic_error if another memory prepared it, it was committed
+    ///         already, or this memory changed since it was prepared (memory unchanged).
+    void commit(Update&& u) {
+        if (u.owner_ != this || u.version_ != version_)
             throw infinityformer::logic_error(
-                "[infinityformer] LongTermMemory::commit: nothing prepared, expected a call "
-                "to prepare() first");
-        if (next_reset_) {
-            reset();
-        }
+                "[infinityformer] LongTermMemory::commit: the update was not prepared by this "
+                "memory in its current state, expected the Update of the last prepare() of "
+                "this memory");
+        if (u.reset_) reset();
         // B_prev ← B, B ← the new coefficients (swaps: no copies).
         state_.B_prev.swap(state_.B);
-        state_.B.swap(next_B_);
-        state_.last_points.swap(next_points_);
-        state_.rng = next_rng_;
+        state_.B.swap(u.B_);
+        state_.last_points.swap(u.points_);
+        state_.rng = u.rng_;
         state_.empty = false;
         state_.tokens += length_;
-        state_.peak = next_peak_;
-        if (next_rescaled_) ++state_.rescaled;
-        prepared_ = false;
+        state_.peak = u.peak_;
+        if (u.rescaled_) ++state_.rescaled;
+        ++version_;
+        u.owner_ = nullptr;
+        spare_.update = std::move(u);  // its buffers serve the next prepare()
     }
 
 private:
@@ -500,7 +519,7 @@ private:
         ops_ = o.ops_;
         state_ = std::move(o.state_);
         chooser_ = o.chooser_;
-        next_B_ = std::move(o.next_B_);
+        spare_ = std::move(o.spare_);
         psi_ = std::move(o.psi_);
         past_ = std::move(o.past_);
         edge_past_ = std::move(o.edge_past_);
@@ -508,103 +527,31 @@ private:
         fresh_ = std::move(o.fresh_);
         drop_rows_ = std::move(o.drop_rows_);
         drop_cols_ = std::move(o.drop_cols_);
-        next_points_ = std::move(o.next_points_);
-        next_rng_ = o.next_rng_;
-        next_peak_ = o.next_peak_;
-        next_rescaled_ = o.next_rescaled_;
-        next_reset_ = o.next_reset_;
-        prepared_ = o.prepared_;
+        version_ = o.version_ + 1;  // an Update of `o` is not this memory's
+        ++o.version_;
         o.state_ = State();
         o.restart_generator();
         o.reset();
-        o.prepared_ = false;
     }
-
-    // What depends only on the configuration, built once and shared by copies.
-    struct Operators {
-        Operators(const MemoryParams& p, Index length, Index dim)
-            : basis(GaussianBasis<Scalar>::default_family(p.num_basis, p.widths)),
-              first(infinityformer::single_chunk_fit(basis, length, p.ridge_lambda)),
-              inf(infinityformer::unbounded_fit(basis, length, p.num_samples, p.tau,
-                                                p.ridge_lambda)),
-              stability(detail::cached_analysis(basis, first, inf, p, length)) {
-            if (p.stability == Stability::refuse) refuse_unstable(p, length, dim, stability);
-            const Index m = p.num_samples;
-            const SamplePointChooser<Scalar> chooser(p.sampling, m, p.num_bins);
-            // A = G_pastᵀ Ψ(uniform points), N × N, in double then rounded.
-            const Eigen::MatrixXd Gp = inf.G().topRows(m).template cast<double>();
-            const Eigen::MatrixXd psi =
-                basis.evaluate(chooser.uniform_points()).template cast<double>();
-            uniform_op = (Gp.transpose() * psi).template cast<Scalar>();
-            detail::drop_negligible(uniform_op, false);  // multiplies B from the left
-            if (p.sampling == Sampling::sticky && p.num_bins < m) {
-                Vector edges(p.num_bins);
-                for (Index j = 0; j < p.num_bins; ++j)
-                    edges[j] = static_cast<Scalar>(static_cast<double>(j) /
-                                                   static_cast<double>(p.num_bins));
-                edge_psi = basis.evaluate(edges);  // Ψ at the D bin edges (sticky)
-                detail::drop_negligible(edge_psi, false);
-            }
-        }
-        GaussianBasis<Scalar> basis;
-        RidgeFit<Scalar> first;
-        RidgeFit<Scalar> inf;
-        MemoryStability stability;
-        Matrix uniform_op;  // A of the uniform recurrence
-        Matrix edge_psi;
-    };
 
     // A memory fed with zeros decays geometrically: its subnormal coefficients are 0.
     static void drop_subnormal(Matrix& B) {
         detail::zero_below(B.data(), B.size(), std::numeric_limits<Scalar>::min());
     }
 
-    // The constructor's refusal under Stability::refuse.
-    static void refuse_unstable(const MemoryParams& p, Index length, Index dim,
-                                const MemoryStability& s) {
-        constexpr const char* where = "LongTermMemory::LongTermMemory";
-        const auto num = [](double v) {
-            std::ostringstream os;
-            os << v;  // 6 significant digits
-            return os.str();
-        };
-        std::string widths;
-        for (double w : p.widths) widths += (widths.empty() ? "" : ", ") + num(w);
-        const Index centres = p.num_basis / static_cast<Index>(p.widths.size());
-        const std::string config =
-            detail::concat("(N = ", p.num_basis, ", widths {", widths, "}, L = ", length,
-                           ", M = ", p.num_samples, ", D = ", p.num_bins, ", tau = ", num(p.tau),
-                           ", lambda = ", num(p.ridge_lambda), ", e = ", dim, "; centre spacing ",
-                           num(centres > 1 ? 1.0 / static_cast<double>(centres - 1) : 1.0), ")");
-        const char* advice =
-            ": use more basis functions (num_basis) or wider widths, or set stability = "
-            "Stability::stabilise (bounded, a deviation from the reference) or "
-            "Stability::allow (the reference's unbounded update)";
-        detail::require(s.uniform_radius < 1.0, where,
-                        "the memory diverges: the uniform recurrence B <- A B + C X has spectral "
-                        "radius ",
-                        num(s.uniform_radius), " ", config, ", expected < 1", advice);
-        detail::require(
-            s.concentrated_growth <= kMaxConcentratedGrowth, where,
-            "the memory diverges when the attention concentrates: ", to_string(p.sampling),
-            " sampling with every point in one place grows the memory by ",
-            num(s.concentrated_growth), " per chunk ", config,
-            ", expected <= ", kMaxConcentratedGrowth, advice);
-    }
-
     // max |B| ≤ kBoundSlack · κ · peak (κ · peak: the largest coefficient of a fit of
     // values no larger than the largest stored); only an amplified old memory breaks it.
     // `given`: the points came from the caller.
-    void hold_bound(const char* where, const Eigen::Ref<const Matrix>& X, bool given) {
-        const double bound =
-            kBoundSlack * ops_->stability.fit_bound * static_cast<double>(next_peak_);
-        const double top = detail::largest_abs(next_B_);
+    void hold_bound(const char* where, const Eigen::Ref<const Matrix>& X, bool given, Update& u) {
+        Matrix& next = u.B_;
+        const double bound = kBoundSlack * ops_->stability.fit_bound * static_cast<double>(u.peak_);
+        const double top = detail::largest_abs(next);
         if (top <= bound) return;
         if (params_.stability == Stability::refuse)
             throw infinityformer::runtime_error(detail::concat(
                 "[infinityformer] ", where, ": the memory diverges: max |B| would be ", top,
                 ", above the bound ", bound, " = ", kBoundSlack, " x kappa (",
-                ops_->stability.fit_bound, ") x the largest stored |x| (", next_peak_,
+                ops_->stability.fit_bound, ") x the largest stored |x| (", u.peak_,
                 "), where kappa x |x| bounds every fit of the stored values; the old memory "
                 "was amplified by reading it at ",
                 given ? "the sample_points given" : "the sampled points", " (",
@@ -616,13 +563,13 @@ private:
                 "reset() the stream, or use Stability::stabilise, which keeps it going)"));
         // stabilise: B' = γ·(old memory's share) + G_newᵀ X with max |B'| ≤ bound.
         fresh_.noalias() = ops_->inf.G().bottomRows(length_).transpose() * X;
-        next_B_ -= fresh_;
-        const double past = detail::largest_abs(next_B_);
+        next -= fresh_;
+        const double past = detail::largest_abs(next);
         const double now = detail::largest_abs(fresh_);
         const double gamma = past > 0.0 ? std::clamp((bound - now) / past, 0.0, 1.0) : 0.0;
-        next_B_ *= static_cast<Scalar>(gamma);
-        next_B_ += fresh_;
-        next_rescaled_ = true;
+        next *= static_cast<Scalar>(gamma);
+        next += fresh_;
+        u.rescaled_ = true;
     }
 
     // A non-finite update from finite input: the chunk's magnitude overflowed the fit.
@@ -651,14 +598,6 @@ private:
         return p;
     }
 
-    static bool same_params(const MemoryParams& a, const MemoryParams& b) {
-        return a.num_basis == b.num_basis && a.widths == b.widths &&
-               a.ridge_lambda == b.ridge_lambda && a.tau == b.tau &&
-               a.num_samples == b.num_samples && a.num_bins == b.num_bins &&
-               a.sampling == b.sampling && a.reset_after_tokens == b.reset_after_tokens &&
-               a.seed == b.seed && a.stability == b.stability;
-    }
-
     void check_chunk(const char* where, const Eigen::Ref<const Matrix>& X) const {
         detail::check_matrix(where, "X", X, length_, dim_);
     }
@@ -668,18 +607,23 @@ private:
     Index length_ = 0;
     Index stream_ = 0;
     std::uint64_t seed_base_ = 0;  // the seed the generator was last given (seed())
-    std::shared_ptr<const Operators> ops_;
+    std::shared_ptr<const MemoryOperators<Scalar>> ops_;
     State state_;
+    std::uint64_t version_ = 0;  // counts commits: an Update is for one version
     // workspace of prepare(): no allocation once sized
     SamplePointChooser<Scalar> chooser_;
-    Matrix next_B_, psi_, past_, edge_past_, gathered_, fresh_;
+    // The buffers of the last committed Update, for the next prepare() (a copy of the
+    // memory starts without: they are workspace).
+    struct Spare {
+        Update update;
+        Spare() = default;
+        Spare(const Spare&) {}
+        Spare& operator=(const Spare&) { return *this; }
+        Spare(Spare&&) = default;
+        Spare& operator=(Spare&&) = default;
+    } spare_;
+    Matrix psi_, past_, edge_past_, gathered_, fresh_;
     Vector drop_rows_, drop_cols_;
-    Vector next_points_;
-    detail::Random next_rng_;
-    Scalar next_peak_ = 0;
-    bool next_rescaled_ = false;
-    bool next_reset_ = false;
-    bool prepared_ = false;
 };
 
 using LongTermMemoryd = LongTermMemory<double>;

@@ -1,15 +1,12 @@
 /// @file ridge.hpp
 /// @brief Ridge-regression fitting of a signal by the basis at given positions (∞-former,
-/// §3.1 eq. 5), with a per-configuration cache of the fitting operators. The memory's
-/// position layouts are in positions.hpp.
+/// §3.1 eq. 5). The memory's position layouts are in positions.hpp; its operators, fits
+/// included, are built once per configuration (memory_operators.hpp).
 #pragma once
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -35,9 +32,8 @@ struct FitPositions {
 ///
 /// G is computed in double whatever Scalar is (Cholesky factorisation of the N×N matrix
 /// F Fᵀ + λI, never an explicit inverse) and then rounded to Scalar, so a float fit loses no
-/// accuracy to the conditioning of F Fᵀ + λI (10³–10⁴ at the paper's settings). Operators
-/// are shared: constructing the same configuration twice (same centres, widths, positions
-/// and λ) reuses the first operator.
+/// accuracy to the conditioning of F Fᵀ + λI (10³–10⁴ at the paper's settings). Copies
+/// share the operator.
 template <typename Scalar_>
 class RidgeFit {
     static_assert(std::is_floating_point_v<Scalar_>, "RidgeFit needs float or double");
@@ -72,7 +68,13 @@ public:
         for (std::size_t i = 0; i < positions.all.size(); ++i)
             detail::require(std::isfinite(positions.all[i]), where, "positions[", i, "] is ",
                             positions.all[i], ", expected a finite value");
-        G_ = cached_operator(basis, positions, ridge_lambda);
+        const Index n = basis.size();
+        std::vector<double> c(static_cast<std::size_t>(n)), w(static_cast<std::size_t>(n));
+        for (Index k = 0; k < n; ++k) {
+            c[static_cast<std::size_t>(k)] = static_cast<double>(basis.centers()[k]);
+            w[static_cast<std::size_t>(k)] = static_cast<double>(basis.widths()[k]);
+        }
+        G_ = std::make_shared<const Matrix>(compute(c, w, positions, ridge_lambda));
     }
 
     /// Copies share G. Moving copies too (there is no cheaper move): a moved-from fit is
@@ -103,29 +105,6 @@ public:
     }
 
 private:
-    using Key = std::tuple<std::vector<double>, std::vector<double>, std::vector<double>, Index,
-                           Index, double>;
-
-    static std::shared_ptr<const Matrix> cached_operator(const GaussianBasis<Scalar>& basis,
-                                                         const FitPositions& pos, double lambda) {
-        const Index n = basis.size();
-        std::vector<double> c(static_cast<std::size_t>(n)), s(static_cast<std::size_t>(n));
-        for (Index k = 0; k < n; ++k) {
-            c[static_cast<std::size_t>(k)] = static_cast<double>(basis.centers()[k]);
-            s[static_cast<std::size_t>(k)] = static_cast<double>(basis.widths()[k]);
-        }
-        Key key(c, s, pos.all, pos.first_kept, pos.num_kept, lambda);
-        static std::mutex mutex;
-        static std::map<Key, std::weak_ptr<const Matrix>> cache;
-        std::lock_guard<std::mutex> lock(mutex);
-        auto it = cache.find(key);
-        if (it != cache.end())
-            if (auto alive = it->second.lock()) return alive;
-        auto g = std::make_shared<const Matrix>(compute(c, s, pos, lambda));
-        cache[key] = g;
-        return g;
-    }
-
     static Matrix compute(const std::vector<double>& c, const std::vector<double>& s,
                           const FitPositions& pos, double lambda) {
         const auto n = static_cast<Index>(c.size());

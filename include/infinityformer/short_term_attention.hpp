@@ -67,10 +67,13 @@ public:
         friend bool operator!=(const Trace& a, const Trace& b) { return !(a == b); }
     };
 
-    /// Workspace of backward(); ∂ℓ/∂Q, ∂ℓ/∂K, ∂ℓ/∂V of the last call.
+    /// Workspace of a backward, held by whoever holds the trace (a stream): ∂ℓ/∂Q, ∂ℓ/∂K,
+    /// ∂ℓ/∂V, the weights' gradients and ∂ℓ/∂X of the last call, kept once all are finite.
     struct Work {
         Matrix dcontext, dprobs, dq, dk, dv;
         Vector dot;
+        Weights dgrad;  // this call's gradients of the weights
+        Matrix dx;      // and its ∂ℓ/∂X
     };
 
     /// @param d_model d ≥ 1. @param num_heads H, divides d.
@@ -239,73 +242,89 @@ public:
     /// window is a constant (truncated back-propagation). The results are computed aside
     /// and added and written only once all are finite.
     /// @throws infinityformer::invalid_argument if a result overflowed (nothing changed).
-    void finish_backward(const Trace& t, const Eigen::Ref<const Matrix>& dY, const Work& w,
+    void finish_backward(const Trace& t, const Eigen::Ref<const Matrix>& dY, Work& w,
                          Eigen::Ref<Matrix> dX) {
         constexpr const char* where = "ShortTermAttention::finish_backward";
         finish_backward_compute(t, dY, w);
-        if (!finish_backward_finite())
+        if (!finish_backward_finite(w, grads_))
             explain_backward(
                 where, "",
                 detail::concat("dY's largest |entry| ", detail::largest_abs(dY),
                                " (the window's largest |entry| ", detail::largest_abs(t.kv_in),
                                ", the queries' gradient's largest |entry| ",
                                detail::largest_abs(w.dq), ")"),
-                "dY and a window");
-        finish_backward_accumulate();
-        dX = dx_;
+                "dY and a window", w, grads_);
+        finish_backward_accumulate(w, grads_);
+        dX = w.dx;
     }
 
     /// The computing half of finish_backward(): this call's gradients of the weights and
-    /// ∂ℓ/∂X (backward_dX()) into the part's workspace; nothing accumulated.
+    /// ∂ℓ/∂X (w.dx) into the workspace; nothing accumulated.
     void finish_backward_compute(const Trace& t, const Eigen::Ref<const Matrix>& dY,
-                                 const Work& w) {
+                                 Work& w) const {
         const Index l = t.x.rows();
-        dgrad_.out.noalias() = dY.transpose() * t.context;
-        dgrad_.query.noalias() = w.dq.transpose() * t.x;
-        dgrad_.key.noalias() = w.dk.transpose() * t.kv_in;
-        dgrad_.value.noalias() = w.dv.transpose() * t.kv_in;
-        dx_.noalias() = w.dq * weights_.query;
-        dx_.noalias() += w.dk.bottomRows(l) * weights_.key;
-        dx_.noalias() += w.dv.bottomRows(l) * weights_.value;
+        w.dgrad.out.noalias() = dY.transpose() * t.context;
+        w.dgrad.query.noalias() = w.dq.transpose() * t.x;
+        w.dgrad.key.noalias() = w.dk.transpose() * t.kv_in;
+        w.dgrad.value.noalias() = w.dv.transpose() * t.kv_in;
+        w.dx.noalias() = w.dq * weights_.query;
+        w.dx.noalias() += w.dk.bottomRows(l) * weights_.key;
+        w.dx.noalias() += w.dv.bottomRows(l) * weights_.value;
     }
 
     /// True if every result of the last finish_backward_compute() is finite, and so is every
     /// gradient once it is added (one vectorised pass over each).
-    bool finish_backward_finite() const {
-        return detail::sum_finite(grads_.out, dgrad_.out) &&
-               detail::sum_finite(grads_.value, dgrad_.value) &&
-               detail::sum_finite(grads_.key, dgrad_.key) &&
-               detail::sum_finite(grads_.query, dgrad_.query) && detail::all_finite(dx_);
+    /// `into`: the gradients they will be added to.
+    static bool finish_backward_finite(const Work& w, const Weights& into) {
+        return detail::sum_finite(into.out, w.dgrad.out) &&
+               detail::sum_finite(into.value, w.dgrad.value) &&
+               detail::sum_finite(into.key, w.dgrad.key) &&
+               detail::sum_finite(into.query, w.dgrad.query) && detail::all_finite(w.dx);
     }
 
     /// Throws infinityformer::invalid_argument naming the first result of the last
     /// finish_backward_compute() that is not finite (a weight's gradient as `prefix` + its
     /// parameters() name, or its sum with the accumulated one; then dX), with `cause` and
     /// `inputs` (see detail::fail_backward()).
-    [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
-                                       const std::string& cause, const std::string& inputs) const {
-        detail::check_gradient_sum(where, cause, inputs, prefix, "out.weight", grads_.out,
-                                   dgrad_.out);
-        detail::check_gradient_sum(where, cause, inputs, prefix, "value.weight", grads_.value,
-                                   dgrad_.value);
-        detail::check_gradient_sum(where, cause, inputs, prefix, "key.weight", grads_.key,
-                                   dgrad_.key);
-        detail::check_gradient_sum(where, cause, inputs, prefix, "query.weight", grads_.query,
-                                   dgrad_.query);
-        detail::check_backward_result(where, cause, inputs, "dX", dx_);
+    [[noreturn]] static void explain_backward(const char* where, const std::string& prefix,
+                                              const std::string& cause, const std::string& inputs,
+                                              const Work& w, const Weights& into) {
+        detail::check_gradient_sum(where, cause, inputs, prefix, "out.weight", into.out,
+                                   w.dgrad.out);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "value.weight", into.value,
+                                   w.dgrad.value);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "key.weight", into.key,
+                                   w.dgrad.key);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "query.weight", into.query,
+                                   w.dgrad.query);
+        detail::check_backward_result(where, cause, inputs, "dX", w.dx);
         detail::fail(where, "a backward result is not finite (", cause, ")");
     }
 
-    /// ∂ℓ/∂X of the last finish_backward_compute() (L × d).
-    const Matrix& backward_dX() const { return dx_; }
-
     /// The keeping half, after finish_backward_compute() and finish_backward_finite(): adds
     /// this call's gradients to gradients() (additions only; nothing throws).
-    void finish_backward_accumulate() {
-        grads_.out += dgrad_.out;
-        grads_.value += dgrad_.value;
-        grads_.key += dgrad_.key;
-        grads_.query += dgrad_.query;
+    static void finish_backward_accumulate(const Work& w, Weights& into) {
+        into.out += w.dgrad.out;
+        into.value += w.dgrad.value;
+        into.key += w.dgrad.key;
+        into.query += w.dgrad.query;
+    }
+    /// Adds this call's gradients (w) to gradients().
+    void finish_backward_accumulate(const Work& w) { finish_backward_accumulate(w, grads_); }
+    /// Zero gradients laid out as the weights (a thread's own sum of gradients).
+    Weights zero_gradients() const {
+        Weights g;
+        for (Matrix* m : {&g.query, &g.key, &g.value, &g.out}) m->setZero(d_, d_);
+        return g;
+    }
+    /// Appends views of the weights with the gradients `grads` (laid out as the weights)
+    /// in place of the accumulated ones: `prefix`{query,key,value,out}.weight.
+    void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix,
+                           Weights& grads) {
+        detail::append_parameter(out, prefix + "query.weight", weights_.query, grads.query);
+        detail::append_parameter(out, prefix + "key.weight", weights_.key, grads.key);
+        detail::append_parameter(out, prefix + "value.weight", weights_.value, grads.value);
+        detail::append_parameter(out, prefix + "out.weight", weights_.out, grads.out);
     }
 
     /// Gradients accumulated by finish_backward(), laid out as the weights.
@@ -317,10 +336,7 @@ public:
 
     /// Appends the named weights and gradients: `prefix`{query,key,value,out}.weight.
     void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix = "") {
-        detail::append_parameter(out, prefix + "query.weight", weights_.query, grads_.query);
-        detail::append_parameter(out, prefix + "key.weight", weights_.key, grads_.key);
-        detail::append_parameter(out, prefix + "value.weight", weights_.value, grads_.value);
-        detail::append_parameter(out, prefix + "out.weight", weights_.out, grads_.out);
+        append_parameters(out, prefix, grads_);
     }
 
 private:
@@ -330,8 +346,6 @@ private:
         heads_ = o.heads_;
         weights_ = std::move(o.weights_);
         grads_ = std::move(o.grads_);
-        dgrad_ = std::move(o.dgrad_);
-        dx_ = std::move(o.dx_);
         o.zero_grad();
         o.weights_ = o.grads_;
     }
@@ -340,8 +354,6 @@ private:
     Index heads_ = 0;
     Weights weights_;
     Weights grads_;
-    Weights dgrad_;  // workspace: the last finish_backward_compute()'s gradients
-    Matrix dx_;      // and its ∂ℓ/∂X
 };
 
 using ShortTermAttentiond = ShortTermAttention<double>;

@@ -1,14 +1,12 @@
 /// @file stability.hpp
-/// @brief Whether the memory's recurrence stays bounded: the three figures computed when a
-/// LongTermMemory is built (MemoryStability) and the limits it is held to.
+/// @brief Whether the memory's recurrence stays bounded: the three figures computed with a
+/// configuration's operators (MemoryStability, memory_operators.hpp) and the limits it is
+/// held to.
 #pragma once
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <mutex>
-#include <tuple>
 #include <vector>
 
 #include "basis.hpp"
@@ -18,8 +16,8 @@
 namespace infinityformer {
 
 /// How far the memory's update can amplify the old memory, for one configuration (computed
-/// in double by the LongTermMemory constructor, shared by every memory of that
-/// configuration). Every update is B ← G_pastᵀ Ψ(s) B + G_newᵀ X with the M points s.
+/// in double with its operators, shared by every memory of that configuration). Every update is B ←
+/// G_pastᵀ Ψ(s) B + G_newᵀ X with the M points s.
 struct MemoryStability {
     /// ρ(A), the spectral radius of A = G_pastᵀ Ψ(i/M): the growth per chunk of the uniform
     /// recurrence (uniform sampling, and sticky or stratified before any density is
@@ -108,29 +106,6 @@ MemoryStability analyse_memory(const GaussianBasis<Scalar>& basis, const RidgeFi
     }
     s.fit_bound = std::max(inf.G().template cast<double>().cwiseAbs().colwise().sum().maxCoeff(),
                            first.G().template cast<double>().cwiseAbs().colwise().sum().maxCoeff());
-    return s;
-}
-
-/// analyse_memory() once per configuration in the process (the power iteration costs
-/// about 0.1 s at N = M = 512).
-template <typename Scalar>
-MemoryStability cached_analysis(const GaussianBasis<Scalar>& basis, const RidgeFit<Scalar>& first,
-                                const RidgeFit<Scalar>& inf, const MemoryParams& p,
-                                Eigen::Index length) {
-    using Key = std::tuple<int, Eigen::Index, std::vector<double>, double, double, Eigen::Index,
-                           Eigen::Index, Eigen::Index, int>;
-    const Key key(static_cast<int>(sizeof(Scalar)), p.num_basis, p.widths, p.ridge_lambda, p.tau,
-                  p.num_samples, p.num_bins, length, static_cast<int>(p.sampling));
-    static std::mutex mutex;
-    static std::map<Key, MemoryStability> cache;
-    {
-        std::lock_guard<std::mutex> lock(mutex);
-        auto it = cache.find(key);
-        if (it != cache.end()) return it->second;
-    }
-    const MemoryStability s = analyse_memory(basis, first, inf, p);
-    std::lock_guard<std::mutex> lock(mutex);
-    cache.emplace(key, s);
     return s;
 }
 

@@ -214,55 +214,70 @@ private:
     const char* part_;
 };
 
-/// The configuration a state is valid for, as stored in the header.
+/// The configuration a state is valid for, as stored in the header: the sizes, then the
+/// memory's fields in MemoryParams::for_each_field()'s order but the seed (version 1 has
+/// the gate and a pad byte before reset_after_tokens).
 struct Config {
     std::uint8_t kind = 0;
     std::uint8_t scalar = 0;
     std::int64_t dim = 0, chunk_length = 0, num_heads = 0, d_model = 0;
-    std::int64_t num_basis = 0, num_samples = 0, num_bins = 0;
-    double ridge_lambda = 0, tau = 0;
-    std::uint8_t sampling = 0, stability = 0, gate = 0;
-    std::int64_t reset_after_tokens = 0;
-    std::vector<double> widths;
+    MemoryParams memory;
+    std::uint8_t gate = 0;
 
     void write(Bytes& b) const {
         b.i64(dim);
         b.i64(chunk_length);
         b.i64(num_heads);
         b.i64(d_model);
-        b.i64(num_basis);
-        b.i64(num_samples);
-        b.i64(num_bins);
-        b.f64(ridge_lambda);
-        b.f64(tau);
-        b.u8(sampling);
-        b.u8(stability);
-        b.u8(gate);
-        b.u8(0);
-        b.i64(reset_after_tokens);
-        b.u32(static_cast<std::uint32_t>(widths.size()));
-        for (double w : widths) b.f64(w);
+        MemoryParams::for_each_field(
+            [&](const char* name, FieldRole role, auto, const auto& field) {
+                using T = std::decay_t<decltype(field)>;
+                if (role == FieldRole::seed) return;
+                if (std::string(name) == "reset_after_tokens") {
+                    b.u8(gate);
+                    b.u8(0);
+                }
+                if constexpr (std::is_same_v<T, std::vector<double>>) {
+                    b.u32(static_cast<std::uint32_t>(field.size()));
+                    for (double w : field) b.f64(w);
+                } else if constexpr (std::is_enum_v<T>) {
+                    b.u8(static_cast<std::uint8_t>(field));
+                } else if constexpr (std::is_floating_point_v<T>) {
+                    b.f64(field);
+                } else {
+                    b.i64(static_cast<std::int64_t>(field));
+                }
+            },
+            memory);
     }
     void read(Cursor& c) {
         dim = c.i64();
         chunk_length = c.i64();
         num_heads = c.i64();
         d_model = c.i64();
-        num_basis = c.i64();
-        num_samples = c.i64();
-        num_bins = c.i64();
-        ridge_lambda = c.f64();
-        tau = c.f64();
-        sampling = c.u8();
-        stability = c.u8();
-        gate = c.u8();
-        c.u8();
-        reset_after_tokens = c.i64();
-        const std::uint32_t w = c.u32();
-        if (w > kMaxWidths || static_cast<std::size_t>(w) * 8 > c.left())
-            c.malformed(w, " widths, more than the header holds");
-        widths.resize(w);
-        for (auto& x : widths) x = c.f64();
+        MemoryParams::for_each_field(
+            [&](const char* name, FieldRole role, auto, auto& field) {
+                using T = std::decay_t<decltype(field)>;
+                if (role == FieldRole::seed) return;
+                if (std::string(name) == "reset_after_tokens") {
+                    gate = c.u8();
+                    c.u8();
+                }
+                if constexpr (std::is_same_v<T, std::vector<double>>) {
+                    const std::uint32_t w = c.u32();
+                    if (w > kMaxWidths || static_cast<std::size_t>(w) * 8 > c.left())
+                        c.malformed(w, " widths, more than the header holds");
+                    field.resize(w);
+                    for (auto& x : field) x = c.f64();
+                } else if constexpr (std::is_enum_v<T>) {
+                    field = static_cast<T>(c.u8());
+                } else if constexpr (std::is_floating_point_v<T>) {
+                    field = c.f64();
+                } else {
+                    field = static_cast<T>(c.i64());
+                }
+            },
+            memory);
     }
     std::uint64_t hash() const {
         Bytes b;
@@ -274,7 +289,6 @@ struct Config {
 template <typename Scalar>
 Config config_of(StateKind kind, const LongTermMemory<Scalar>& m, std::int64_t heads,
                  std::int64_t d_model, bool gate) {
-    const MemoryParams& p = m.params();
     Config c;
     c.kind = static_cast<std::uint8_t>(kind);
     c.scalar = sizeof(Scalar);
@@ -282,36 +296,23 @@ Config config_of(StateKind kind, const LongTermMemory<Scalar>& m, std::int64_t h
     c.chunk_length = m.chunk_length();
     c.num_heads = heads;
     c.d_model = d_model;
-    c.num_basis = p.num_basis;
-    c.num_samples = p.num_samples;
-    c.num_bins = p.num_bins;
-    c.ridge_lambda = p.ridge_lambda;
-    c.tau = p.tau;
-    c.sampling = static_cast<std::uint8_t>(p.sampling);
-    c.stability = static_cast<std::uint8_t>(p.stability);
+    c.memory = m.params();
+    c.memory.seed = 0;  // not part of the configuration
     c.gate = gate ? 1 : 0;
-    c.reset_after_tokens = p.reset_after_tokens;
-    c.widths = p.widths;
     return c;
 }
 
 /// The first field in which the file's configuration differs from the object's.
 inline std::string first_difference(const Config& f, const Config& o) {
-    return infinityformer::detail::first_difference(
+    const char *a = "in the state", *b = "in this object";
+    std::string d = infinityformer::detail::first_difference(
         {{"dim", double(f.dim), double(o.dim)},
          {"chunk_length", double(f.chunk_length), double(o.chunk_length)},
          {"num_heads", double(f.num_heads), double(o.num_heads)},
          {"d_model", double(f.d_model), double(o.d_model)},
-         {"num_basis", double(f.num_basis), double(o.num_basis)},
-         {"num_samples", double(f.num_samples), double(o.num_samples)},
-         {"num_bins", double(f.num_bins), double(o.num_bins)},
-         {"ridge_lambda", f.ridge_lambda, o.ridge_lambda},
-         {"tau", f.tau, o.tau},
-         {"sampling", double(f.sampling), double(o.sampling)},
-         {"stability", double(f.stability), double(o.stability)},
-         {"gate", double(f.gate), double(o.gate)},
-         {"reset_after_tokens", double(f.reset_after_tokens), double(o.reset_after_tokens)}},
-        f.widths, o.widths, "in the state", "in this object");
+         {"gate", double(f.gate), double(o.gate)}},
+        a, b);
+    return d.empty() ? f.memory.configuration_difference(o.memory, a, b) : d;
 }
 
 // ---- payload parts -------------------------------------------------------------------
@@ -398,7 +399,7 @@ inline void write_file(std::ostream& out, const Config& cfg, const Bytes& payloa
     Bytes h;
     for (unsigned char m : kMagic) h.u8(m);
     h.u32(kStateFormatVersion);
-    const std::size_t header_bytes = kFixedHeaderBytes + 8 * cfg.widths.size();
+    const std::size_t header_bytes = kFixedHeaderBytes + 8 * cfg.memory.widths.size();
     h.u32(static_cast<std::uint32_t>(header_bytes));
     h.u32(crc32_of(h.data(), h.size()));
     h.u8(cfg.kind);
@@ -648,10 +649,10 @@ LongTermStream<Scalar> parse_state(LongTermAttention<Scalar>& module, std::istre
                   where);
     Cursor c(payload.data(), payload.size(), where, "payload");
     try {
-        auto next = module.make_stream(stream);
+        auto next = module.engine().make_stream(stream);
         read_long_term(c, next, module.has_gate());
         expect_end(c);
-        module.take_stream_state(where, next);
+        module.engine().take_stream_state(where, next);
         return next;
     } catch (...) {
         rethrow_read_error(where);
@@ -714,7 +715,7 @@ LayerStream<Scalar> parse_state(InfinityFormerLayer<Scalar>& layer, std::istream
                                    where);
     Cursor c(payload.data(), payload.size(), where, "payload");
     try {
-        LayerStream<Scalar> next(lt.module().make_stream(stream));
+        LayerStream<Scalar> next = layer.make_stream(stream);
         for (Matrix* chunk : {&next.prev, &next.pending}) {
             const std::int64_t rows = c.i64();
             if (rows != 0 && rows != layer.chunk_length())
