@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <infinityformer/io/safetensors.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <limits>
 #include <random>
 #include <sstream>
