@@ -1,5 +1,6 @@
-# The optional interchange headers (<infinityformer/io/safetensors.hpp>, weights in the
-# safetensors format; <infinityformer/io/state.hpp>, a stream's memory state) need
+# The optional interchange headers (<infinityformer/io/safetensors.hpp>, the safetensors
+# format; <infinityformer/io/weights.hpp>, a module's weights in it;
+# <infinityformer/io/state.hpp>, a stream's memory state) need
 # nlohmann/json (Debian: nlohmann-json3-dev) and zlib (zlib1g-dev); the core needs neither.
 #
 #   find_package(infinityformer CONFIG REQUIRED COMPONENTS io)   # installed

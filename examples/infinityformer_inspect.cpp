@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <exception>
 #include <infinityformer/io/safetensors.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <iostream>
 #include <optional>
 #include <string>

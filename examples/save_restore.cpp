@@ -6,6 +6,7 @@
 #include <infinityformer/infinityformer.hpp>
 #include <infinityformer/io/safetensors.hpp>
 #include <infinityformer/io/state.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <iostream>
 
 using Layer = infinityformer::InfinityFormerLayerf;

@@ -16,6 +16,7 @@
 #include <functional>
 #include <infinityformer/infinityformer.hpp>
 #include <infinityformer/io/safetensors.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <map>
 #include <sstream>
 #include <stdexcept>

@@ -8,6 +8,7 @@
 #define INFINITYFORMER_TEST_INSTANTIATE
 #include <infinityformer/io/safetensors.hpp>
 #include <infinityformer/io/state.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <sstream>
 
 #include "extern_templates.hpp"

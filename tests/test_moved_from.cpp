@@ -45,6 +45,7 @@
 #include <infinityformer/infinityformer.hpp>
 #include <infinityformer/io/safetensors.hpp>
 #include <infinityformer/io/state.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <initializer_list>
 #include <iostream>
 #include <map>

@@ -1,10 +1,12 @@
 // The safetensors reader and writer (io/safetensors.hpp): round trips bit for bit; F16, BF16
 // and F32 rounding against oracles written here (exhaustive nearest-value search, the
 // float32 bit formula, the hardware's conversion); a file built byte by byte; malformed
-// files refused with a message naming the problem; module weights under a prefix (missing,
-// extra, mis-shaped, ignored, all or nothing); a layer saved, loaded and run bit-identically.
+// files refused with a message naming the problem. Module weights (io/weights.hpp) under a
+// prefix (missing, extra, mis-shaped, ignored, all or nothing); a layer saved, loaded and
+// run bit-identically; the tensors derived from parameters(), none left out.
 #include "extern_templates.hpp"
 // (first: the library's templates are declared as instantiated elsewhere)
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
@@ -12,7 +14,9 @@
 #include <filesystem>
 #include <fstream>
 #include <infinityformer/io/safetensors.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <limits>
+#include <map>
 #include <random>
 #include <sstream>
 #include <streambuf>
@@ -651,6 +655,89 @@ TEST_CASE("safetensors: a layer saved and loaded runs bit-identically", "[safete
     InfinityFormerLayerd wide(8, heads, len, small_params(true));
     REQUIRE_INVALID(io::load_weights(wide, f, "layer."),
                     Contains("'layer.short_term.query.weight' has shape [6, 6], expected [8, 8]"));
+}
+
+namespace {
+
+// The tensors of module m (tensors_of(m), from its sizes) are those of its parameters() by
+// the rule of io/weights.hpp: every parameter lies in a used tensor of its shape, every
+// element of a used tensor belongs to one parameter, and the only tensor without a
+// parameter is the unused proj_query.weight. Then every parameter, set to distinct values
+// through its view, comes back bit for bit through a file.
+template <typename Module, typename Save, typename Load>
+void check_tensors_of_parameters(Module& m, Module& fresh, const Save& save, const Load& load) {
+    const auto spec = io::tensors_of(m);
+    auto params = m.parameters();
+    const auto derived = io::tensors_of(params);
+    REQUIRE(derived.size() == spec.size());
+    for (std::size_t k = 0; k < spec.size(); ++k) {
+        INFO(spec[k].name);
+        CHECK(derived[k].name == spec[k].name);
+        CHECK(derived[k].shape == spec[k].shape);
+        CHECK(derived[k].used == spec[k].used);
+    }
+    std::map<std::string, std::int64_t> covered;
+    for (const auto& p : params) {
+        INFO(p.name);
+        const io::Placement at = io::placement_of(p.name);
+        const auto it = std::find_if(spec.begin(), spec.end(),
+                                     [&](const io::TensorSpec& t) { return t.name == at.tensor; });
+        REQUIRE(it != spec.end());
+        CHECK(it->used);
+        std::vector<std::int64_t> want{p.rows, p.cols};
+        if (at.layout == io::Layout::vector) want = {p.rows};
+        if (at.layout == io::Layout::transposed) want = {p.cols, p.rows};
+        if (at.layout == io::Layout::tap) want.push_back(it->shape.size() == 3 ? it->shape[2] : 0);
+        CHECK(it->shape == want);
+        covered[at.tensor] += p.size();
+    }
+    std::size_t unused = 0;
+    for (const auto& t : spec) {
+        INFO(t.name);
+        std::int64_t n = 1;
+        for (const auto d : t.shape) n *= d;
+        if (!t.used) {
+            ++unused;
+            CHECK(t.name.size() >= 17);
+            CHECK(t.name.compare(t.name.size() - 17, 17, "proj_query.weight") == 0);
+            CHECK(covered.count(t.name) == 0);
+        } else {
+            CHECK(covered[t.name] == n);
+        }
+    }
+    CHECK(unused == 1);
+
+    double next = 0.25;
+    for (auto& p : params)
+        for (Index k = 0; k < p.size(); ++k) p.value[k] = (next += 0.125);
+    io::SafetensorsWriter w;
+    save(m, w);
+    load(fresh, io::Safetensors::parse(w.bytes()));
+    const auto mine = m.parameters(), theirs = fresh.parameters();
+    REQUIRE(mine.size() == theirs.size());
+    for (std::size_t k = 0; k < mine.size(); ++k) {
+        INFO(mine[k].name);
+        CHECK(mine[k].name == theirs[k].name);
+        CHECK(mine[k].values() == theirs[k].values());
+    }
+}
+
+}  // namespace
+
+TEST_CASE("safetensors: the tensors are the parameters(), none left out", "[safetensors]") {
+    for (const bool gate : {false, true}) {
+        INFO("gate " << gate);
+        auto other = small_params(gate);
+        other.seed = 77;
+        LongTermAttentiond a(6, 2, 4, small_params(gate), 10), a2(6, 2, 4, other, 10);
+        check_tensors_of_parameters(
+            a, a2, [](const auto& m, auto& w) { io::save_weights(m, w, "p."); },
+            [](auto& m, const auto& f) { io::load_weights(m, f, "p."); });
+        InfinityFormerLayerd l(6, 2, 4, small_params(gate)), l2(6, 2, 4, other);
+        check_tensors_of_parameters(
+            l, l2, [](const auto& m, auto& w) { io::save_weights(m, w); },
+            [](auto& m, const auto& f) { io::load_weights(m, f); });
+    }
 }
 
 TEST_CASE("safetensors: every file error is a runtime_error naming the file", "[safetensors]") {

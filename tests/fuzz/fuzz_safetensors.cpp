@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <infinityformer/io/safetensors.hpp>
+#include <infinityformer/io/weights.hpp>
 #include <optional>
 #include <string>
 #include <vector>

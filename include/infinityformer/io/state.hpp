@@ -11,7 +11,7 @@
 /// to be stored. Not saved: the traces of the last call (a restored stream cannot
 /// differentiate the call made before the save: save after backward()), the memory before
 /// the last update (so last_past() is empty after a restore), the weights (save them with
-/// <infinityformer/io/safetensors.hpp>).
+/// <infinityformer/io/weights.hpp>).
 ///
 ///     std::ofstream out("stream.state", std::ios::binary);
 ///     infinityformer::io::save_state(layer, out);       // or save_state_file(layer, path)
