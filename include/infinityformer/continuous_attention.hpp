@@ -164,7 +164,8 @@ public:
 
     const Weights& weights() const { return weights_; }
 
-    /// Replaces the weights after checking every shape and that all entries are finite.
+    /// Replaces the weights after checking every shape and that all entries are finite,
+    /// copying them into the existing storage (views from append_parameters() stay valid).
     /// @throws infinityformer::invalid_argument (weights unchanged).
     void set_weights(const Weights& w) {
         constexpr const char* where = "ContinuousAttention::set_weights";
@@ -173,13 +174,15 @@ public:
         detail::check_matrix(where, "attn_out", w.attn_out, d_model_, dim_);
         detail::check_matrix(where, "mu", w.mu, num_basis(), 1);
         detail::check_matrix(where, "sigma", w.sigma, num_basis(), 1);
-        weights_ = w;
+        weights_ = w;  // same shapes: copied into the existing storage
     }
 
-    /// PyTorch's nn.Linear initialisation: U(−1/√in, 1/√in), from a seeded generator.
+    /// PyTorch's nn.Linear initialisation: U(−1/√in, 1/√in), from a seeded generator,
+    /// written into the existing storage (views from append_parameters() stay valid).
     void init_weights(std::uint64_t seed) {
         detail::Random rng(seed);
-        Weights w;
+        Weights& w = weights_;
+        // The resizes allocate only in the constructor; they are no-ops afterwards.
         w.proj_key.resize(dim_, dim_);
         w.proj_value.resize(dim_, dim_);
         w.attn_out.resize(d_model_, dim_);
@@ -192,7 +195,6 @@ public:
         detail::fill_uniform(w.attn_out, b_e, rng);
         detail::fill_uniform(w.mu, b_n, rng);
         detail::fill_uniform(w.sigma, b_n, rng);
-        weights_ = std::move(w);
     }
 
     /// Attention of the queries over the memory B.

@@ -10,9 +10,14 @@
 namespace infinityformer {
 
 /// One learnable block: its name, its values and its gradient (same shape, column-major).
-/// The pointers refer to storage owned by the module that produced the view; the view is
-/// valid until that module is destroyed or its weights are replaced (set_weights(),
-/// init_weights()).
+/// The pointers refer to storage owned by the module that produced the view. The modules
+/// write into that storage and keep it: set_weights(), init_weights() (and the layer's
+/// set_/init_short_term_weights()), zero_grad(), backward passes, loading weights and an
+/// optimiser's step change the values, never the buffers. A view is invalidated only by
+///  - destroying the module;
+///  - assigning another module to it: a copy of other shapes reallocates, and after a move
+///    assignment its views (taken before) must not be used: the moved-in storage is what
+///    the source's views refer to (a move carries the storage, and the views, along).
 template <typename Scalar_>
 struct Parameter {
     static_assert(std::is_floating_point_v<Scalar_>, "Parameter needs float or double");
