@@ -1,7 +1,8 @@
 // The Adam optimiser (optim.hpp) over Parameter views of blocks owned by the test: it
 // minimises a convex quadratic, its steps equal the closed-form update, global-norm clipping,
 // decoupled weight decay; a non-finite gradient is rejected and changes nothing;
-// AdamOptions::validate names every bad field. An Adam built over a module's views keeps
+// AdamOptions::validate names every bad field; make_parameter() checks the gradient's
+// shape. An Adam built over a module's views keeps
 // working after the module's init_weights()/set_weights(). (Adam training a layer:
 // test_layer.cpp.)
 #include <catch2/catch.hpp>
@@ -33,15 +34,7 @@ using testutil::Normal;
 struct Owned {  // a parameter block owned by the test
     std::string name;
     MatrixXd value, grad;
-    Parameter<double> view() {
-        Parameter<double> p;
-        p.name = name;
-        p.value = value.data();
-        p.grad = grad.data();
-        p.rows = value.rows();
-        p.cols = value.cols();
-        return p;
-    }
+    Parameter<double> view() { return make_parameter(name, value, grad); }
 };
 
 std::vector<Owned> owned_blocks(Normal& rng) {
@@ -277,6 +270,53 @@ TEST_CASE("optim: AdamOptions::validate names every bad field", "[optim][adam][e
     ok.weight_decay = 0.0;
     ok.clip_norm = 0.0;
     CHECK_NOTHROW(ok.validate());
+}
+
+TEST_CASE("optim: make_parameter views the caller's blocks and checks their shapes",
+          "[optim][parameter][errors]") {
+    Normal rng(83);
+    MatrixXd w = rng.matrix(3, 2), g = rng.matrix(3, 2);
+    const Parameter<double> p = make_parameter("w", w, g);
+    CHECK(p.name == "w");
+    CHECK(p.value == w.data());
+    CHECK(p.grad == g.data());
+    CHECK(p.rows == 3);
+    CHECK(p.cols == 2);
+    CHECK(p.size() == 6);
+    CHECK(p.values() == w);
+    CHECK(p.gradient() == g);
+    Eigen::VectorXf b = Eigen::VectorXf::Ones(4), gb = Eigen::VectorXf::Zero(4);
+    const Parameter<float> pb = make_parameter("bias", b, gb);
+    CHECK(pb.rows == 4);
+    CHECK(pb.cols == 1);
+    CHECK(pb.value == b.data());
+
+    // Adam over one's own weights (one step with g = 1 moves each by −α/(1 + ε)).
+    const MatrixXd w0 = w;
+    g.setOnes();
+    AdamOptions o;
+    o.learning_rate = 0.01;
+    Adam<double> adam({p}, o);
+    adam.step();
+    CHECK((w.array() - (w0.array() - o.learning_rate / (1.0 + o.epsilon))).abs().maxCoeff() <=
+          1e-15);
+
+    // A gradient of another shape: nothing resized, the error names both shapes.
+    MatrixXd wrong = rng.matrix(2, 3);
+    const std::string prefix = "[infinityformer] make_parameter: ";
+    REQUIRE_THROWS_MATCHES(make_parameter("w", w, wrong), infinityformer::invalid_argument,
+                           Catch::Matchers::Message(prefix + "grad of parameter \"w\" is 2x3, "
+                                                             "expected 3x2 (the shape of value)"));
+    CHECK(wrong.rows() == 2);
+    MatrixXd none;
+    REQUIRE_THROWS_MATCHES(make_parameter("v", w, none), infinityformer::invalid_argument,
+                           Catch::Matchers::Message(prefix + "grad of parameter \"v\" is 0x0, "
+                                                             "expected 3x2 (the shape of value)"));
+    Eigen::VectorXf short_grad(3);
+    REQUIRE_THROWS_MATCHES(make_parameter("bias", b, short_grad), infinityformer::invalid_argument,
+                           Catch::Matchers::Message(prefix + "grad of parameter \"bias\" is "
+                                                             "3x1, expected 4x1 (the shape of "
+                                                             "value)"));
 }
 
 TEST_CASE("optim: Adam over a part's views survives init_weights() and set_weights()",
