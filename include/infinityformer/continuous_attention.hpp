@@ -103,8 +103,9 @@ public:
     /// @param num_heads H, must divide dim.
     /// @param d_model output width (0 means dim).
     /// @param params σ²_min and the KL constants (validated).
-    /// @param seed base seed: the weights are initialised as PyTorch's nn.Linear does, from
-    ///        detail::derive_seed(seed, SeedPurpose::attention_weights).
+    /// @param seed seed of the initial weights, PyTorch's nn.Linear initialisation (used as
+    ///        given, as every part's; LongTermAttention derives its attention's from its base
+    ///        seed).
     ContinuousAttention(const GaussianBasis<Scalar>& basis, Index dim, Index num_heads,
                         Index d_model, const AttentionParams& params, std::uint64_t seed = 0)
         : basis_(basis), dim_(dim), heads_(num_heads), d_model_(d_model == 0 ? dim : d_model) {
@@ -125,11 +126,11 @@ public:
         kl_sigma_0_ = static_cast<Scalar>(params.kl_sigma_0);
         kl_mu_term_ = params.kl_mu_term;
         kl_mu_0_ = static_cast<Scalar>(params.kl_mu_0);
-        init_weights(detail::derive_seed(seed, detail::SeedPurpose::attention_weights));
+        init_weights(seed);
     }
 
-    /// The attention's slice of a whole set (params.attention_params(), seed params.seed);
-    /// the memory's fields are not read.
+    /// The attention's slice of a whole set (params.attention_params(), seed params.seed used
+    /// as given); the memory's fields are not read.
     ContinuousAttention(const GaussianBasis<Scalar>& basis, Index dim, Index num_heads,
                         Index d_model, const LongTermParams& params)
         : ContinuousAttention(basis, dim, num_heads, d_model, params.attention_params(),

@@ -43,6 +43,7 @@ public:
     };
 
     /// @param dim e ≥ 1. Weights initialised as PyTorch's Conv1d: U(±1/√(3e)).
+    /// @param seed seed of the initial weights (used as given).
     explicit MemoryGate(Index dim, std::uint64_t seed = 0) : dim_(dim) {
         constexpr const char* where = "MemoryGate::MemoryGate";
         detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");

@@ -159,7 +159,7 @@ public:
           length_(chunk_length),
           prototype_(dim, chunk_length, params.memory_params()),
           attention_(prototype_.basis(), dim, num_heads, d_model, params.attention_params(),
-                     params.seed) {
+                     detail::derive_seed(params.seed, detail::SeedPurpose::attention_weights)) {
         if (params.gate)
             gate_.emplace(dim, detail::derive_seed(params.seed, detail::SeedPurpose::gate_weights));
         streams_.push_back(make_stream(0));
