@@ -5,7 +5,7 @@
 #include <Eigen/Core>
 #include <random>
 
-#include "infinityformer/params.hpp"
+#include "infinityformer/hyperparams.hpp"
 
 namespace bench {
 

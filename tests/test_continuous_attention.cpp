@@ -637,3 +637,24 @@ TEST_CASE("continuous attention: bad backward arguments are rejected and change 
         CHECK((twice[b] - 2 * once[b]).cwiseAbs().maxCoeff() <=
               1e-14 * (1 + once[b].cwiseAbs().maxCoeff()));
 }
+
+TEST_CASE("continuous attention: the constructor's seed is used as given",
+          "[continuous_attention][seeds]") {
+    // A part's seed is its generator's seed, as ShortTermAttention's and MemoryGate's (the
+    // derivation from a base seed is LongTermAttention's: test_layer.cpp).
+    LongTermParams p;
+    p.num_basis = 8;
+    p.seed = 17;
+    const auto basis = GaussianBasisd::default_family(8, p.widths);
+    const ContinuousAttentiond given(basis, 6, 2, 4, p.attention_params(), 17);
+    const ContinuousAttentiond from_params(basis, 6, 2, 4, p);
+    ContinuousAttentiond reinit(basis, 6, 2, 4, p.attention_params(), 0);
+    reinit.init_weights(17);
+    for (const ContinuousAttentiond* a : {&given, &from_params}) {
+        CHECK(a->weights().proj_key == reinit.weights().proj_key);
+        CHECK(a->weights().proj_value == reinit.weights().proj_value);
+        CHECK(a->weights().attn_out == reinit.weights().attn_out);
+        CHECK(a->weights().mu == reinit.weights().mu);
+        CHECK(a->weights().sigma == reinit.weights().sigma);
+    }
+}

@@ -149,3 +149,11 @@ TEST_CASE("gate: bad backward arguments are rejected and change no gradient",
     require_rejected("gate", views, [&] { gate.backward(X, rng.matrix(l - 1, d), dG, dX); });
     require_rejected("dX", views, [&] { gate.backward(X, g, dG, dX_bad); });
 }
+
+TEST_CASE("gate: the constructor's seed is used as given", "[gate][seeds]") {
+    const MemoryGated given(5, 17);
+    MemoryGated reinit(5, 0);
+    reinit.init_weights(17);
+    for (std::size_t j = 0; j < 3; ++j) CHECK(given.weights().taps[j] == reinit.weights().taps[j]);
+    CHECK(given.weights().bias == reinit.weights().bias);
+}

@@ -939,6 +939,37 @@ TEST_CASE("layer: stream 0's sampling generator does not replay the attention's 
     CHECK(b0 != w0);
 }
 
+TEST_CASE("layer: the base seed is derived per purpose; each part is handed its seed",
+          "[layer][seeds]") {
+    using detail::derive_seed;
+    using detail::SeedPurpose;
+    LongTermParams p = twin_params(true);
+    p.seed = 23;
+    REQUIRE(p.gate);
+    const Layer layer(6, 2, 4, p);
+    const ShortTermAttention<double> st(6, 2, derive_seed(p.seed, SeedPurpose::short_term_weights));
+    CHECK(layer.short_term_weights().query == st.weights().query);
+    CHECK(layer.short_term_weights().key == st.weights().key);
+    CHECK(layer.short_term_weights().value == st.weights().value);
+    CHECK(layer.short_term_weights().out == st.weights().out);
+    const auto& la = layer.long_term().attention();
+    const ContinuousAttention<double> att(la.basis(), 6, 2, 6, p.attention_params(),
+                                          derive_seed(p.seed, SeedPurpose::attention_weights));
+    CHECK(la.weights().proj_key == att.weights().proj_key);
+    CHECK(la.weights().proj_value == att.weights().proj_value);
+    CHECK(la.weights().attn_out == att.weights().attn_out);
+    CHECK(la.weights().mu == att.weights().mu);
+    CHECK(la.weights().sigma == att.weights().sigma);
+    const MemoryGate<double> gate(6, derive_seed(p.seed, SeedPurpose::gate_weights));
+    for (std::size_t j = 0; j < 3; ++j)
+        CHECK(layer.long_term().gate().weights().taps[j] == gate.weights().taps[j]);
+    CHECK(layer.long_term().gate().weights().bias == gate.weights().bias);
+    // LongTermAttention alone derives as the layer does.
+    const LongTermAttention<double> lta(6, 2, 4, p);
+    CHECK(lta.attention().weights().proj_key == att.weights().proj_key);
+    CHECK(lta.attention().weights().sigma == att.weights().sigma);
+}
+
 // Split from "errors: LongTermParams::validate names each field and value" (its last part:
 // every constructor validates the settings it uses, and only those).
 TEST_CASE("layer: the constructor validates the memory's and the attention's settings",

@@ -1,16 +1,25 @@
 // The Adam optimiser (optim.hpp) over Parameter views of blocks owned by the test: it
 // minimises a convex quadratic, its steps equal the closed-form update, global-norm clipping,
 // decoupled weight decay; a non-finite gradient is rejected and changes nothing;
-// AdamOptions::validate names every bad field. (Adam training a layer: test_layer.cpp.)
+// AdamOptions::validate names every bad field; make_parameter() checks the gradient's
+// shape. An Adam built over a module's views keeps
+// working after the module's init_weights()/set_weights(). (Adam training a layer:
+// test_layer.cpp.)
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <functional>
+#include <infinityformer/continuous_attention.hpp>
+#include <infinityformer/gate.hpp>
+#include <infinityformer/layer.hpp>
 #include <infinityformer/optim.hpp>
 #include <infinityformer/parameter_view.hpp>
+#include <infinityformer/short_term_attention.hpp>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "extern_templates.hpp"
+#include "part_util.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -19,20 +28,13 @@ using namespace infinityformer;
 using Catch::Matchers::Contains;
 using Eigen::Index;
 using Eigen::MatrixXd;
+using part_util::parameter_views;
 using testutil::Normal;
 
 struct Owned {  // a parameter block owned by the test
     std::string name;
     MatrixXd value, grad;
-    Parameter<double> view() {
-        Parameter<double> p;
-        p.name = name;
-        p.value = value.data();
-        p.grad = grad.data();
-        p.rows = value.rows();
-        p.cols = value.cols();
-        return p;
-    }
+    Parameter<double> view() { return make_parameter(name, value, grad); }
 };
 
 std::vector<Owned> owned_blocks(Normal& rng) {
@@ -42,6 +44,49 @@ std::vector<Owned> owned_blocks(Normal& rng) {
 std::vector<Parameter<double>> views_of(std::vector<Owned>& blocks) {
     std::vector<Parameter<double>> out;
     for (auto& b : blocks) out.push_back(b.view());
+    return out;
+}
+
+// An Adam over views(), then change() (a re-initialisation or set_weights() of the module),
+// then one step with every gradient 1: the step must act on the module's storage, on the
+// values change() left there (each moves by −α/(1 + ε), Adam's first step for g = 1).
+void check_adam_after(const std::function<std::vector<Parameter<double>>()>& views,
+                      const std::function<void()>& change,
+                      const std::function<std::vector<MatrixXd>()>& expected) {
+    AdamOptions o;
+    o.learning_rate = 0.01;
+    Adam<double> adam(views(), o);
+    change();
+    const auto now = views();
+    const auto& held = adam.parameters();
+    REQUIRE(held.size() == now.size());
+    for (std::size_t k = 0; k < now.size(); ++k) {
+        INFO(now[k].name);
+        // The module wrote into the storage the optimiser holds (else the step below would
+        // write to freed memory).
+        REQUIRE(held[k].value == now[k].value);
+        REQUIRE(held[k].grad == now[k].grad);
+    }
+    const auto initial = expected();
+    REQUIRE(initial.size() == now.size());
+    for (std::size_t k = 0; k < now.size(); ++k) {
+        INFO(now[k].name);
+        REQUIRE(now[k].values() == initial[k]);
+        now[k].gradient().setOnes();
+    }
+    adam.step();
+    const double shift = o.learning_rate / (1.0 + o.epsilon);
+    for (std::size_t k = 0; k < now.size(); ++k) {
+        INFO(now[k].name);
+        const MatrixXd want = initial[k].array() - shift;
+        CHECK((now[k].values() - want).cwiseAbs().maxCoeff() <= 1e-15);
+    }
+}
+
+template <typename Module>
+std::vector<MatrixXd> values_of(Module& m) {
+    std::vector<MatrixXd> out;
+    for (const auto& p : parameter_views(m)) out.push_back(p.values());
     return out;
 }
 
@@ -225,4 +270,113 @@ TEST_CASE("optim: AdamOptions::validate names every bad field", "[optim][adam][e
     ok.weight_decay = 0.0;
     ok.clip_norm = 0.0;
     CHECK_NOTHROW(ok.validate());
+}
+
+TEST_CASE("optim: make_parameter views the caller's blocks and checks their shapes",
+          "[optim][parameter][errors]") {
+    Normal rng(83);
+    MatrixXd w = rng.matrix(3, 2), g = rng.matrix(3, 2);
+    const Parameter<double> p = make_parameter("w", w, g);
+    CHECK(p.name == "w");
+    CHECK(p.value == w.data());
+    CHECK(p.grad == g.data());
+    CHECK(p.rows == 3);
+    CHECK(p.cols == 2);
+    CHECK(p.size() == 6);
+    CHECK(p.values() == w);
+    CHECK(p.gradient() == g);
+    Eigen::VectorXf b = Eigen::VectorXf::Ones(4), gb = Eigen::VectorXf::Zero(4);
+    const Parameter<float> pb = make_parameter("bias", b, gb);
+    CHECK(pb.rows == 4);
+    CHECK(pb.cols == 1);
+    CHECK(pb.value == b.data());
+
+    // Adam over one's own weights (one step with g = 1 moves each by −α/(1 + ε)).
+    const MatrixXd w0 = w;
+    g.setOnes();
+    AdamOptions o;
+    o.learning_rate = 0.01;
+    Adam<double> adam({p}, o);
+    adam.step();
+    CHECK((w.array() - (w0.array() - o.learning_rate / (1.0 + o.epsilon))).abs().maxCoeff() <=
+          1e-15);
+
+    // A gradient of another shape: nothing resized, the error names both shapes.
+    MatrixXd wrong = rng.matrix(2, 3);
+    const std::string prefix = "[infinityformer] make_parameter: ";
+    REQUIRE_THROWS_MATCHES(make_parameter("w", w, wrong), infinityformer::invalid_argument,
+                           Catch::Matchers::Message(prefix + "grad of parameter \"w\" is 2x3, "
+                                                             "expected 3x2 (the shape of value)"));
+    CHECK(wrong.rows() == 2);
+    MatrixXd none;
+    REQUIRE_THROWS_MATCHES(make_parameter("v", w, none), infinityformer::invalid_argument,
+                           Catch::Matchers::Message(prefix + "grad of parameter \"v\" is 0x0, "
+                                                             "expected 3x2 (the shape of value)"));
+    Eigen::VectorXf short_grad(3);
+    REQUIRE_THROWS_MATCHES(make_parameter("bias", b, short_grad), infinityformer::invalid_argument,
+                           Catch::Matchers::Message(prefix + "grad of parameter \"bias\" is "
+                                                             "3x1, expected 4x1 (the shape of "
+                                                             "value)"));
+}
+
+TEST_CASE("optim: Adam over a part's views survives init_weights() and set_weights()",
+          "[optim][adam][training]") {
+    SECTION("short-term attention") {
+        ShortTermAttentiond m(6, 2, 5);
+        ShortTermAttentiond fresh(6, 2, 9);  // what init_weights(9) gives (seed as given)
+        auto views = [&] { return parameter_views(m); };
+        check_adam_after(
+            views, [&] { m.init_weights(9); }, [&] { return values_of(fresh); });
+        ShortTermAttentiond other(6, 2, 11);
+        check_adam_after(
+            views, [&] { m.set_weights(other.weights()); }, [&] { return values_of(other); });
+    }
+    SECTION("memory gate") {
+        MemoryGated m(5, 1);
+        MemoryGated fresh(5, 7);
+        auto views = [&] { return parameter_views(m); };
+        check_adam_after(
+            views, [&] { m.init_weights(7); }, [&] { return values_of(fresh); });
+        MemoryGated other(5, 8);
+        check_adam_after(
+            views, [&] { m.set_weights(other.weights()); }, [&] { return values_of(other); });
+    }
+    SECTION("continuous attention") {
+        LongTermParams p;
+        p.num_basis = 8;
+        const auto basis = GaussianBasisd::default_family(8, p.widths);
+        ContinuousAttentiond m(basis, 6, 2, 4, p.attention_params(), 3);
+        ContinuousAttentiond fresh(basis, 6, 2, 4, p.attention_params(), 3);
+        fresh.init_weights(12);
+        auto views = [&] { return parameter_views(m); };
+        check_adam_after(
+            views, [&] { m.init_weights(12); }, [&] { return values_of(fresh); });
+        ContinuousAttentiond other(basis, 6, 2, 4, p.attention_params(), 4);
+        other.init_weights(13);
+        check_adam_after(
+            views, [&] { m.set_weights(other.weights()); }, [&] { return values_of(other); });
+    }
+    SECTION("layer: init_short_term_weights() and set_short_term_weights()") {
+        LongTermParams p;
+        p.num_basis = 8;
+        p.gate = true;
+        InfinityFormerLayerd layer(6, 2, 4, p);
+        ShortTermAttentiond fresh(6, 2, 21);
+        auto views = [&] { return layer.parameters(); };
+        // The short-term weights take the new values; the long-term ones keep theirs.
+        std::vector<MatrixXd> expected;
+        for (const auto& q : layer.parameters()) expected.push_back(q.values());
+        const std::vector<MatrixXd> st = values_of(fresh);
+        for (std::size_t k = 0; k < st.size(); ++k) expected[k] = st[k];
+        check_adam_after(
+            views, [&] { layer.init_short_term_weights(21); }, [&] { return expected; });
+        ShortTermAttentiond other(6, 2, 22);
+        std::vector<MatrixXd> expected2;
+        for (const auto& q : layer.parameters()) expected2.push_back(q.values());
+        const std::vector<MatrixXd> st2 = values_of(other);
+        for (std::size_t k = 0; k < st2.size(); ++k) expected2[k] = st2[k];
+        check_adam_after(
+            views, [&] { layer.set_short_term_weights(other.weights()); },
+            [&] { return expected2; });
+    }
 }

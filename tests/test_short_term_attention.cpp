@@ -283,3 +283,14 @@ TEST_CASE("short-term attention: the constructor rejects bad sizes",
         CHECK(g->isZero(0.0));
     }
 }
+
+TEST_CASE("short-term attention: the constructor's seed is used as given",
+          "[short_term_attention][seeds]") {
+    const ShortTermAttention<double> given(6, 2, 17);
+    ShortTermAttention<double> reinit(6, 2, 0);
+    reinit.init_weights(17);
+    CHECK(given.weights().query == reinit.weights().query);
+    CHECK(given.weights().key == reinit.weights().key);
+    CHECK(given.weights().value == reinit.weights().value);
+    CHECK(given.weights().out == reinit.weights().out);
+}

@@ -103,8 +103,9 @@ public:
     /// @param num_heads H, must divide dim.
     /// @param d_model output width (0 means dim).
     /// @param params σ²_min and the KL constants (validated).
-    /// @param seed base seed: the weights are initialised as PyTorch's nn.Linear does, from
-    ///        detail::derive_seed(seed, SeedPurpose::attention_weights).
+    /// @param seed seed of the initial weights, PyTorch's nn.Linear initialisation (used as
+    ///        given, as every part's; LongTermAttention derives its attention's from its base
+    ///        seed).
     ContinuousAttention(const GaussianBasis<Scalar>& basis, Index dim, Index num_heads,
                         Index d_model, const AttentionParams& params, std::uint64_t seed = 0)
         : basis_(basis), dim_(dim), heads_(num_heads), d_model_(d_model == 0 ? dim : d_model) {
@@ -125,11 +126,11 @@ public:
         kl_sigma_0_ = static_cast<Scalar>(params.kl_sigma_0);
         kl_mu_term_ = params.kl_mu_term;
         kl_mu_0_ = static_cast<Scalar>(params.kl_mu_0);
-        init_weights(detail::derive_seed(seed, detail::SeedPurpose::attention_weights));
+        init_weights(seed);
     }
 
-    /// The attention's slice of a whole set (params.attention_params(), seed params.seed);
-    /// the memory's fields are not read.
+    /// The attention's slice of a whole set (params.attention_params(), seed params.seed used
+    /// as given); the memory's fields are not read.
     ContinuousAttention(const GaussianBasis<Scalar>& basis, Index dim, Index num_heads,
                         Index d_model, const LongTermParams& params)
         : ContinuousAttention(basis, dim, num_heads, d_model, params.attention_params(),
@@ -164,7 +165,8 @@ public:
 
     const Weights& weights() const { return weights_; }
 
-    /// Replaces the weights after checking every shape and that all entries are finite.
+    /// Replaces the weights after checking every shape and that all entries are finite,
+    /// copying them into the existing storage (views from append_parameters() stay valid).
     /// @throws infinityformer::invalid_argument (weights unchanged).
     void set_weights(const Weights& w) {
         constexpr const char* where = "ContinuousAttention::set_weights";
@@ -173,13 +175,15 @@ public:
         detail::check_matrix(where, "attn_out", w.attn_out, d_model_, dim_);
         detail::check_matrix(where, "mu", w.mu, num_basis(), 1);
         detail::check_matrix(where, "sigma", w.sigma, num_basis(), 1);
-        weights_ = w;
+        weights_ = w;  // same shapes: copied into the existing storage
     }
 
-    /// PyTorch's nn.Linear initialisation: U(−1/√in, 1/√in), from a seeded generator.
+    /// PyTorch's nn.Linear initialisation: U(−1/√in, 1/√in), from a seeded generator,
+    /// written into the existing storage (views from append_parameters() stay valid).
     void init_weights(std::uint64_t seed) {
         detail::Random rng(seed);
-        Weights w;
+        Weights& w = weights_;
+        // The resizes allocate only in the constructor; they are no-ops afterwards.
         w.proj_key.resize(dim_, dim_);
         w.proj_value.resize(dim_, dim_);
         w.attn_out.resize(d_model_, dim_);
@@ -192,7 +196,6 @@ public:
         detail::fill_uniform(w.attn_out, b_e, rng);
         detail::fill_uniform(w.mu, b_n, rng);
         detail::fill_uniform(w.sigma, b_n, rng);
-        weights_ = std::move(w);
     }
 
     /// Attention of the queries over the memory B.

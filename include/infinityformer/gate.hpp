@@ -43,6 +43,7 @@ public:
     };
 
     /// @param dim e ≥ 1. Weights initialised as PyTorch's Conv1d: U(±1/√(3e)).
+    /// @param seed seed of the initial weights (used as given).
     explicit MemoryGate(Index dim, std::uint64_t seed = 0) : dim_(dim) {
         constexpr const char* where = "MemoryGate::MemoryGate";
         detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
@@ -73,6 +74,7 @@ public:
     Index dim() const { return dim_; }
     const Weights& weights() const { return weights_; }
 
+    /// Copies `w` into the existing storage (views from append_parameters() stay valid).
     /// @throws infinityformer::invalid_argument on a shape or non-finite entry (unchanged).
     void set_weights(const Weights& w) {
         constexpr const char* where = "MemoryGate::set_weights";
@@ -80,20 +82,20 @@ public:
         detail::check_matrix(where, "taps[1]", w.taps[1], dim_, dim_);
         detail::check_matrix(where, "taps[2]", w.taps[2], dim_, dim_);
         detail::check_matrix(where, "bias", w.bias, dim_, 1);
-        weights_ = w;
+        weights_ = w;  // same shapes: copied into the existing storage
     }
 
+    /// PyTorch's Conv1d initialisation U(±1/√(3e)) from a seeded generator, written into the
+    /// existing storage (views from append_parameters() stay valid).
     void init_weights(std::uint64_t seed) {
         detail::Random rng(seed);
-        Weights w;
         const double bound = 1.0 / std::sqrt(3.0 * static_cast<double>(dim_));
-        for (auto& tap : w.taps) {
-            tap.resize(dim_, dim_);
+        for (auto& tap : weights_.taps) {
+            tap.resize(dim_, dim_);  // allocates only in the constructor; a no-op afterwards
             detail::fill_uniform(tap, bound, rng);
         }
-        w.bias.resize(dim_);
-        detail::fill_uniform(w.bias, bound, rng);
-        weights_ = std::move(w);
+        weights_.bias.resize(dim_);
+        detail::fill_uniform(weights_.bias, bound, rng);
     }
 
     /// @param X L × e (L ≥ 1), finite. @param gate L × e, receives g.

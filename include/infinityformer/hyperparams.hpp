@@ -293,9 +293,11 @@ struct AttentionParams {
 /// the paper's two configurations as presets: the memory's fields (MemoryParams), the
 /// attention's (AttentionParams) and the gate's switch. Each part takes only its own slice
 /// (memory_params(), attention_params(); the gate takes `gate` and the seed). `seed` is the
-/// base seed of every generator: initial weights (attention, gate, short-term) and each
-/// stream's sticky sampling draw from seeds derived from it by purpose and stream
-/// (detail::derive_seed), so no two share a sequence.
+/// base seed of every generator of a composite (LongTermAttention, InfinityFormerLayer):
+/// initial weights (attention, gate, short-term) and each stream's sticky sampling draw from
+/// seeds derived from it by purpose and stream (detail::derive_seed), so no two share a
+/// sequence. A part built alone from these settings (ContinuousAttention(…, params)) uses
+/// `seed` as given, as every part does with its seed.
 ///
 /// The defaults are the paper's synthetic `sorting` model (Martins et al. 2022, §4.1 and
 /// the authors' code); lm() gives the GPT-2 language-model configuration (§4.2).

@@ -175,7 +175,7 @@ public:
     void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
         ltm_.set_gate_weights(w);
     }
-    /// Re-seeds a stream's sticky-sampling generator with `seed` as given.
+    /// Restarts the stream's sticky-sampling generator as params.seed = `seed` would have it.
     void seed_stream(std::uint64_t seed, Index stream = 0) {
         state("InfinityFormerLayer::seed_stream", stream).long_term.memory.seed(seed);
     }

@@ -199,7 +199,7 @@ public:
           length_(chunk_length),
           operators_(MemoryOperators<Scalar>::shared(chunk_length, params.memory_params())),
           attention_(operators_->basis, dim, num_heads, d_model, params.attention_params(),
-                     params.seed) {
+                     detail::derive_seed(params.seed, detail::SeedPurpose::attention_weights)) {
         if (params.stability == Stability::refuse)
             operators_->refuse_unstable(where, params, chunk_length, dim);
         if (params.gate)

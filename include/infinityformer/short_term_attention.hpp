@@ -115,6 +115,7 @@ public:
     Index head_size() const { return d_ / heads_; }
 
     const Weights& weights() const { return weights_; }
+    /// Copies `w` into the existing storage (views from append_parameters() stay valid).
     /// @throws infinityformer::invalid_argument on a wrong shape or non-finite entry
     /// (weights unchanged).
     void set_weights(const Weights& w) {
@@ -123,19 +124,18 @@ public:
         detail::check_matrix(where, "key", w.key, d_, d_);
         detail::check_matrix(where, "value", w.value, d_, d_);
         detail::check_matrix(where, "out", w.out, d_, d_);
-        weights_ = w;
+        weights_ = w;  // same shapes: copied into the existing storage
     }
 
-    /// nn.Linear's initialisation U(±1/√d) from a seeded generator.
+    /// nn.Linear's initialisation U(±1/√d) from a seeded generator, written into the
+    /// existing storage (views from append_parameters() stay valid).
     void init_weights(std::uint64_t seed) {
         detail::Random rng(seed);
         const double bound = 1.0 / std::sqrt(static_cast<double>(d_));
-        Weights w;
-        for (Matrix* m : {&w.query, &w.key, &w.value, &w.out}) {
-            m->resize(d_, d_);
+        for (Matrix* m : {&weights_.query, &weights_.key, &weights_.value, &weights_.out}) {
+            m->resize(d_, d_);  // allocates only in the constructor; a no-op afterwards
             detail::fill_uniform(*m, bound, rng);
         }
-        weights_ = std::move(w);
     }
 
     /// The queries X W_Qᵀ (L × d) into q.

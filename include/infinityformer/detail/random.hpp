@@ -102,8 +102,10 @@ private:
     Mt19937_64 engine_;
 };
 
-/// What a generator is for: every generator's seed is derived from the base seed, its
-/// purpose and (for sampling) its stream, so that no two share a sequence.
+/// What a generator is for: a composite (LongTermAttention, InfinityFormerLayer,
+/// LongTermMemory's streams) derives each generator's seed from its base seed, the purpose
+/// and (for sampling) the stream, so that no two share a sequence. A part's seed
+/// (ShortTermAttention, ContinuousAttention, MemoryGate, init_weights()) is used as given.
 enum class SeedPurpose : std::uint64_t {
     attention_weights = 1,   ///< ContinuousAttention's initial weights
     gate_weights = 2,        ///< MemoryGate's initial weights
