@@ -111,9 +111,7 @@ public:
         : basis_(basis), dim_(dim), heads_(num_heads), d_model_(d_model == 0 ? dim : d_model) {
         constexpr const char* where = "ContinuousAttention::ContinuousAttention";
         params.template validate_for<Scalar>(where);
-        detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
-        detail::require(num_heads >= 1 && dim % num_heads == 0, where, "num_heads is ", num_heads,
-                        ", expected a positive divisor of dim (", dim, ")");
+        detail::check_heads(where, "dim", dim, num_heads);
         detail::require(d_model >= 0, where, "d_model is ", d_model,
                         ", expected >= 1 (or 0 for d_model = dim)");
         const double e = static_cast<double>(dim), out = static_cast<double>(d_model_);
@@ -481,12 +479,11 @@ public:
     bool backward_finite() const { return backward_finite(work_, grads_); }
     /// backward_finite() of workspace `w`, with the gradients `into` it will be added to.
     bool backward_finite(const Work& w, const Weights& into) const {
-        const Weights& grads_ = into;
-        return detail::sum_finite(grads_.attn_out, w.dgrad.attn_out) &&
-               detail::sum_finite(grads_.proj_value, w.dgrad.proj_value) &&
-               detail::sum_finite(grads_.proj_key, w.dgrad.proj_key) &&
-               detail::sum_finite(grads_.mu, w.dgrad.mu) &&
-               detail::sum_finite(grads_.sigma, w.dgrad.sigma) && detail::all_finite(w.dmu) &&
+        return detail::sum_finite(into.attn_out, w.dgrad.attn_out) &&
+               detail::sum_finite(into.proj_value, w.dgrad.proj_value) &&
+               detail::sum_finite(into.proj_key, w.dgrad.proj_key) &&
+               detail::sum_finite(into.mu, w.dgrad.mu) &&
+               detail::sum_finite(into.sigma, w.dgrad.sigma) && detail::all_finite(w.dmu) &&
                detail::all_finite(w.dsigma_sq) && detail::all_finite(w.dqueries) &&
                detail::all_finite(w.dB);
     }
@@ -503,21 +500,19 @@ public:
     [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
                                        const std::string& cause, const std::string& inputs,
                                        const Work& w, const Weights& into) const {
-        const Weights& grads_ = into;
-        detail::check_gradient_sum(where, cause, inputs, prefix, "attn_out.weight", grads_.attn_out,
+        detail::check_gradient_sum(where, cause, inputs, prefix, "attn_out.weight", into.attn_out,
                                    w.dgrad.attn_out);
         detail::check_gradient_sum(where, cause, inputs, prefix, "proj_value.weight",
-                                   grads_.proj_value, w.dgrad.proj_value);
+                                   into.proj_value, w.dgrad.proj_value);
         detail::check_backward_result(where, cause, inputs,
                                       "the gradient of the attention densities' means", w.dmu);
         detail::check_backward_result(where, cause, inputs,
                                       "the gradient of the attention densities' variances",
                                       w.dsigma_sq);
-        detail::check_gradient_sum(where, cause, inputs, prefix, "proj_key.weight", grads_.proj_key,
+        detail::check_gradient_sum(where, cause, inputs, prefix, "proj_key.weight", into.proj_key,
                                    w.dgrad.proj_key);
-        detail::check_gradient_sum(where, cause, inputs, prefix, "mu.weight", grads_.mu,
-                                   w.dgrad.mu);
-        detail::check_gradient_sum(where, cause, inputs, prefix, "sigma.weight", grads_.sigma,
+        detail::check_gradient_sum(where, cause, inputs, prefix, "mu.weight", into.mu, w.dgrad.mu);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "sigma.weight", into.sigma,
                                    w.dgrad.sigma);
         detail::check_backward_result(
             where, cause, inputs, "the gradient of the long-term attention's queries", w.dqueries);
@@ -544,12 +539,11 @@ public:
     /// backward_accumulate() of workspace `w` into the gradients `into` (laid out as the
     /// weights, e.g. zero_gradients()).
     static void backward_accumulate(Work& w, Weights& into) {
-        Weights& grads_ = into;
-        grads_.attn_out += w.dgrad.attn_out;
-        grads_.proj_value += w.dgrad.proj_value;
-        grads_.proj_key += w.dgrad.proj_key;
-        grads_.mu += w.dgrad.mu;
-        grads_.sigma += w.dgrad.sigma;
+        into.attn_out += w.dgrad.attn_out;
+        into.proj_value += w.dgrad.proj_value;
+        into.proj_key += w.dgrad.proj_key;
+        into.mu += w.dgrad.mu;
+        into.sigma += w.dgrad.sigma;
         w.last_dmu.swap(w.dmu);
         w.last_dsigma_sq.swap(w.dsigma_sq);
     }

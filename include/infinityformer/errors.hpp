@@ -82,6 +82,14 @@ inline std::string renamed(const char* what, const char* where) {
     }
 }
 
+/// Checks a width and a number of heads that divides it (every module with heads).
+inline void check_heads(const char* where, const char* width_name, Eigen::Index width,
+                        Eigen::Index heads) {
+    require(width >= 1, where, width_name, " is ", width, ", expected >= 1");
+    require(heads >= 1 && width % heads == 0, where, "num_heads is ", heads,
+            ", expected a positive divisor of ", width_name, " (", width, ")");
+}
+
 /// Checks that a positive double is a normal, finite number once rounded to Scalar.
 template <typename Scalar>
 void require_normal(const char* where, const char* name, double v, const char* why) {

@@ -220,11 +220,10 @@ public:
     bool backward_finite() const { return backward_finite(work_, grads_); }
     /// backward_finite() of workspace `w`, with the gradients `into` it will be added to.
     bool backward_finite(const Work& w, const Weights& into) const {
-        const Weights& grads_ = into;
-        return detail::sum_finite(grads_.bias, w.dgrad.bias) &&
-               detail::sum_finite(grads_.taps[0], w.dgrad.taps[0]) &&
-               detail::sum_finite(grads_.taps[1], w.dgrad.taps[1]) &&
-               detail::sum_finite(grads_.taps[2], w.dgrad.taps[2]) && detail::all_finite(w.dx);
+        return detail::sum_finite(into.bias, w.dgrad.bias) &&
+               detail::sum_finite(into.taps[0], w.dgrad.taps[0]) &&
+               detail::sum_finite(into.taps[1], w.dgrad.taps[1]) &&
+               detail::sum_finite(into.taps[2], w.dgrad.taps[2]) && detail::all_finite(w.dx);
     }
 
     /// Throws infinityformer::invalid_argument naming the first result of the last
@@ -239,11 +238,10 @@ public:
     [[noreturn]] void explain_backward(const char* where, const std::string& prefix,
                                        const std::string& cause, const std::string& inputs,
                                        const Work& w, const Weights& into) const {
-        const Weights& grads_ = into;
-        detail::check_gradient_sum(where, cause, inputs, prefix, "bias", grads_.bias, w.dgrad.bias);
+        detail::check_gradient_sum(where, cause, inputs, prefix, "bias", into.bias, w.dgrad.bias);
         for (std::size_t j = 0; j < 3; ++j) {
             const std::string name = "weight." + std::to_string(j);
-            detail::check_gradient_sum(where, cause, inputs, prefix, name.c_str(), grads_.taps[j],
+            detail::check_gradient_sum(where, cause, inputs, prefix, name.c_str(), into.taps[j],
                                        w.dgrad.taps[j]);
         }
         detail::check_backward_result(where, cause, inputs, "the gate's dX", w.dx);

@@ -141,15 +141,13 @@ public:
     /// @param params long-term memory hyper-parameters (validated); params.seed is the base
     ///        seed of every initial weight and of the streams' sampling.
     InfinityFormerLayer(Index d_model, Index num_heads, Index chunk_length,
-                        const LongTermParams& params = LongTermParams{}) try
+                        const LongTermParams& params = LongTermParams{})
         : length_(validated(d_model, num_heads, chunk_length, params)),
           short_(d_model, num_heads,
                  detail::derive_seed(params.seed, detail::SeedPurpose::short_term_weights)),
           ltm_(d_model, num_heads, chunk_length, params, d_model,
                "InfinityFormerLayer::InfinityFormerLayer") {
         set_num_streams(1);
-    } catch (...) {
-        detail::rethrow_as("InfinityFormerLayer::InfinityFormerLayer");
     }
 
     Index d_model() const { return short_.d_model(); }
@@ -560,9 +558,7 @@ private:
 
     static Index validated(Index d_model, Index heads, Index length, const LongTermParams& p) {
         constexpr const char* where = "InfinityFormerLayer::InfinityFormerLayer";
-        detail::require(d_model >= 1, where, "d_model is ", d_model, ", expected >= 1");
-        detail::require(heads >= 1 && d_model % heads == 0, where, "num_heads is ", heads,
-                        ", expected a positive divisor of d_model (", d_model, ")");
+        detail::check_heads(where, "d_model", d_model, heads);
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
         p.template validate_for<Scalar>(where);
         // Everything the constructor allocates (each part also checks its own): the

@@ -193,7 +193,7 @@ public:
     /// @param d_model output width (0 means e). @param where the public constructor, for
     ///        the errors.
     LongTermEngine(Index dim, Index num_heads, Index chunk_length, const LongTermParams& params,
-                   Index d_model, const char* where) try
+                   Index d_model, const char* where)
         : params_(validated(where, params, dim, num_heads, chunk_length, d_model)),
           dim_(dim),
           length_(chunk_length),
@@ -205,8 +205,6 @@ public:
         if (params.gate)
             gate_.emplace(dim, detail::derive_seed(params.seed, detail::SeedPurpose::gate_weights));
         zero_grad();
-    } catch (...) {
-        detail::rethrow_as(where);
     }
 
     /// Moves the weights (the source keeps zeros of its sizes and its configuration, on
@@ -557,9 +555,7 @@ private:
     static const LongTermParams& validated(const char* where, const LongTermParams& p, Index dim,
                                            Index heads, Index length, Index d_model) {
         p.template validate_for<Scalar>(where);
-        detail::require(dim >= 1, where, "dim is ", dim, ", expected >= 1");
-        detail::require(heads >= 1 && dim % heads == 0, where, "num_heads is ", heads,
-                        ", expected a positive divisor of dim (", dim, ")");
+        detail::check_heads(where, "dim", dim, heads);
         detail::require(length >= 1, where, "chunk_length is ", length, ", expected >= 1");
         detail::require(d_model >= 0, where, "d_model is ", d_model,
                         ", expected >= 1 (or 0 for d_model = dim)");

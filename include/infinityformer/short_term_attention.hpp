@@ -81,9 +81,7 @@ public:
     ShortTermAttention(Index d_model, Index num_heads, std::uint64_t seed = 0)
         : d_(d_model), heads_(num_heads) {
         constexpr const char* where = "ShortTermAttention::ShortTermAttention";
-        detail::require(d_model >= 1, where, "d_model is ", d_model, ", expected >= 1");
-        detail::require(num_heads >= 1 && d_model % num_heads == 0, where, "num_heads is ",
-                        num_heads, ", expected a positive divisor of d_model (", d_model, ")");
+        detail::check_heads(where, "d_model", d_model, num_heads);
         const double d = static_cast<double>(d_model);
         detail::require_allocatable(where, "the weights (4 x d_model x d_model) and gradients",
                                     d * d, weight_bytes(d_model));

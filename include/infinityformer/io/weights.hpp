@@ -433,7 +433,9 @@ struct LongTermParts {
     ContinuousAttention<Scalar> attention;
     std::optional<MemoryGate<Scalar>> gate;
 
-    explicit LongTermParts(const LongTermAttention<Scalar>& m) : attention(m.attention()) {
+    /// From a LongTermAttention or a layer's LongTermView.
+    template <typename LongTerm>
+    explicit LongTermParts(const LongTerm& m) : attention(m.attention()) {
         if (m.has_gate()) gate.emplace(m.gate());
     }
     /// As LongTermAttention::parameters(prefix).
@@ -507,7 +509,7 @@ void save_weights(const InfinityFormerLayer<Scalar>& m, SafetensorsWriter& out,
     try {
         // As InfinityFormerLayer::parameters() names them.
         ShortTermAttention<Scalar> short_term = m.short_term();
-        detail::LongTermParts<Scalar> long_term(m.long_term().module());
+        detail::LongTermParts<Scalar> long_term(m.long_term());
         std::vector<Parameter<Scalar>> params;
         short_term.append_parameters(params, "short_term.");
         long_term.append_parameters(params, "long_term.");
