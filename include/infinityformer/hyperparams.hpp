@@ -214,7 +214,11 @@ struct MemoryParams {
 
     /// Equal in every field, the seed included.
     friend bool operator==(const MemoryParams& a, const MemoryParams& b) {
-        return a.configuration_difference(b, "", "").empty() && a.seed == b.seed;
+        bool equal = true;
+        for_each_field([&](const char*, FieldRole, auto, const auto& x,
+                           const auto& y) { equal = equal && x == y; },
+                       a, b);
+        return equal;
     }
     friend bool operator!=(const MemoryParams& a, const MemoryParams& b) { return !(a == b); }
 

@@ -321,13 +321,8 @@ public:
     /// chunk and, with a gate, carries the chunk, the gate values in [0, 1] and the gated
     /// chunk (each L × e, finite, gated = gate ⊙ input).
     void check_stream_state(const char* where, const StreamState& s) const {
-        std::string diff = detail::first_difference(
-            {{"dim", double(dim_), double(s.memory.dim())},
-             {"chunk_length", double(length_), double(s.memory.chunk_length())}},
-            "here", "in the other");
-        if (diff.empty())
-            diff = params_.memory_params().configuration_difference(s.memory.params(), "here",
-                                                                    "in the other");
+        const std::string diff = LongTermMemory<Scalar>::configuration_difference(
+            dim_, length_, params_.memory_params(), s.memory);
         detail::require(diff.empty(), where, "the state's memory has another configuration: ", diff,
                         " (here: this module; the other: the state)");
         const auto phase = static_cast<int>(s.phase);
@@ -465,9 +460,10 @@ public:
             s.next_dgated.setZero();
         const bool gated = gate_ && through;
         if (gated) gate_->backward_compute(s.input, s.gate, s.next_dgated, s.gate_work);
+        const auto* gg = gated ? (into ? &into->gate : &gate_->gradients()) : nullptr;
         const bool attention_ok = attention_.backward_finite(s.attention_work, ga);
         if (attention_ok && detail::all_finite(s.next_dgated) &&
-            (!gated || gate_->backward_finite(s.gate_work, into ? into->gate : gate_->gradients())))
+            (!gated || gate_->backward_finite(s.gate_work, *gg)))
             return Backward(s, through);
         const std::string cause = detail::concat(
             grad_name, "'s largest |entry| ", detail::largest_abs(dout), " (kl_weight ", kl_weight,
@@ -483,7 +479,7 @@ public:
             s.next_dgated);
         if (gated)
             gate_->explain_backward(where, std::string(prefix) + "mask_net.", cause, inputs,
-                                    s.gate_work, into ? into->gate : gate_->gradients());
+                                    s.gate_work, *gg);
         detail::fail(where, "a backward result is not finite (", cause, ")");
     }
 
@@ -495,32 +491,24 @@ public:
         return gate_ && b.through_update_ ? b.s_->gate_work.dx : b.s_->next_dgated;
     }
 
-    /// Adds a prepared backward's gradients to `into`, or to this engine's accumulated ones
-    /// (additions and swaps only; nothing throws).
-    void accumulate(const Backward& b, Gradients* into = nullptr) {
-        StreamState& s = *b.s_;
-        const bool gated = gate_ && b.through_update_;
-        if (into) {
-            ContinuousAttention<Scalar>::backward_accumulate(s.attention_work, into->attention);
-            if (gated) MemoryGate<Scalar>::backward_accumulate(s.gate_work, into->gate);
-        } else {
-            attention_.backward_accumulate(s.attention_work);
-            if (gated) gate_->backward_accumulate(s.gate_work);
-        }
+    /// Adds a prepared backward's gradients to this engine's accumulated ones (additions and
+    /// swaps only; nothing throws).
+    void accumulate(const Backward& b) {
+        attention_.backward_accumulate(b.s_->attention_work);
+        if (gate_ && b.through_update_) gate_->backward_accumulate(b.s_->gate_work);
     }
-    /// accumulate() into `into` only (threads: each its own).
+    /// accumulate() into `into` instead (threads: each its own).
     void accumulate(const Backward& b, Gradients& into) const {
-        StreamState& s = *b.s_;
-        ContinuousAttention<Scalar>::backward_accumulate(s.attention_work, into.attention);
+        ContinuousAttention<Scalar>::backward_accumulate(b.s_->attention_work, into.attention);
         if (gate_ && b.through_update_)
-            MemoryGate<Scalar>::backward_accumulate(s.gate_work, into.gate);
+            MemoryGate<Scalar>::backward_accumulate(b.s_->gate_work, into.gate);
     }
 
     /// The stream's part of a backward that succeeded (swaps only; nothing throws): its
     /// ∂ℓ/∂B and ∂ℓ/∂X̃ become the stream's dB and dgated, and the trace is consumed.
     void commit_backward(Backward&& b) const {
         StreamState& s = *b.s_;
-        s.dB = s.attention_work.dB;
+        s.dB.swap(s.attention_work.dB);  // the next backward overwrites the workspace's
         s.dgated.swap(s.next_dgated);
         s.phase = StreamPhase::consumed;
     }

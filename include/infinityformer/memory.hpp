@@ -223,11 +223,16 @@ public:
     /// The first dimension or parameter (the seed aside) in which `o` differs from this
     /// memory, as "name is X here, Y in the other"; empty if none does.
     std::string configuration_difference(const LongTermMemory& o) const {
+        return configuration_difference(dim_, length_, params_, o);
+    }
+    /// configuration_difference() of a memory of these sizes and parameters (here) from `o`.
+    static std::string configuration_difference(Index dim, Index chunk_length,
+                                                const MemoryParams& p, const LongTermMemory& o) {
         const std::string sizes =
-            detail::first_difference({{"dim", double(dim_), double(o.dim_)},
-                                      {"chunk_length", double(length_), double(o.length_)}},
+            detail::first_difference({{"dim", double(dim), double(o.dim_)},
+                                      {"chunk_length", double(chunk_length), double(o.length_)}},
                                      "here", "in the other");
-        return sizes.empty() ? params_.configuration_difference(o.params_, "here", "in the other")
+        return sizes.empty() ? p.configuration_difference(o.params_, "here", "in the other")
                              : sizes;
     }
     /// The shared operators of this memory's configuration.

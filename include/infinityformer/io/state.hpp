@@ -233,7 +233,7 @@ struct Config {
             [&](const char* name, FieldRole role, auto, const auto& field) {
                 using T = std::decay_t<decltype(field)>;
                 if (role == FieldRole::seed) return;
-                if (std::string(name) == "reset_after_tokens") {
+                if (std::strcmp(name, "reset_after_tokens") == 0) {
                     b.u8(gate);
                     b.u8(0);
                 }
@@ -259,7 +259,7 @@ struct Config {
             [&](const char* name, FieldRole role, auto, auto& field) {
                 using T = std::decay_t<decltype(field)>;
                 if (role == FieldRole::seed) return;
-                if (std::string(name) == "reset_after_tokens") {
+                if (std::strcmp(name, "reset_after_tokens") == 0) {
                     gate = c.u8();
                     c.u8();
                 }
