@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/config.hpp"
 #include "detail/math.hpp"
 #include "detail/parallel.hpp"
 #include "detail/random.hpp"
@@ -126,6 +127,8 @@ private:
 template <typename Scalar_>
 class InfinityFormerLayer {
     static_assert(std::is_floating_point_v<Scalar_>, "InfinityFormerLayer needs float or double");
+    static_assert(detail::instantiable_scalar<Scalar_>(),
+                  "infinityformer::compiled holds InfinityFormerLayer<float> and <double> only");
 
 public:
     using Scalar = Scalar_;
@@ -141,14 +144,7 @@ public:
     /// @param params long-term memory hyper-parameters (validated); params.seed is the base
     ///        seed of every initial weight and of the streams' sampling.
     InfinityFormerLayer(Index d_model, Index num_heads, Index chunk_length,
-                        const LongTermParams& params = LongTermParams{})
-        : length_(validated(d_model, num_heads, chunk_length, params)),
-          short_(d_model, num_heads,
-                 detail::derive_seed(params.seed, detail::SeedPurpose::short_term_weights)),
-          ltm_(d_model, num_heads, chunk_length, params, d_model,
-               "InfinityFormerLayer::InfinityFormerLayer") {
-        set_num_streams(1);
-    }
+                        const LongTermParams& params = LongTermParams{});
 
     Index d_model() const { return short_.d_model(); }
     Index num_heads() const { return short_.num_heads(); }
@@ -162,34 +158,25 @@ public:
     const ShortTermWeights& short_term_weights() const { return short_.weights(); }
 
     /// @throws infinityformer::invalid_argument on a wrong shape or non-finite entry.
-    void set_short_term_weights(const ShortTermWeights& w) { short_.set_weights(w); }
+    void set_short_term_weights(const ShortTermWeights& w);
     /// nn.Linear's initialisation U(±1/√d) from a seeded generator (seed used as given).
-    void init_short_term_weights(std::uint64_t seed) { short_.init_weights(seed); }
+    void init_short_term_weights(std::uint64_t seed);
     /// The long-term attention's weights. @throws infinityformer::invalid_argument.
-    void set_long_term_weights(const typename ContinuousAttention<Scalar>::Weights& w) {
-        ltm_.set_attention_weights(w);
-    }
+    void set_long_term_weights(const typename ContinuousAttention<Scalar>::Weights& w);
     /// The memory gate's weights. @throws infinityformer::logic_error without a gate.
-    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
-        ltm_.set_gate_weights(w);
-    }
+    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w);
     /// Restarts the stream's sticky-sampling generator as params.seed = `seed` would have it.
-    void seed_stream(std::uint64_t seed, Index stream = 0) {
-        state("InfinityFormerLayer::seed_stream", stream).long_term.memory.seed(seed);
-    }
+    void seed_stream(std::uint64_t seed, Index stream = 0);
 
     /// Number of independent streams (default 1).
     Index num_streams() const { return streams_.size(); }
     /// Adds or removes streams; new streams start empty, existing ones keep their state.
     /// @throws infinityformer::invalid_argument if n < 1 or the streams would not fit in
     ///         the machine's memory (nothing changed).
-    void set_num_streams(Index n) {
-        streams_.resize("InfinityFormerLayer::set_num_streams", n, stream_bytes(),
-                        [&](Index s) { return make_stream(s); });
-    }
+    void set_num_streams(Index n);
     /// A new, empty stream state for stream index `index` (to fill and give to
     /// set_stream_state()).
-    StreamState make_stream(Index index) const { return StreamState(ltm_.make_stream(index)); }
+    StreamState make_stream(Index index) const;
 
     /// The stream's whole state (a value: copy it, compare it).
     const StreamState& stream_state(Index stream = 0) const {
@@ -213,85 +200,26 @@ public:
     /// @throws infinityformer::invalid_argument if a chunk is not 0 or L rows of d finite
     ///         values, a chunk waits without a window before it, or the long-term part does
     ///         not fit this layer (stream unchanged).
-    void set_stream_state(StreamState s, Index stream = 0) {
-        constexpr const char* where = "InfinityFormerLayer::set_stream_state";
-        StreamState& target = state(where, stream);
-        take_stream_state(where, s);
-        s.long_term.memory.set_stream_index(stream);  // its generator restarts as this stream's
-        target = std::move(s);
-    }
+    void set_stream_state(StreamState s, Index stream = 0);
 
     /// The checks of set_stream_state(), then what it keeps of `s` (the traces cleared, the
     /// stream idle); errors name `where` (a reader that checks before it commits).
-    void take_stream_state(const char* where, StreamState& s) const {
-        for (Matrix* chunk : {&s.prev, &s.pending}) {
-            if (chunk->rows() == 0) chunk->resize(0, d_model());
-            detail::check_matrix(where, chunk == &s.prev ? "state.prev" : "state.pending", *chunk,
-                                 chunk->rows() == 0 ? 0 : length_, d_model());
-        }
-        detail::require(s.pending.rows() == 0 || s.prev.rows() > 0, where,
-                        "state.pending holds a chunk but state.prev is empty, expected the "
-                        "window's chunk after the one waiting to be stored");
-        s.long_term.phase = StreamPhase::idle;       // the layer attends after every update
-        ltm_.take_stream_state(where, s.long_term);  // checks the long-term part
-        s.short_term = typename ShortTermAttention<Scalar>::Trace{};
-        s.used_long_term = false;
-        s.phase = LayerPhase::idle;
-    }
+    void take_stream_state(const char* where, StreamState& s) const;
 
     /// Processes the next chunk of a stream. @param X L × d, finite. @return L × d.
     /// @throws infinityformer::invalid_argument (state unchanged).
-    Matrix forward(const Eigen::Ref<const Matrix>& X, Index stream = 0) {
-        Matrix Y(length_, d_model());
-        forward(X, Y, stream);
-        return Y;
-    }
+    Matrix forward(const Eigen::Ref<const Matrix>& X, Index stream = 0);
 
     /// forward() into caller storage Y (L × d; may alias X): no allocation once the stream
     /// is in its steady state (from its fourth chunk on).
-    void forward(const Eigen::Ref<const Matrix>& X, Eigen::Ref<Matrix> Y, Index stream = 0) {
-        constexpr const char* where = "InfinityFormerLayer::forward";
-        StreamState& s = state(where, stream);
-        detail::check_matrix(where, "X", X, length_, d_model());
-        detail::check_shape(where, "Y", Y, length_, d_model());
-        commit_forward(prepare_forward(where, s, X));
-        Y = s.y_next;
-    }
+    void forward(const Eigen::Ref<const Matrix>& X, Eigen::Ref<Matrix> Y, Index stream = 0);
 
     /// forward() of one chunk on each of the streams 0 … S−1 (S = X.size() ≤ num_streams()),
     /// the streams shared out between `threads` threads (contiguous blocks): Y[s] is what
     /// forward(X[s], s) gives, bit for bit. All or nothing: if any stream's forward fails,
     /// no stream changes and the error of the first failing stream is thrown.
     /// @param X S chunks (L × d). @param Y resized to S outputs (L × d).
-    void forward_streams(const std::vector<Matrix>& X, std::vector<Matrix>& Y, int threads = 1) {
-        constexpr const char* where = "InfinityFormerLayer::forward_streams";
-        const Index count = check_batch(where, X.size(), threads);
-        for (Index i = 0; i < count; ++i) {
-            const std::string name = detail::concat("X[", i, "]");
-            detail::check_matrix(where, name.c_str(), X[static_cast<std::size_t>(i)], length_,
-                                 d_model());
-        }
-        std::vector<std::optional<Step>> steps(static_cast<std::size_t>(count));
-        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(count));
-        detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index) {
-            for (Index i = begin; i < end; ++i) {
-                try {
-                    const Eigen::Ref<const Matrix> x(X[static_cast<std::size_t>(i)]);
-                    steps[static_cast<std::size_t>(i)].emplace(
-                        prepare_forward(where, streams_[i], x));
-                } catch (...) {
-                    errors[static_cast<std::size_t>(i)] = std::current_exception();
-                }
-            }
-        });
-        for (const auto& e : errors)
-            if (e) std::rethrow_exception(e);
-        Y.resize(static_cast<std::size_t>(count));
-        for (Index i = 0; i < count; ++i) {
-            commit_forward(std::move(*steps[static_cast<std::size_t>(i)]));
-            Y[static_cast<std::size_t>(i)] = streams_[i].y_next;
-        }
-    }
+    void forward_streams(const std::vector<Matrix>& X, std::vector<Matrix>& Y, int threads = 1);
 
     /// Backward of the stream's last forward() for ℓ = Σ Y ⊙ dY + kl_weight · Σ KL (the
     /// long-term attention's regulariser): accumulates the gradients of every weight
@@ -309,15 +237,7 @@ public:
     ///         overflowed (nothing changed: no gradient, dX not written, the trace still
     ///         differentiable).
     void backward(const Eigen::Ref<const Matrix>& dY, Scalar kl_weight, Eigen::Ref<Matrix> dX,
-                  Index stream = 0) {
-        constexpr const char* where = "InfinityFormerLayer::backward";
-        StreamState& s = state(where, stream);
-        check_backward(where, s, dY, kl_weight);
-        detail::check_shape(where, "dX", dX, length_, d_model());
-        Backward b = prepare_backward(where, s, dY, kl_weight, nullptr);
-        accumulate(b, nullptr);
-        commit_backward(std::move(b), dX);
-    }
+                  Index stream = 0);
 
     /// backward() of the last forward() of each of the streams 0 … S−1 (S = dY.size()), the
     /// streams shared out between `threads` threads: each thread accumulates into its own
@@ -329,87 +249,23 @@ public:
     /// nothing). Allocates one set of gradients per thread. @param dX resized to S matrices
     /// (L × d).
     void backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight, std::vector<Matrix>& dX,
-                          int threads = 1) {
-        constexpr const char* where = "InfinityFormerLayer::backward_streams";
-        const Index count = check_batch(where, dY.size(), threads);
-        for (Index i = 0; i < count; ++i)
-            check_backward(where, streams_[i], dY[static_cast<std::size_t>(i)], kl_weight);
-        const Index workers = std::min<Index>(threads, count);
-        std::vector<Gradients> sums(static_cast<std::size_t>(workers), zero_gradients());
-        std::vector<std::optional<Backward>> done(static_cast<std::size_t>(count));
-        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
-        detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index w) {
-            Gradients& mine = sums[static_cast<std::size_t>(w)];
-            try {
-                for (Index i = begin; i < end; ++i) {
-                    auto& b = done[static_cast<std::size_t>(i)];
-                    b.emplace(prepare_backward(where, streams_[i], dY[static_cast<std::size_t>(i)],
-                                               kl_weight, &mine));
-                    accumulate(*b, &mine);
-                }
-            } catch (...) {
-                errors[static_cast<std::size_t>(w)] = std::current_exception();
-            }
-        });
-        for (const auto& e : errors)
-            if (e) std::rethrow_exception(e);
-        // The sums aside, checked, then kept.
-        const auto own = parameters();
-        std::vector<Matrix> total(own.size());
-        for (std::size_t k = 0; k < own.size(); ++k) total[k] = own[k].gradient();
-        for (auto& g : sums) {
-            const auto theirs = parameters_with(g);
-            for (std::size_t k = 0; k < own.size(); ++k) total[k] += theirs[k].gradient();
-        }
-        for (std::size_t k = 0; k < own.size(); ++k)
-            if (!detail::all_finite(total[k]))
-                detail::fail(where, "adding the streams' gradients of weight ", own[k].name,
-                             " to the accumulated one (largest |entry| ",
-                             detail::largest_abs(own[k].gradient()),
-                             ") overflowed, expected accumulated gradients below ",
-                             static_cast<double>(std::numeric_limits<Scalar>::max()),
-                             " (zero_grad() after each optimiser step?; nothing was "
-                             "accumulated)");
-        for (std::size_t k = 0; k < own.size(); ++k) own[k].gradient() = total[k];
-        dX.resize(static_cast<std::size_t>(count));
-        for (Index i = 0; i < count; ++i) {
-            Matrix& out = dX[static_cast<std::size_t>(i)];
-            out.resize(length_, d_model());
-            commit_backward(std::move(*done[static_cast<std::size_t>(i)]), out);
-        }
-    }
+                          int threads = 1);
 
     /// Short-term gradients accumulated by backward() (layout of ShortTermWeights).
     const ShortTermWeights& short_term_gradients() const { return short_.gradients(); }
 
     /// Sets every accumulated gradient (short-term, long-term, gate) to zero.
-    void zero_grad() {
-        short_.zero_grad();
-        ltm_.zero_grad();
-    }
+    void zero_grad();
 
     /// Named weights with their gradients: short_term.{query,key,value,out}.weight and
     /// long_term.* (LongTermEngine::append_parameters()).
-    std::vector<Parameter<Scalar>> parameters() {
-        std::vector<Parameter<Scalar>> out;
-        short_.append_parameters(out, "short_term.");
-        ltm_.append_parameters(out, "long_term.");
-        return out;
-    }
+    std::vector<Parameter<Scalar>> parameters();
 
     /// Starts a new document on a stream: forgets its window and its long-term memory. The
     /// stream's sticky-sampling generator restarts from its seed by default, so replaying a
     /// document after reset() gives the same outputs as the first time;
     /// ResetGenerator::keep lets it continue (the reference's behaviour: other samples).
-    void reset(Index stream = 0, ResetGenerator generator = ResetGenerator::restart) {
-        StreamState& s = state("InfinityFormerLayer::reset", stream);
-        s.prev.resize(0, d_model());
-        s.pending.resize(0, d_model());
-        s.short_term = typename ShortTermAttention<Scalar>::Trace{};
-        s.used_long_term = false;
-        s.phase = LayerPhase::idle;
-        ltm_.reset_stream(s.long_term, generator);
-    }
+    void reset(Index stream = 0, ResetGenerator generator = ResetGenerator::restart);
 
 private:
     // A thread's own sum of gradients, laid out as the weights.
@@ -601,6 +457,223 @@ private:
     LongTermEngine<Scalar> ltm_;  // the long-term weights
     detail::StreamSet<StreamState> streams_;
 };
+
+#if INFINITYFORMER_HEADER_ONLY
+
+template <typename Scalar_>
+InfinityFormerLayer<Scalar_>::InfinityFormerLayer(Index d_model, Index num_heads,
+                                                  Index chunk_length, const LongTermParams& params)
+    : length_(validated(d_model, num_heads, chunk_length, params)),
+      short_(d_model, num_heads,
+             detail::derive_seed(params.seed, detail::SeedPurpose::short_term_weights)),
+      ltm_(d_model, num_heads, chunk_length, params, d_model,
+           "InfinityFormerLayer::InfinityFormerLayer") {
+    set_num_streams(1);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::set_short_term_weights(const ShortTermWeights& w) {
+    short_.set_weights(w);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::init_short_term_weights(std::uint64_t seed) {
+    short_.init_weights(seed);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::set_long_term_weights(
+    const typename ContinuousAttention<Scalar>::Weights& w) {
+    ltm_.set_attention_weights(w);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
+    ltm_.set_gate_weights(w);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::seed_stream(std::uint64_t seed, Index stream) {
+    state("InfinityFormerLayer::seed_stream", stream).long_term.memory.seed(seed);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::set_num_streams(Index n) {
+    streams_.resize("InfinityFormerLayer::set_num_streams", n, stream_bytes(),
+                    [&](Index s) { return make_stream(s); });
+}
+
+template <typename Scalar_>
+auto InfinityFormerLayer<Scalar_>::make_stream(Index index) const -> StreamState {
+    return StreamState(ltm_.make_stream(index));
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::set_stream_state(StreamState s, Index stream) {
+    constexpr const char* where = "InfinityFormerLayer::set_stream_state";
+    StreamState& target = state(where, stream);
+    take_stream_state(where, s);
+    s.long_term.memory.set_stream_index(stream);  // its generator restarts as this stream's
+    target = std::move(s);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::take_stream_state(const char* where, StreamState& s) const {
+    for (Matrix* chunk : {&s.prev, &s.pending}) {
+        if (chunk->rows() == 0) chunk->resize(0, d_model());
+        detail::check_matrix(where, chunk == &s.prev ? "state.prev" : "state.pending", *chunk,
+                             chunk->rows() == 0 ? 0 : length_, d_model());
+    }
+    detail::require(s.pending.rows() == 0 || s.prev.rows() > 0, where,
+                    "state.pending holds a chunk but state.prev is empty, expected the "
+                    "window's chunk after the one waiting to be stored");
+    s.long_term.phase = StreamPhase::idle;       // the layer attends after every update
+    ltm_.take_stream_state(where, s.long_term);  // checks the long-term part
+    s.short_term = typename ShortTermAttention<Scalar>::Trace{};
+    s.used_long_term = false;
+    s.phase = LayerPhase::idle;
+}
+
+template <typename Scalar_>
+auto InfinityFormerLayer<Scalar_>::forward(const Eigen::Ref<const Matrix>& X, Index stream)
+    -> Matrix {
+    Matrix Y(length_, d_model());
+    forward(X, Y, stream);
+    return Y;
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::forward(const Eigen::Ref<const Matrix>& X, Eigen::Ref<Matrix> Y,
+                                           Index stream) {
+    constexpr const char* where = "InfinityFormerLayer::forward";
+    StreamState& s = state(where, stream);
+    detail::check_matrix(where, "X", X, length_, d_model());
+    detail::check_shape(where, "Y", Y, length_, d_model());
+    commit_forward(prepare_forward(where, s, X));
+    Y = s.y_next;
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::forward_streams(const std::vector<Matrix>& X,
+                                                   std::vector<Matrix>& Y, int threads) {
+    constexpr const char* where = "InfinityFormerLayer::forward_streams";
+    const Index count = check_batch(where, X.size(), threads);
+    for (Index i = 0; i < count; ++i) {
+        const std::string name = detail::concat("X[", i, "]");
+        detail::check_matrix(where, name.c_str(), X[static_cast<std::size_t>(i)], length_,
+                             d_model());
+    }
+    std::vector<std::optional<Step>> steps(static_cast<std::size_t>(count));
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(count));
+    detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index) {
+        for (Index i = begin; i < end; ++i) {
+            try {
+                const Eigen::Ref<const Matrix> x(X[static_cast<std::size_t>(i)]);
+                steps[static_cast<std::size_t>(i)].emplace(prepare_forward(where, streams_[i], x));
+            } catch (...) {
+                errors[static_cast<std::size_t>(i)] = std::current_exception();
+            }
+        }
+    });
+    for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    Y.resize(static_cast<std::size_t>(count));
+    for (Index i = 0; i < count; ++i) {
+        commit_forward(std::move(*steps[static_cast<std::size_t>(i)]));
+        Y[static_cast<std::size_t>(i)] = streams_[i].y_next;
+    }
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::backward(const Eigen::Ref<const Matrix>& dY, Scalar kl_weight,
+                                            Eigen::Ref<Matrix> dX, Index stream) {
+    constexpr const char* where = "InfinityFormerLayer::backward";
+    StreamState& s = state(where, stream);
+    check_backward(where, s, dY, kl_weight);
+    detail::check_shape(where, "dX", dX, length_, d_model());
+    Backward b = prepare_backward(where, s, dY, kl_weight, nullptr);
+    accumulate(b, nullptr);
+    commit_backward(std::move(b), dX);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight,
+                                                    std::vector<Matrix>& dX, int threads) {
+    constexpr const char* where = "InfinityFormerLayer::backward_streams";
+    const Index count = check_batch(where, dY.size(), threads);
+    for (Index i = 0; i < count; ++i)
+        check_backward(where, streams_[i], dY[static_cast<std::size_t>(i)], kl_weight);
+    const Index workers = std::min<Index>(threads, count);
+    std::vector<Gradients> sums(static_cast<std::size_t>(workers), zero_gradients());
+    std::vector<std::optional<Backward>> done(static_cast<std::size_t>(count));
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+    detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index w) {
+        Gradients& mine = sums[static_cast<std::size_t>(w)];
+        try {
+            for (Index i = begin; i < end; ++i) {
+                auto& b = done[static_cast<std::size_t>(i)];
+                b.emplace(prepare_backward(where, streams_[i], dY[static_cast<std::size_t>(i)],
+                                           kl_weight, &mine));
+                accumulate(*b, &mine);
+            }
+        } catch (...) {
+            errors[static_cast<std::size_t>(w)] = std::current_exception();
+        }
+    });
+    for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    // The sums aside, checked, then kept.
+    const auto own = parameters();
+    std::vector<Matrix> total(own.size());
+    for (std::size_t k = 0; k < own.size(); ++k) total[k] = own[k].gradient();
+    for (auto& g : sums) {
+        const auto theirs = parameters_with(g);
+        for (std::size_t k = 0; k < own.size(); ++k) total[k] += theirs[k].gradient();
+    }
+    for (std::size_t k = 0; k < own.size(); ++k)
+        if (!detail::all_finite(total[k]))
+            detail::fail(where, "adding the streams' gradients of weight ", own[k].name,
+                         " to the accumulated one (largest |entry| ",
+                         detail::largest_abs(own[k].gradient()),
+                         ") overflowed, expected accumulated gradients below ",
+                         static_cast<double>(std::numeric_limits<Scalar>::max()),
+                         " (zero_grad() after each optimiser step?; nothing was "
+                         "accumulated)");
+    for (std::size_t k = 0; k < own.size(); ++k) own[k].gradient() = total[k];
+    dX.resize(static_cast<std::size_t>(count));
+    for (Index i = 0; i < count; ++i) {
+        Matrix& out = dX[static_cast<std::size_t>(i)];
+        out.resize(length_, d_model());
+        commit_backward(std::move(*done[static_cast<std::size_t>(i)]), out);
+    }
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::zero_grad() {
+    short_.zero_grad();
+    ltm_.zero_grad();
+}
+
+template <typename Scalar_>
+auto InfinityFormerLayer<Scalar_>::parameters() -> std::vector<Parameter<Scalar>> {
+    std::vector<Parameter<Scalar>> out;
+    short_.append_parameters(out, "short_term.");
+    ltm_.append_parameters(out, "long_term.");
+    return out;
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::reset(Index stream, ResetGenerator generator) {
+    StreamState& s = state("InfinityFormerLayer::reset", stream);
+    s.prev.resize(0, d_model());
+    s.pending.resize(0, d_model());
+    s.short_term = typename ShortTermAttention<Scalar>::Trace{};
+    s.used_long_term = false;
+    s.phase = LayerPhase::idle;
+    ltm_.reset_stream(s.long_term, generator);
+}
+
+#endif  // INFINITYFORMER_HEADER_ONLY
 
 using InfinityFormerLayerd = InfinityFormerLayer<double>;
 using InfinityFormerLayerf = InfinityFormerLayer<float>;

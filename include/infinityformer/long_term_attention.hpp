@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/config.hpp"
 #include "detail/streams.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
@@ -46,6 +47,8 @@ namespace infinityformer {
 template <typename Scalar_>
 class LongTermAttention : public detail::LongTermStreamReader<Scalar_, LongTermAttention<Scalar_>> {
     static_assert(std::is_floating_point_v<Scalar_>, "LongTermAttention needs float or double");
+    static_assert(detail::instantiable_scalar<Scalar_>(),
+                  "infinityformer::compiled holds LongTermAttention<float> and <double> only");
     friend class detail::LongTermStreamReader<Scalar_, LongTermAttention<Scalar_>>;
 
 public:
@@ -61,11 +64,7 @@ public:
     /// @param chunk_length L, vectors per chunk. @param params hyper-parameters (validated).
     /// @param d_model output width (0 means e).
     LongTermAttention(Index dim, Index num_heads, Index chunk_length,
-                      const LongTermParams& params = LongTermParams{}, Index d_model = 0)
-        : engine_(dim, num_heads, chunk_length, params, d_model,
-                  "LongTermAttention::LongTermAttention") {
-        set_num_streams(1);
-    }
+                      const LongTermParams& params = LongTermParams{}, Index d_model = 0);
 
     Index dim() const { return engine_.dim(); }
     Index chunk_length() const { return engine_.chunk_length(); }
@@ -78,10 +77,7 @@ public:
     /// Adds or removes streams; new streams start empty, existing ones keep their state.
     /// @throws infinityformer::invalid_argument if n < 1 or the streams would not fit in
     ///         the machine's memory (nothing changed).
-    void set_num_streams(Index n) {
-        streams_.resize("LongTermAttention::set_num_streams", n, stream_bytes(),
-                        [&](Index s) { return engine_.make_stream(s); });
-    }
+    void set_num_streams(Index n);
 
     /// Bytes of one stream's state and workspace once it has been through forwards and
     /// backwards with chunk-sized queries (L of them), the stream object included, at most:
@@ -98,22 +94,16 @@ public:
     /// The continuous attention (read-only; set its weights with set_attention_weights()).
     const ContinuousAttention<Scalar>& attention() const { return engine_.attention(); }
     /// @throws infinityformer::invalid_argument (weights unchanged).
-    void set_attention_weights(const typename ContinuousAttention<Scalar>::Weights& w) {
-        engine_.set_attention_weights(w);
-    }
+    void set_attention_weights(const typename ContinuousAttention<Scalar>::Weights& w);
     bool has_gate() const { return engine_.has_gate(); }
     /// The gate (read-only; set its weights with set_gate_weights()).
     /// @throws infinityformer::logic_error if the module was built without a gate.
     const MemoryGate<Scalar>& gate() const { return engine_.gate(); }
     /// @throws infinityformer::logic_error without a gate; invalid_argument on bad weights.
-    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
-        engine_.set_gate_weights(w);
-    }
+    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w);
 
     /// Restarts the stream's sticky-sampling generator as params.seed = `seed` would have it.
-    void seed_stream(std::uint64_t seed, Index stream = 0) {
-        streams_.at("LongTermAttention::seed_stream", stream).memory.seed(seed);
-    }
+    void seed_stream(std::uint64_t seed, Index stream = 0);
 
     /// Replaces a stream's state by `s` (a saved stream restored by
     /// <infinityformer/io/state.hpp>, or a copy of another stream's stream_state()): what
@@ -124,70 +114,27 @@ public:
     /// memory becomes stream `stream`'s: a reset() restarts its generator as this stream's.
     /// @throws infinityformer::invalid_argument if the memory's configuration is not this
     ///         module's, or the phase or gate fields are inconsistent (stream unchanged).
-    void set_stream_state(StreamState s, Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::set_stream_state";
-        StreamState& target = streams_.at(where, stream);
-        engine_.take_stream_state(where, s);
-        s.memory.set_stream_index(stream);  // its generator restarts as this stream's
-        target = std::move(s);
-    }
+    void set_stream_state(StreamState s, Index stream = 0);
 
     /// Stores a chunk X (L × e) in the stream's memory (through the gate if there is one).
-    void update(const Eigen::Ref<const Matrix>& X, Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::update";
-        StreamState& s = streams_.at(where, stream);
-        engine_.check_chunk(where, X);
-        engine_.commit_step(engine_.prepare_step(where, s, &X, nullptr, nullptr));
-    }
+    void update(const Eigen::Ref<const Matrix>& X, Index stream = 0);
     /// As update(X), reading the old memory at the given M points (replay, tests).
     void update(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>& sample_points,
-                Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::update";
-        StreamState& s = streams_.at(where, stream);
-        engine_.check_chunk(where, X);
-        engine_.check_points(where, sample_points);
-        engine_.commit_step(engine_.prepare_step(where, s, &X, &sample_points, nullptr));
-    }
+                Index stream = 0);
 
     /// Attention of queries Q (q × e) over the stream's memory; returns q × d_model and
     /// records the densities for the next sticky sampling.
     /// @throws infinityformer::logic_error if nothing has been stored yet.
-    Matrix attend(const Eigen::Ref<const Matrix>& queries, Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::attend";
-        StreamState& s = checked_attend(where, queries, stream);
-        engine_.commit_step(engine_.prepare_step(where, s, nullptr, nullptr, &queries));
-        return s.trace.output;
-    }
+    Matrix attend(const Eigen::Ref<const Matrix>& queries, Index stream = 0);
     /// attend() into caller storage (q × d_model); no allocation in a steady stream.
-    void attend(const Eigen::Ref<const Matrix>& queries, Eigen::Ref<Matrix> out, Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::attend";
-        StreamState& s = checked_attend(where, queries, stream);
-        detail::check_shape(where, "out", out, queries.rows(), d_model());
-        engine_.commit_step(engine_.prepare_step(where, s, nullptr, nullptr, &queries));
-        out = s.trace.output;
-    }
+    void attend(const Eigen::Ref<const Matrix>& queries, Eigen::Ref<Matrix> out, Index stream = 0);
 
     /// update(X) then attend(queries), as one call: all or nothing.
     Matrix forward(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& queries,
-                   Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::forward";
-        StreamState& s = streams_.at(where, stream);
-        engine_.check_chunk(where, X);
-        engine_.check_queries(where, queries);
-        engine_.commit_step(engine_.prepare_step(where, s, &X, nullptr, &queries));
-        return s.trace.output;
-    }
+                   Index stream = 0);
     /// update(X, sample_points) then attend(queries).
     Matrix forward(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Matrix>& queries,
-                   const Eigen::Ref<const Vector>& sample_points, Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::forward";
-        StreamState& s = streams_.at(where, stream);
-        engine_.check_chunk(where, X);
-        engine_.check_queries(where, queries);
-        engine_.check_points(where, sample_points);
-        engine_.commit_step(engine_.prepare_step(where, s, &X, &sample_points, &queries));
-        return s.trace.output;
-    }
+                   const Eigen::Ref<const Vector>& sample_points, Index stream = 0);
 
     /// Backward of the stream's last attend() (and of the update just before it, if any),
     /// once: the backward that succeeds consumes the attend()'s trace (a second one would
@@ -201,37 +148,20 @@ public:
     ///         a result that overflowed (nothing changed: no gradient, no output, the trace
     ///         still differentiable).
     void backward(const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
-                  Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX, Index stream = 0) {
-        constexpr const char* where = "LongTermAttention::backward";
-        StreamState& s = streams_.at(where, stream);
-        engine_.check_backward(where, s, dout, kl_weight);
-        detail::check_shape(where, "dqueries", dqueries, s.trace.queries.rows(), dim());
-        detail::check_shape(where, "dX", dX, chunk_length(), dim());
-        auto b = engine_.prepare_backward(where, "", "dout", s, dout, kl_weight);
-        engine_.accumulate(b);
-        dqueries = engine_.dqueries(b);
-        dX = engine_.dX(b);
-        engine_.commit_backward(std::move(b));
-    }
+                  Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX, Index stream = 0);
 
     /// Sets every accumulated gradient to zero.
-    void zero_grad() { engine_.zero_grad(); }
+    void zero_grad();
 
     /// Named weights with their gradients, for optimisers (names as the reference's
     /// state_dict(), the gate's weight split by tap): proj_key.weight, proj_value.weight,
     /// attn_out.weight, mu.weight, sigma.weight[, mask_net.weight.0/1/2, mask_net.bias].
-    std::vector<Parameter<Scalar>> parameters(const std::string& prefix = "") {
-        std::vector<Parameter<Scalar>> out;
-        engine_.append_parameters(out, prefix);
-        return out;
-    }
+    std::vector<Parameter<Scalar>> parameters(const std::string& prefix = "");
 
     /// Forgets the stream's memory (a new document); the weights are kept. The stream's
     /// sticky-sampling generator restarts (default: a replayed document gives the same
     /// outputs) or continues (ResetGenerator::keep).
-    void reset(Index stream = 0, ResetGenerator generator = ResetGenerator::restart) {
-        engine_.reset_stream(streams_.at("LongTermAttention::reset", stream), generator);
-    }
+    void reset(Index stream = 0, ResetGenerator generator = ResetGenerator::restart);
 
 private:
     Index stream_count() const { return streams_.size(); }
@@ -253,6 +183,147 @@ private:
     Engine engine_;
     detail::StreamSet<StreamState> streams_;
 };
+
+#if INFINITYFORMER_HEADER_ONLY
+
+template <typename Scalar_>
+LongTermAttention<Scalar_>::LongTermAttention(Index dim, Index num_heads, Index chunk_length,
+                                              const LongTermParams& params, Index d_model)
+    : engine_(dim, num_heads, chunk_length, params, d_model,
+              "LongTermAttention::LongTermAttention") {
+    set_num_streams(1);
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::set_num_streams(Index n) {
+    streams_.resize("LongTermAttention::set_num_streams", n, stream_bytes(),
+                    [&](Index s) { return engine_.make_stream(s); });
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::set_attention_weights(
+    const typename ContinuousAttention<Scalar>::Weights& w) {
+    engine_.set_attention_weights(w);
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
+    engine_.set_gate_weights(w);
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::seed_stream(std::uint64_t seed, Index stream) {
+    streams_.at("LongTermAttention::seed_stream", stream).memory.seed(seed);
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::set_stream_state(StreamState s, Index stream) {
+    constexpr const char* where = "LongTermAttention::set_stream_state";
+    StreamState& target = streams_.at(where, stream);
+    engine_.take_stream_state(where, s);
+    s.memory.set_stream_index(stream);  // its generator restarts as this stream's
+    target = std::move(s);
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::update(const Eigen::Ref<const Matrix>& X, Index stream) {
+    constexpr const char* where = "LongTermAttention::update";
+    StreamState& s = streams_.at(where, stream);
+    engine_.check_chunk(where, X);
+    engine_.commit_step(engine_.prepare_step(where, s, &X, nullptr, nullptr));
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::update(const Eigen::Ref<const Matrix>& X,
+                                        const Eigen::Ref<const Vector>& sample_points,
+                                        Index stream) {
+    constexpr const char* where = "LongTermAttention::update";
+    StreamState& s = streams_.at(where, stream);
+    engine_.check_chunk(where, X);
+    engine_.check_points(where, sample_points);
+    engine_.commit_step(engine_.prepare_step(where, s, &X, &sample_points, nullptr));
+}
+
+template <typename Scalar_>
+auto LongTermAttention<Scalar_>::attend(const Eigen::Ref<const Matrix>& queries, Index stream)
+    -> Matrix {
+    constexpr const char* where = "LongTermAttention::attend";
+    StreamState& s = checked_attend(where, queries, stream);
+    engine_.commit_step(engine_.prepare_step(where, s, nullptr, nullptr, &queries));
+    return s.trace.output;
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::attend(const Eigen::Ref<const Matrix>& queries,
+                                        Eigen::Ref<Matrix> out, Index stream) {
+    constexpr const char* where = "LongTermAttention::attend";
+    StreamState& s = checked_attend(where, queries, stream);
+    detail::check_shape(where, "out", out, queries.rows(), d_model());
+    engine_.commit_step(engine_.prepare_step(where, s, nullptr, nullptr, &queries));
+    out = s.trace.output;
+}
+
+template <typename Scalar_>
+auto LongTermAttention<Scalar_>::forward(const Eigen::Ref<const Matrix>& X,
+                                         const Eigen::Ref<const Matrix>& queries, Index stream)
+    -> Matrix {
+    constexpr const char* where = "LongTermAttention::forward";
+    StreamState& s = streams_.at(where, stream);
+    engine_.check_chunk(where, X);
+    engine_.check_queries(where, queries);
+    engine_.commit_step(engine_.prepare_step(where, s, &X, nullptr, &queries));
+    return s.trace.output;
+}
+
+template <typename Scalar_>
+auto LongTermAttention<Scalar_>::forward(const Eigen::Ref<const Matrix>& X,
+                                         const Eigen::Ref<const Matrix>& queries,
+                                         const Eigen::Ref<const Vector>& sample_points,
+                                         Index stream) -> Matrix {
+    constexpr const char* where = "LongTermAttention::forward";
+    StreamState& s = streams_.at(where, stream);
+    engine_.check_chunk(where, X);
+    engine_.check_queries(where, queries);
+    engine_.check_points(where, sample_points);
+    engine_.commit_step(engine_.prepare_step(where, s, &X, &sample_points, &queries));
+    return s.trace.output;
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::backward(const Eigen::Ref<const Matrix>& dout, Scalar kl_weight,
+                                          Eigen::Ref<Matrix> dqueries, Eigen::Ref<Matrix> dX,
+                                          Index stream) {
+    constexpr const char* where = "LongTermAttention::backward";
+    StreamState& s = streams_.at(where, stream);
+    engine_.check_backward(where, s, dout, kl_weight);
+    detail::check_shape(where, "dqueries", dqueries, s.trace.queries.rows(), dim());
+    detail::check_shape(where, "dX", dX, chunk_length(), dim());
+    auto b = engine_.prepare_backward(where, "", "dout", s, dout, kl_weight);
+    engine_.accumulate(b);
+    dqueries = engine_.dqueries(b);
+    dX = engine_.dX(b);
+    engine_.commit_backward(std::move(b));
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::zero_grad() {
+    engine_.zero_grad();
+}
+
+template <typename Scalar_>
+auto LongTermAttention<Scalar_>::parameters(const std::string& prefix)
+    -> std::vector<Parameter<Scalar>> {
+    std::vector<Parameter<Scalar>> out;
+    engine_.append_parameters(out, prefix);
+    return out;
+}
+
+template <typename Scalar_>
+void LongTermAttention<Scalar_>::reset(Index stream, ResetGenerator generator) {
+    engine_.reset_stream(streams_.at("LongTermAttention::reset", stream), generator);
+}
+
+#endif  // INFINITYFORMER_HEADER_ONLY
 
 using LongTermAttentiond = LongTermAttention<double>;
 using LongTermAttentionf = LongTermAttention<float>;
