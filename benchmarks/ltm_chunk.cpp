@@ -318,11 +318,12 @@ int main(int argc, char** argv) {
         // Several streams: one thread per module copy (run()); one stream: Eigen's threads
         // (and OpenBLAS's, which would otherwise take every core).
         const int product_threads = o.streams > 1 ? 1 : static_cast<int>(o.threads);
-        Eigen::setNbThreads(product_threads);
+        infinityformer::set_num_threads(product_threads);
 #ifdef EIGEN_USE_BLAS
         if (openblas_set_num_threads) openblas_set_num_threads(product_threads);
 #endif
-        if (o.streams == 1 && o.threads > 1 && Eigen::nbThreads() == 1 && !blas_threads())
+        if (o.streams == 1 && o.threads > 1 && infinityformer::num_threads() == 1 &&
+            !blas_threads())
             std::fprintf(stderr,
                          "# warning: built without OpenMP, --threads %ld runs on one thread "
                          "(use --streams > 1 to share streams over threads)\n",

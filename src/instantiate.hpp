@@ -14,6 +14,6 @@
 // visibility and a version script (src/exports.map), so Eigen's and the standard library's
 // instantiations inside it stay its own and never bind to a caller's copies built for
 // another instruction set.
-#define INFINITYFORMER_INSTANTIATE(Scalar) \
+#define INFINITYFORMER_INSTANTIATE(Scalar)                            \
     template class INFINITYFORMER_EXPORT InfinityFormerLayer<Scalar>; \
     template class INFINITYFORMER_EXPORT LongTermAttention<Scalar>;

@@ -136,6 +136,10 @@ int main(int argc, char** argv) {
                      "  their tolerance (on the cases of DIR)\n";
         return 2;
     }
+#ifdef INFINITYFORMER_COMPILED
+    std::printf("library: infinityformer::compiled, built for %s\n",
+                infinityformer::compiled_variant());
+#endif
     const auto cases = golden::find_cases(argv[1]);
     if (cases.empty()) {
         std::cerr << "golden_check: no case directory (with meta.txt) under " << argv[1] << "\n";

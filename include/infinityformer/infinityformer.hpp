@@ -18,4 +18,5 @@
 #include "ridge.hpp"
 #include "sampling.hpp"
 #include "short_term_attention.hpp"
+#include "threads.hpp"
 #include "version.hpp"

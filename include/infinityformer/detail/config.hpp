@@ -27,7 +27,8 @@
 // The compiled library and its users must agree on how Eigen aligns what it allocates:
 // a matrix allocated on one side is freed or resized on the other.
 #if EIGEN_MAX_ALIGN_BYTES != 64 || EIGEN_DEFAULT_ALIGN_BYTES != 64 || EIGEN_MALLOC_ALREADY_ALIGNED
-#error "infinityformer::compiled is built with EIGEN_MAX_ALIGN_BYTES=64; compile this file with -DEIGEN_MAX_ALIGN_BYTES=64 (the CMake target infinityformer::compiled sets it) and without EIGEN_MALLOC_ALREADY_ALIGNED, or use the header-only target infinityformer::infinityformer"
+#error \
+    "infinityformer::compiled is built with EIGEN_MAX_ALIGN_BYTES=64; compile this file with -DEIGEN_MAX_ALIGN_BYTES=64 (the CMake target infinityformer::compiled sets it) and without EIGEN_MALLOC_ALREADY_ALIGNED, or use the header-only target infinityformer::infinityformer"
 #endif
 
 namespace infinityformer {
