@@ -252,6 +252,9 @@ double run(const Options& o) {
 // The widest SIMD instruction set Eigen was compiled for (its own string leaves out AVX2
 // and FMA).
 std::string simd_in_use() {
+#if defined(INFINITYFORMER_COMPILED)  // the library's, not this file's
+    return std::string("compiled library, ") + infinityformer::compiled_variant();
+#else
 #if defined(EIGEN_VECTORIZE_AVX512)
     std::string s = "AVX-512";
 #elif defined(EIGEN_VECTORIZE_AVX2)
@@ -269,6 +272,7 @@ std::string simd_in_use() {
     s += "+FMA";
 #endif
     return s;
+#endif
 }
 
 // Flush-to-zero and denormals-are-zero in this thread's MXCSR ("n/a" off x86).
