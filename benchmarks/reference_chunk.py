@@ -12,11 +12,13 @@ matplotlib) when they are not installed.
 
   reference_chunk.py --sticky 0|1 [--d-model 300] [--heads 6] [--chunk 1024]
                      [--basis 512] [--chunks 20] [--backward 0|1] [--streams 1]
+                     [--threads 1]
 
 One chunk is the module's forward (memory update + attention of the chunk's L queries +
 output projection); with --backward 1 also the backward of
 loss = sum(Y * dY) + kl_weight * sum(KL) with random dY, as ltm_chunk --backward 1 does.
---streams S runs a batch of S streams in one call. One thread (torch.set_num_threads(1)).
+--streams S runs a batch of S streams in one call. --threads T (default 1) gives PyTorch T
+threads (torch.set_num_threads; set OPENBLAS_NUM_THREADS to T too, for its products).
 """
 import argparse
 import importlib.util
@@ -103,6 +105,7 @@ def main():
     parser.add_argument("--backward", type=int, choices=(0, 1), default=0)
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--kl-weight", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if not args.reference_dir:
         parser.error("name the authors' checkout: REFERENCE_DIR=... or --reference-dir")
@@ -117,7 +120,9 @@ def main():
     if args.chunks < 3:
         parser.error("--chunks must be >= 3")
 
-    torch.set_num_threads(1)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     torch.manual_seed(7)
     stub_missing("entmax", ["Sparsemax", "Entmax15", "EntmaxBisect"])
     stub_missing("matplotlib.pyplot", [])

@@ -11,7 +11,9 @@ import statistics
 import sys
 from collections import defaultdict
 
-BUILDS = [("default", "default flags (`-O3`)"), ("x86-64-v3", "`-march=x86-64-v3`"),
+BUILDS = [("default", "default flags (`-O3`)"),
+          ("compiled", "default flags, `infinityformer::compiled`"),
+          ("x86-64-v3", "`-march=x86-64-v3`"),
           ("native", "`-march=native`"), ("portable", "default flags + OpenBLAS"),
           ("native-openblas", "`-march=native` + OpenBLAS")]
 CONFIGS = [("sorting", "sorting (uniform)"), ("lm", "language model (sticky)")]
@@ -38,19 +40,26 @@ def main():
     with open(os.path.join(out, "ratios_machine.txt"), encoding="utf-8") as f:
         machine = " ".join(line.strip() for line in f)
     have_ref = any(k[4] == "reference" for k in m)
-    lines = [f"Machine and native build: {machine}. Milliseconds per step, median of the "
-             "rounds (each round runs every implementation once, alternated); in brackets the "
-             "reference's time divided by ours" + ("" if have_ref else
-                                                   " (no REFERENCE_DIR: no reference runs)") +
-             ".", "",
+    builds = [b for b in BUILDS if any(k[4] == b[0] and k[2:4] == ("1", "1") for k in m)]
+    lines = [f"Machine: {machine}. Milliseconds per step, median of the rounds (each round "
+             "runs every implementation once, alternated); in brackets the time of the "
+             "reference at its best divided by ours" + ("" if have_ref else
+                                                        " (no REFERENCE_DIR: no reference runs)") +
+             ". The reference (the authors' module, PyTorch from Debian on OpenBLAS) runs at "
+             "its best (glibc's allocator reusing its memory, as a caching allocator does; "
+             "OpenBLAS choosing its kernel for the CPU) and out of the box (the caller's "
+             "environment). Our builds: g++, `-O3` plus the flags named; the compiled library "
+             "is built per x86-64 level and the loader picked the best this CPU has.", "",
              "**One stream, one thread.**", "",
-             "| configuration | step | reference | " + " | ".join(b[1] for b in BUILDS) + " |",
-             "|---|---|---|" + "---|" * len(BUILDS)]
+             "| configuration | step | reference at its best | reference out of the box | " +
+             " | ".join(b[1] for b in builds) + " |",
+             "|---|---|---|---|" + "---|" * len(builds)]
     for c, cname in CONFIGS:
         for s, sname in STEPS:
             ref = m.get((c, s, "1", "1", "reference"))
+            oob = m.get((c, s, "1", "1", "reference-oob"))
             cells = []
-            for b, _ in BUILDS:
+            for b, _ in builds:
                 ours = m.get((c, s, "1", "1", b))
                 if ours is None:
                     cells.append("—")
@@ -58,8 +67,28 @@ def main():
                     cells.append(f"{fmt(ours[0])} ({ref[0] / ours[0]:.2f}×)")
                 else:
                     cells.append(fmt(ours[0]))
-            lines.append(f"| {cname} | {sname} | {fmt(ref[0]) if ref else '—'} | " +
-                         " | ".join(cells) + " |")
+            lines.append(f"| {cname} | {sname} | {fmt(ref[0]) if ref else '—'} | "
+                         f"{fmt(oob[0]) if oob else '—'} | " + " | ".join(cells) + " |")
+    if any(k[2:5] == ("1", "2", "compiled") for k in m):
+        lines += ["", "**One stream on two threads** (the reference at its best with 2 PyTorch "
+                  "and OpenBLAS threads; ours through the compiled library with "
+                  "`set_num_threads(2)`).", "",
+                  "| configuration | step | reference, 1 thread | reference, 2 threads | "
+                  "ours, 1 thread | ours, 2 threads | speed-up of 2 threads: reference, ours |",
+                  "|---|---|---|---|---|---|---|"]
+        for c, cname in CONFIGS:
+            for s, sname in STEPS:
+                r1 = m.get((c, s, "1", "1", "reference"))
+                r2 = m.get((c, s, "1", "2", "reference"))
+                o1 = m.get((c, s, "1", "1", "compiled"))
+                o2 = m.get((c, s, "1", "2", "compiled"))
+                if not (o1 and o2):
+                    continue
+                ratio = f" ({r2[0] / o2[0]:.2f}×)" if r2 else ""
+                sr = f"{r1[0] / r2[0]:.2f}×" if r1 and r2 else "—"
+                lines.append(f"| {cname} | {sname} | {fmt(r1[0]) if r1 else '—'} | "
+                             f"{fmt(r2[0]) if r2 else '—'} | {fmt(o1[0])} | "
+                             f"{fmt(o2[0])}{ratio} | {sr}, {o1[0] / o2[0]:.2f}× |")
     lines += ["", "**A batch of 8 streams per step** (native build; the reference runs the "
               "8 as one batch, on one thread).", "",
               "| configuration | step | reference, batch of 8 | ours, 1 thread | ours, 2 threads "

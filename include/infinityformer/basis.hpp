@@ -293,9 +293,11 @@ public:
         const Scalar* c = centers_.data();
         const Scalar eps_over_n = std::numeric_limits<Scalar>::epsilon() / static_cast<Scalar>(n);
         const Index rows = mu.size();
-        // Rows are independent: with OpenMP (and Eigen::nbThreads() > 1) they are shared out.
+        // Rows are independent: with OpenMP (and Eigen::nbThreads() > 1) they are shared out
+        // between Eigen's number of threads (set_num_threads()), whatever OMP_NUM_THREADS says.
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (Eigen::nbThreads() > 1 && rows >= 64)
+#pragma omp parallel for schedule(static) num_threads(Eigen::nbThreads()) \
+    if (Eigen::nbThreads() > 1 && rows >= 64)
 #endif
         for (Index q = 0; q < rows; ++q) {
             const Scalar m = mu[q];
