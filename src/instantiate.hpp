@@ -16,4 +16,5 @@
 // another instruction set.
 #define INFINITYFORMER_INSTANTIATE(Scalar)                            \
     template class INFINITYFORMER_EXPORT InfinityFormerLayer<Scalar>; \
-    template class INFINITYFORMER_EXPORT LongTermAttention<Scalar>;
+    template class INFINITYFORMER_EXPORT LongTermAttention<Scalar>;   \
+    template class INFINITYFORMER_EXPORT LongTermMemory<Scalar>;

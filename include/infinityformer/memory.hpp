@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/config.hpp"
 #include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "detail/random.hpp"
@@ -62,6 +63,8 @@ namespace infinityformer {
 template <typename Scalar_>
 class LongTermMemory {
     static_assert(std::is_floating_point_v<Scalar_>, "LongTermMemory needs float or double");
+    static_assert(detail::instantiable_scalar<Scalar_>(),
+                  "infinityformer::compiled holds LongTermMemory<float> and <double> only");
 
 public:
     using Scalar = Scalar_;
@@ -98,20 +101,7 @@ public:
     /// @param params validated.
     /// @param stream index of the stream this memory serves: its sampling generator is
     ///        seeded with detail::derive_seed(params.seed, SeedPurpose::sampling, stream).
-    LongTermMemory(Index dim, Index chunk_length, const MemoryParams& params, Index stream = 0)
-        : params_(validated(params, dim, chunk_length)),
-          dim_(dim),
-          length_(chunk_length),
-          ops_(MemoryOperators<Scalar>::shared(chunk_length, params_)),
-          chooser_(params.sampling, params.num_samples, params.num_bins) {
-        if (params_.stability == Stability::refuse)
-            ops_->refuse_unstable("LongTermMemory::LongTermMemory", params_, chunk_length, dim);
-        detail::require(stream >= 0, "LongTermMemory::LongTermMemory", "stream is ", stream,
-                        ", expected >= 0");
-        stream_ = stream;
-        seed(params.seed);
-        reset();
-    }
+    LongTermMemory(Index dim, Index chunk_length, const MemoryParams& params, Index stream = 0);
 
     /// The memory's slice of a whole set (params.memory_params()).
     LongTermMemory(Index dim, Index chunk_length, const LongTermParams& params, Index stream = 0)
@@ -179,38 +169,7 @@ public:
     /// the token count a multiple of L, the observed means finite with standard deviations
     /// > 0, peak finite and ≥ 0, last_points empty or M finite points, B_prev empty or N × e.
     /// @throws infinityformer::invalid_argument naming the field (state unchanged).
-    void set_state(State s, std::uint64_t seed_base) {
-        constexpr const char* where = "LongTermMemory::set_state";
-        detail::check_matrix(where, "state.B", s.B, num_basis(), dim_);
-        constexpr Index most = Index(1)
-                               << 62;  // no stream reaches it; the counters cannot overflow
-        detail::require(s.tokens >= 0 && s.tokens <= most && s.tokens % length_ == 0, where,
-                        "state.tokens is ", s.tokens, ", expected a multiple of chunk_length (",
-                        length_, ") from 0 to 2^62");
-        detail::require(s.empty == (s.tokens == 0), where, "state.empty is ", s.empty,
-                        " with state.tokens ", s.tokens,
-                        ", expected empty exactly when no token is stored");
-        detail::check_shape(where, "state.obs_sigma", s.obs_sigma, s.obs_mu.size(), 1);
-        detail::check_finite(where, "state.obs_mu", s.obs_mu);
-        detail::check_finite(where, "state.obs_sigma", s.obs_sigma);
-        for (Index q = 0; q < s.obs_sigma.size(); ++q)
-            detail::require(s.obs_sigma[q] > Scalar(0), where, "state.obs_sigma[", q, "] is ",
-                            s.obs_sigma[q], ", expected > 0");
-        detail::require(std::isfinite(static_cast<double>(s.peak)) && s.peak >= Scalar(0), where,
-                        "state.peak is ", s.peak, ", expected a finite value >= 0");
-        detail::require(s.rescaled >= 0 && s.rescaled <= most, where, "state.rescaled is ",
-                        s.rescaled, ", expected 0 to 2^62");
-        detail::require(!s.empty || s.last_points.size() == 0, where, "state.last_points holds ",
-                        s.last_points.size(), " points of an empty memory, expected none");
-        if (s.last_points.size() != 0)
-            detail::check_matrix(where, "state.last_points", s.last_points, params_.num_samples, 1);
-        if (s.B_prev.size() != 0)
-            detail::check_matrix(where, "state.B_prev", s.B_prev, num_basis(), dim_);
-        if (s.B_prev.size() == 0) s.B_prev.resize(0, dim_);
-        state_ = std::move(s);
-        seed_base_ = seed_base;
-        ++version_;
-    }
+    void set_state(State s, std::uint64_t seed_base);
 
     /// The seed restart_generator() restarts from (params.seed, or seed()'s).
     std::uint64_t seed_base() const { return seed_base_; }
@@ -260,18 +219,11 @@ public:
     /// computed on demand: the update itself does not always form them.
     /// Empty too after set_state() with a state without B_prev (a restored memory), until
     /// the next update.
-    Matrix last_past() const {
-        if (state_.last_points.size() == 0 || state_.B_prev.rows() == 0) return Matrix(0, dim_);
-        return ops_->basis.evaluate(state_.last_points) * state_.B_prev;
-    }
+    Matrix last_past() const;
 
     /// Stores a chunk. @param X L × e, finite.
     /// @throws infinityformer::invalid_argument (memory unchanged).
-    void update(const Eigen::Ref<const Matrix>& X) {
-        constexpr const char* where = "LongTermMemory::update";
-        check_chunk(where, X);
-        commit(prepare(where, X, nullptr));
-    }
+    void update(const Eigen::Ref<const Matrix>& X);
 
     /// Stores a chunk, reading the old memory at the given points instead of choosing them
     /// (replay, tests). The points are ignored for a first chunk. Whatever the sampling,
@@ -279,40 +231,19 @@ public:
     /// stratified updates are (points placed by the caller can amplify the memory where
     /// the uniform ones cannot): under Stability::refuse it may throw runtime_error.
     /// @param X L × e. @param sample_points M finite points.
-    void update(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>& sample_points) {
-        constexpr const char* where = "LongTermMemory::update";
-        check_chunk(where, X);
-        detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
-        commit(prepare(where, X, &sample_points));
-    }
+    void update(const Eigen::Ref<const Matrix>& X, const Eigen::Ref<const Vector>& sample_points);
 
     /// Records the attention densities of the last chunk's queries (all heads), from which
     /// sticky and stratified sampling build their histogram at the next update.
     /// @param mu n means. @param sigma_sq n variances > 0.
-    void observe(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq) {
-        constexpr const char* where = "LongTermMemory::observe";
-        detail::check_finite(where, "mu", mu);
-        detail::check_shape(where, "sigma_sq", sigma_sq, mu.size(), 1);
-        detail::check_finite(where, "sigma_sq", sigma_sq);
-        for (Index q = 0; q < sigma_sq.size(); ++q)
-            detail::require(sigma_sq[q] > Scalar(0), where, "sigma_sq[", q, "] is ", sigma_sq[q],
-                            ", expected > 0");
-        ++version_;
-        state_.obs_mu = mu;
-        state_.obs_sigma = sigma_sq.cwiseSqrt();
-    }
+    void observe(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq);
 
     /// Histogram of the observed densities over num_bins bins (zeros if none observed).
-    Vector histogram() const { return chooser_.histogram(state_.obs_mu, state_.obs_sigma); }
+    Vector histogram() const;
 
     /// The M points the next update would read the memory at; for sticky sampling this
     /// draws from the generator (so it advances it).
-    Vector next_sample_points() {
-        ++version_;
-        Vector out(params_.num_samples);
-        chooser_.choose(state_.obs_mu, state_.obs_sigma, state_.rng, out);
-        return out;
-    }
+    Vector next_sample_points();
 
     /// Backward of the last update's fit: ∂ℓ/∂X = G_new ∂ℓ/∂B, with G_new the rows of the
     /// operator that multiplied the new chunk (G_first for a first chunk, the last L rows of
@@ -320,72 +251,23 @@ public:
     /// @param dB N × e. @param dX L × e.
     /// @throws infinityformer::logic_error before any update; invalid_argument on shapes,
     ///         non-finite input or a dX that would overflow (dX not written).
-    void backward(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
-        constexpr const char* where = "LongTermMemory::backward";
-        if (state_.empty)
-            throw infinityformer::logic_error(
-                detail::concat("[infinityformer] ", where,
-                               ": no update() to differentiate, expected a call "
-                               "to update() first"));
-        detail::check_matrix(where, "dB", dB, num_basis(), dim_);
-        detail::check_shape(where, "dX", dX, length_, dim_);
-        // The checked call computes aside (the layer's path, backward_unchecked(), does not).
-        Matrix out(length_, dim_);
-        backward_unchecked(dB, out);
-        if (!detail::all_finite(out))
-            detail::fail_backward<Scalar>(
-                where, detail::concat("dB's largest |entry| ", detail::largest_abs(dB)),
-                "dX = G dB", "dB");
-        dX = out;
-    }
-    void backward_unchecked(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const {
-        if (state_.last_points.size() == 0)
-            dX.noalias() = ops_->first.G() * dB;
-        else
-            dX.noalias() = ops_->inf.G().bottomRows(length_) * dB;
-    }
+    void backward(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const;
+    void backward_unchecked(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const;
 
     /// The continuous memory at T positions: x̄(t) = Bᵀψ(t), returned as T × e rows.
-    Matrix evaluate(const Eigen::Ref<const Vector>& t) const {
-        const Matrix psi = ops_->basis.evaluate(t);
-        return psi * state_.B;
-    }
+    Matrix evaluate(const Eigen::Ref<const Vector>& t) const;
 
     /// Forgets everything stored (and the observed densities); the generator continues (as
     /// the periodic reset of reset_after_tokens needs; restart_generator() restarts it).
-    void reset() {
-        ++version_;
-        state_.empty = true;
-        state_.B.setZero(num_basis(), dim_);
-        state_.tokens = 0;
-        state_.obs_mu.resize(0);
-        state_.obs_sigma.resize(0);
-        state_.last_points.resize(0);
-        state_.B_prev.resize(0, dim_);
-        state_.peak = Scalar(0);
-    }
+    void reset();
 
     /// A memory of the same configuration for stream `stream`: empty, its generator seeded
     /// for that stream, the operators shared with this one (nothing is rebuilt).
-    LongTermMemory for_stream(Index stream) const {
-        detail::require(stream >= 0, "LongTermMemory::for_stream", "stream is ", stream,
-                        ", expected >= 0");
-        LongTermMemory m(*this);
-        m.state_ = State();
-        m.stream_ = stream;
-        m.seed(params_.seed);
-        m.reset();
-        return m;
-    }
+    LongTermMemory for_stream(Index stream) const;
 
     /// Restarts the sticky-sampling generator as a memory of this stream built with
     /// params.seed = `base` would have it (and remembers `base` for restart_generator()).
-    void seed(std::uint64_t base) {
-        ++version_;
-        seed_base_ = base;
-        state_.rng.seed(detail::derive_seed(base, detail::SeedPurpose::sampling,
-                                            static_cast<std::uint64_t>(stream_)));
-    }
+    void seed(std::uint64_t base);
     /// Restarts the generator from the seed it was last given (params.seed, or seed()'s).
     void restart_generator() { seed(seed_base_); }
 
@@ -630,6 +512,179 @@ private:
     Matrix psi_, past_, edge_past_, gathered_, fresh_;
     Vector drop_rows_, drop_cols_;
 };
+
+#if INFINITYFORMER_HEADER_ONLY
+
+template <typename Scalar_>
+LongTermMemory<Scalar_>::LongTermMemory(Index dim, Index chunk_length, const MemoryParams& params,
+                                        Index stream)
+    : params_(validated(params, dim, chunk_length)),
+      dim_(dim),
+      length_(chunk_length),
+      ops_(MemoryOperators<Scalar>::shared(chunk_length, params_)),
+      chooser_(params.sampling, params.num_samples, params.num_bins) {
+    if (params_.stability == Stability::refuse)
+        ops_->refuse_unstable("LongTermMemory::LongTermMemory", params_, chunk_length, dim);
+    detail::require(stream >= 0, "LongTermMemory::LongTermMemory", "stream is ", stream,
+                    ", expected >= 0");
+    stream_ = stream;
+    seed(params.seed);
+    reset();
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::set_state(State s, std::uint64_t seed_base) {
+    constexpr const char* where = "LongTermMemory::set_state";
+    detail::check_matrix(where, "state.B", s.B, num_basis(), dim_);
+    constexpr Index most = Index(1) << 62;  // no stream reaches it; the counters cannot overflow
+    detail::require(s.tokens >= 0 && s.tokens <= most && s.tokens % length_ == 0, where,
+                    "state.tokens is ", s.tokens, ", expected a multiple of chunk_length (",
+                    length_, ") from 0 to 2^62");
+    detail::require(s.empty == (s.tokens == 0), where, "state.empty is ", s.empty,
+                    " with state.tokens ", s.tokens,
+                    ", expected empty exactly when no token is stored");
+    detail::check_shape(where, "state.obs_sigma", s.obs_sigma, s.obs_mu.size(), 1);
+    detail::check_finite(where, "state.obs_mu", s.obs_mu);
+    detail::check_finite(where, "state.obs_sigma", s.obs_sigma);
+    for (Index q = 0; q < s.obs_sigma.size(); ++q)
+        detail::require(s.obs_sigma[q] > Scalar(0), where, "state.obs_sigma[", q, "] is ",
+                        s.obs_sigma[q], ", expected > 0");
+    detail::require(std::isfinite(static_cast<double>(s.peak)) && s.peak >= Scalar(0), where,
+                    "state.peak is ", s.peak, ", expected a finite value >= 0");
+    detail::require(s.rescaled >= 0 && s.rescaled <= most, where, "state.rescaled is ", s.rescaled,
+                    ", expected 0 to 2^62");
+    detail::require(!s.empty || s.last_points.size() == 0, where, "state.last_points holds ",
+                    s.last_points.size(), " points of an empty memory, expected none");
+    if (s.last_points.size() != 0)
+        detail::check_matrix(where, "state.last_points", s.last_points, params_.num_samples, 1);
+    if (s.B_prev.size() != 0)
+        detail::check_matrix(where, "state.B_prev", s.B_prev, num_basis(), dim_);
+    if (s.B_prev.size() == 0) s.B_prev.resize(0, dim_);
+    state_ = std::move(s);
+    seed_base_ = seed_base;
+    ++version_;
+}
+
+template <typename Scalar_>
+auto LongTermMemory<Scalar_>::last_past() const -> Matrix {
+    if (state_.last_points.size() == 0 || state_.B_prev.rows() == 0) return Matrix(0, dim_);
+    return ops_->basis.evaluate(state_.last_points) * state_.B_prev;
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::update(const Eigen::Ref<const Matrix>& X) {
+    constexpr const char* where = "LongTermMemory::update";
+    check_chunk(where, X);
+    commit(prepare(where, X, nullptr));
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::update(const Eigen::Ref<const Matrix>& X,
+                                     const Eigen::Ref<const Vector>& sample_points) {
+    constexpr const char* where = "LongTermMemory::update";
+    check_chunk(where, X);
+    detail::check_matrix(where, "sample_points", sample_points, params_.num_samples, 1);
+    commit(prepare(where, X, &sample_points));
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::observe(const Eigen::Ref<const Vector>& mu,
+                                      const Eigen::Ref<const Vector>& sigma_sq) {
+    constexpr const char* where = "LongTermMemory::observe";
+    detail::check_finite(where, "mu", mu);
+    detail::check_shape(where, "sigma_sq", sigma_sq, mu.size(), 1);
+    detail::check_finite(where, "sigma_sq", sigma_sq);
+    for (Index q = 0; q < sigma_sq.size(); ++q)
+        detail::require(sigma_sq[q] > Scalar(0), where, "sigma_sq[", q, "] is ", sigma_sq[q],
+                        ", expected > 0");
+    ++version_;
+    state_.obs_mu = mu;
+    state_.obs_sigma = sigma_sq.cwiseSqrt();
+}
+
+template <typename Scalar_>
+auto LongTermMemory<Scalar_>::histogram() const -> Vector {
+    return chooser_.histogram(state_.obs_mu, state_.obs_sigma);
+}
+
+template <typename Scalar_>
+auto LongTermMemory<Scalar_>::next_sample_points() -> Vector {
+    ++version_;
+    Vector out(params_.num_samples);
+    chooser_.choose(state_.obs_mu, state_.obs_sigma, state_.rng, out);
+    return out;
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::backward(const Eigen::Ref<const Matrix>& dB,
+                                       Eigen::Ref<Matrix> dX) const {
+    constexpr const char* where = "LongTermMemory::backward";
+    if (state_.empty)
+        throw infinityformer::logic_error(
+            detail::concat("[infinityformer] ", where,
+                           ": no update() to differentiate, expected a call "
+                           "to update() first"));
+    detail::check_matrix(where, "dB", dB, num_basis(), dim_);
+    detail::check_shape(where, "dX", dX, length_, dim_);
+    // The checked call computes aside (the layer's path, backward_unchecked(), does not).
+    Matrix out(length_, dim_);
+    backward_unchecked(dB, out);
+    if (!detail::all_finite(out))
+        detail::fail_backward<Scalar>(
+            where, detail::concat("dB's largest |entry| ", detail::largest_abs(dB)), "dX = G dB",
+            "dB");
+    dX = out;
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::backward_unchecked(const Eigen::Ref<const Matrix>& dB,
+                                                 Eigen::Ref<Matrix> dX) const {
+    if (state_.last_points.size() == 0)
+        dX.noalias() = ops_->first.G() * dB;
+    else
+        dX.noalias() = ops_->inf.G().bottomRows(length_) * dB;
+}
+
+template <typename Scalar_>
+auto LongTermMemory<Scalar_>::evaluate(const Eigen::Ref<const Vector>& t) const -> Matrix {
+    const Matrix psi = ops_->basis.evaluate(t);
+    return psi * state_.B;
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::reset() {
+    ++version_;
+    state_.empty = true;
+    state_.B.setZero(num_basis(), dim_);
+    state_.tokens = 0;
+    state_.obs_mu.resize(0);
+    state_.obs_sigma.resize(0);
+    state_.last_points.resize(0);
+    state_.B_prev.resize(0, dim_);
+    state_.peak = Scalar(0);
+}
+
+template <typename Scalar_>
+auto LongTermMemory<Scalar_>::for_stream(Index stream) const -> LongTermMemory {
+    detail::require(stream >= 0, "LongTermMemory::for_stream", "stream is ", stream,
+                    ", expected >= 0");
+    LongTermMemory m(*this);
+    m.state_ = State();
+    m.stream_ = stream;
+    m.seed(params_.seed);
+    m.reset();
+    return m;
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::seed(std::uint64_t base) {
+    ++version_;
+    seed_base_ = base;
+    state_.rng.seed(detail::derive_seed(base, detail::SeedPurpose::sampling,
+                                        static_cast<std::uint64_t>(stream_)));
+}
+
+#endif  // INFINITYFORMER_HEADER_ONLY
 
 using LongTermMemoryd = LongTermMemory<double>;
 using LongTermMemoryf = LongTermMemory<float>;
