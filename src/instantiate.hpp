@@ -14,7 +14,9 @@
 // visibility and a version script (src/exports.map), so Eigen's and the standard library's
 // instantiations inside it stay its own and never bind to a caller's copies built for
 // another instruction set.
-#define INFINITYFORMER_INSTANTIATE(Scalar)                            \
-    template class INFINITYFORMER_EXPORT InfinityFormerLayer<Scalar>; \
-    template class INFINITYFORMER_EXPORT LongTermAttention<Scalar>;   \
-    template class INFINITYFORMER_EXPORT LongTermMemory<Scalar>;
+// Parts before the classes that hold them: an explicit instantiation must come before the
+// class is instantiated implicitly as a member's type, or its visibility would be ignored.
+#define INFINITYFORMER_INSTANTIATE(Scalar)                          \
+    template class INFINITYFORMER_EXPORT LongTermMemory<Scalar>;    \
+    template class INFINITYFORMER_EXPORT LongTermAttention<Scalar>; \
+    template class INFINITYFORMER_EXPORT InfinityFormerLayer<Scalar>;
