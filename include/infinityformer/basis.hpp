@@ -296,8 +296,8 @@ public:
         // Rows are independent: with OpenMP (and Eigen::nbThreads() > 1) they are shared out
         // between Eigen's number of threads (set_num_threads()), whatever OMP_NUM_THREADS says.
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(Eigen::nbThreads()) \
-    if (Eigen::nbThreads() > 1 && rows >= 64)
+#pragma omp parallel for schedule(static) \
+    num_threads(Eigen::nbThreads()) if (Eigen::nbThreads() > 1 && rows >= 64)
 #endif
         for (Index q = 0; q < rows; ++q) {
             const Scalar m = mu[q];
