@@ -686,6 +686,8 @@ void LongTermMemory<Scalar_>::seed(std::uint64_t base) {
 
 #endif  // INFINITYFORMER_HEADER_ONLY
 
+INFINITYFORMER_EXTERN_TEMPLATE(class, LongTermMemory)
+
 using LongTermMemoryd = LongTermMemory<double>;
 using LongTermMemoryf = LongTermMemory<float>;
 
