@@ -19,6 +19,8 @@
 // attribute repeated here would be ignored). Parts before the classes that hold them.
 #define INFINITYFORMER_INSTANTIATE(Scalar)    \
     template class GaussianBasis<Scalar>;     \
+    template class RidgeFit<Scalar>;          \
+    template struct MemoryOperators<Scalar>;  \
     template class LongTermMemory<Scalar>;    \
     template class LongTermAttention<Scalar>; \
     template class InfinityFormerLayer<Scalar>;
