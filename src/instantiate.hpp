@@ -22,5 +22,6 @@
     template class RidgeFit<Scalar>;          \
     template struct MemoryOperators<Scalar>;  \
     template class LongTermMemory<Scalar>;    \
+    template class MemoryGate<Scalar>;        \
     template class LongTermAttention<Scalar>; \
     template class InfinityFormerLayer<Scalar>;
