@@ -17,11 +17,12 @@
 // right after its definition (INFINITYFORMER_EXTERN_TEMPLATE, detail/config.hpp), before
 // any use instantiates it implicitly; the definitions here take that visibility (an
 // attribute repeated here would be ignored). Parts before the classes that hold them.
-#define INFINITYFORMER_INSTANTIATE(Scalar)    \
-    template class GaussianBasis<Scalar>;     \
-    template class RidgeFit<Scalar>;          \
-    template struct MemoryOperators<Scalar>;  \
-    template class LongTermMemory<Scalar>;    \
-    template class MemoryGate<Scalar>;        \
-    template class LongTermAttention<Scalar>; \
+#define INFINITYFORMER_INSTANTIATE(Scalar)      \
+    template class GaussianBasis<Scalar>;       \
+    template class RidgeFit<Scalar>;            \
+    template struct MemoryOperators<Scalar>;    \
+    template class LongTermMemory<Scalar>;      \
+    template class ContinuousAttention<Scalar>; \
+    template class MemoryGate<Scalar>;          \
+    template class LongTermAttention<Scalar>;   \
     template class InfinityFormerLayer<Scalar>;
