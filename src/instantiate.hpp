@@ -24,5 +24,6 @@
     template class LongTermMemory<Scalar>;      \
     template class ContinuousAttention<Scalar>; \
     template class MemoryGate<Scalar>;          \
+    template class ShortTermAttention<Scalar>;  \
     template class LongTermAttention<Scalar>;   \
     template class InfinityFormerLayer<Scalar>;
