@@ -25,5 +25,6 @@
     template class ContinuousAttention<Scalar>; \
     template class MemoryGate<Scalar>;          \
     template class ShortTermAttention<Scalar>;  \
+    template class LongTermEngine<Scalar>;      \
     template class LongTermAttention<Scalar>;   \
     template class InfinityFormerLayer<Scalar>;
