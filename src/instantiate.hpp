@@ -27,4 +27,5 @@
     template class ShortTermAttention<Scalar>;  \
     template class LongTermEngine<Scalar>;      \
     template class LongTermAttention<Scalar>;   \
-    template class InfinityFormerLayer<Scalar>;
+    template class InfinityFormerLayer<Scalar>; \
+    template class Adam<Scalar>;
