@@ -13,10 +13,19 @@
 // Default visibility for these instantiations only: the library is compiled with hidden
 // visibility and a version script (src/exports.map), so Eigen's and the standard library's
 // instantiations inside it stay its own and never bind to a caller's copies built for
-// another instruction set.
-// Parts before the classes that hold them: an explicit instantiation must come before the
-// class is instantiated implicitly as a member's type, or its visibility would be ignored.
-#define INFINITYFORMER_INSTANTIATE(Scalar)                          \
-    template class INFINITYFORMER_EXPORT LongTermMemory<Scalar>;    \
-    template class INFINITYFORMER_EXPORT LongTermAttention<Scalar>; \
-    template class INFINITYFORMER_EXPORT InfinityFormerLayer<Scalar>;
+// another instruction set. Each class template declares its two instantiations exported
+// right after its definition (INFINITYFORMER_EXTERN_TEMPLATE, detail/config.hpp), before
+// any use instantiates it implicitly; the definitions here take that visibility (an
+// attribute repeated here would be ignored). Parts before the classes that hold them.
+#define INFINITYFORMER_INSTANTIATE(Scalar)      \
+    template class GaussianBasis<Scalar>;       \
+    template class RidgeFit<Scalar>;            \
+    template struct MemoryOperators<Scalar>;    \
+    template class LongTermMemory<Scalar>;      \
+    template class ContinuousAttention<Scalar>; \
+    template class MemoryGate<Scalar>;          \
+    template class ShortTermAttention<Scalar>;  \
+    template class LongTermEngine<Scalar>;      \
+    template class LongTermAttention<Scalar>;   \
+    template class InfinityFormerLayer<Scalar>; \
+    template class Adam<Scalar>;

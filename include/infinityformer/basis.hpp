@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/config.hpp"
 #include "detail/gauss_row.hpp"
 #include "detail/limits.hpp"
 #include "detail/math.hpp"
@@ -37,6 +38,8 @@ namespace infinityformer {
 template <typename Scalar_>
 class GaussianBasis {
     static_assert(std::is_floating_point_v<Scalar_>, "GaussianBasis needs float or double");
+    static_assert(detail::instantiable_scalar<Scalar_>(),
+                  "infinityformer::compiled holds GaussianBasis<float> and <double> only");
 
 public:
     using Scalar = Scalar_;
@@ -47,60 +50,14 @@ public:
     /// A basis from explicit centres and widths (both N, all finite; widths > 0 whose
     /// squares are normal numbers of the Scalar).
     /// @throws infinityformer::invalid_argument on empty, mismatched or bad values.
-    GaussianBasis(const Eigen::Ref<const Vector>& centers, const Eigen::Ref<const Vector>& widths)
-        : centers_(centers), widths_(widths) {
-        constexpr const char* where = "GaussianBasis::GaussianBasis";
-        detail::require(centers.size() >= 1, where, "centers has ", centers.size(),
-                        " entries, expected at least 1");
-        detail::check_shape(where, "widths", widths, centers.size(), 1);
-        detail::check_finite(where, "centers", centers);
-        detail::check_finite(where, "widths", widths);
-        for (Index k = 0; k < widths.size(); ++k) {
-            detail::require(widths[k] > Scalar(0), where, "widths[", k, "] is ", widths[k],
-                            ", expected > 0");
-            // The expectations divide by s² and by σ² + s²: a square that underflows or
-            // overflows the Scalar turns them into NaN.
-            const double w = static_cast<double>(widths[k]);
-            const std::string name = detail::concat("widths[", k, "]^2");
-            detail::require_normal<Scalar>(where, name.c_str(), w * w,
-                                           "expected a width whose square is a normal number");
-        }
-        widths_sq_ = widths_.array().square();
-        min_width_sq_ = widths_sq_.minCoeff();
-        max_width_sq_ = widths_sq_.maxCoeff();
-        sorted_ = std::is_sorted(centers_.data(), centers_.data() + centers_.size());
-    }
+    GaussianBasis(const Eigen::Ref<const Vector>& centers, const Eigen::Ref<const Vector>& widths);
 
     /// The authors' family: K = num_basis / widths.size() centres i/(K−1) (both 0 and 1
     /// included; a single centre sits at 0), crossed with `widths`, centre-major.
     /// Paper defaults: widths {0.01, 0.05} (sorting), {0.005, 0.01} (language model).
     /// @throws infinityformer::invalid_argument if num_basis is not a positive multiple of
     /// widths.size() or a width is not > 0.
-    static GaussianBasis default_family(Index num_basis, const std::vector<double>& widths) {
-        constexpr const char* where = "GaussianBasis::default_family";
-        const auto w = static_cast<Index>(widths.size());
-        detail::require(w >= 1, where, "widths has 0 entries, expected at least 1");
-        detail::require(num_basis >= 1 && num_basis % w == 0, where, "num_basis is ", num_basis,
-                        ", expected a positive multiple of the number of widths (", w, ")");
-        const double n = static_cast<double>(num_basis);
-        detail::require_allocatable(where, "num_basis centres and widths", n,
-                                    6 * n * static_cast<double>(sizeof(Scalar)));
-        const Index k_centers = num_basis / w;
-        Vector c(num_basis), s(num_basis);
-        for (Index i = 0; i < k_centers; ++i) {
-            // linspace(0, 1, K) as the reference computes it: both ends exact.
-            const double ci = detail::linspace_at(0.0, 1.0, k_centers, i);
-            for (Index j = 0; j < w; ++j) {
-                detail::require(std::isfinite(widths[static_cast<std::size_t>(j)]) &&
-                                    widths[static_cast<std::size_t>(j)] > 0.0,
-                                where, "widths[", j, "] is ", widths[static_cast<std::size_t>(j)],
-                                ", expected > 0");
-                c[i * w + j] = static_cast<Scalar>(ci);
-                s[i * w + j] = static_cast<Scalar>(widths[static_cast<std::size_t>(j)]);
-            }
-        }
-        return GaussianBasis(c, s);
-    }
+    static GaussianBasis default_family(Index num_basis, const std::vector<double>& widths);
 
     /// Moving copies (N centres and widths): a moved-from basis is unchanged, never empty.
     GaussianBasis(const GaussianBasis&) = default;
@@ -115,73 +72,29 @@ public:
     /// A value below the smallest normal number is exactly 0 (never a subnormal). The
     /// memory drops the values of its operators that are negligible in their row as well
     /// (detail::drop_negligible).
-    void evaluate(const Eigen::Ref<const Vector>& t, Eigen::Ref<Matrix> out) const {
-        constexpr const char* where = "GaussianBasis::evaluate";
-        detail::check_finite(where, "t", t);
-        detail::check_shape(where, "out", out, t.size(), size());
-        using std::exp;
-        using std::log;
-        const Scalar inv_sqrt_2pi = Scalar(detail::kInvSqrt2Pi);
-        for (Index k = 0; k < size(); ++k) {
-            const Scalar c = centers_[k];
-            const Scalar inv_s = Scalar(1) / widths_[k];
-            // norm·exp(arg) as exp(arg + ln norm): no subnormal intermediate either.
-            const Scalar log_norm = log(inv_sqrt_2pi * inv_s);
-            for (Index p = 0; p < t.size(); ++p) {
-                const Scalar z = (t[p] - c) * inv_s;
-                const Scalar arg = Scalar(-0.5) * z * z + log_norm;
-                const Scalar v = arg < log_min_ ? Scalar(0) : exp(arg);
-                out(p, k) = v < std::numeric_limits<Scalar>::min() ? Scalar(0) : v;
-            }
-        }
-    }
-    Matrix evaluate(const Eigen::Ref<const Vector>& t) const {
-        Matrix out(t.size(), size());
-        evaluate(t, out);
-        return out;
-    }
+    void evaluate(const Eigen::Ref<const Vector>& t, Eigen::Ref<Matrix> out) const;
+    Matrix evaluate(const Eigen::Ref<const Vector>& t) const;
 
     /// E[ψ_k] under N(μ_q, σ²_q) for Q densities. @param mu Q. @param sigma_sq Q, ≥ 0.
     /// A value below the smallest normal number is 0 (never a subnormal), here and in
     /// expect_t_psi() and expect_t2_psi().
     /// @param out Q×N.
     void expect_psi(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
-                    Eigen::Ref<Matrix> out) const {
-        check_densities("GaussianBasis::expect_psi", mu, sigma_sq, out);
-        expectations(mu, sigma_sq, 0, out);
-    }
+                    Eigen::Ref<Matrix> out) const;
     Matrix expect_psi(const Eigen::Ref<const Vector>& mu,
-                      const Eigen::Ref<const Vector>& sigma_sq) const {
-        Matrix out(mu.size(), size());
-        expect_psi(mu, sigma_sq, out);
-        return out;
-    }
+                      const Eigen::Ref<const Vector>& sigma_sq) const;
 
     /// E[t ψ_k] under N(μ_q, σ²_q). Shapes as expect_psi().
     void expect_t_psi(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
-                      Eigen::Ref<Matrix> out) const {
-        check_densities("GaussianBasis::expect_t_psi", mu, sigma_sq, out);
-        expectations(mu, sigma_sq, 1, out);
-    }
+                      Eigen::Ref<Matrix> out) const;
     Matrix expect_t_psi(const Eigen::Ref<const Vector>& mu,
-                        const Eigen::Ref<const Vector>& sigma_sq) const {
-        Matrix out(mu.size(), size());
-        expect_t_psi(mu, sigma_sq, out);
-        return out;
-    }
+                        const Eigen::Ref<const Vector>& sigma_sq) const;
 
     /// E[t² ψ_k] under N(μ_q, σ²_q). Shapes as expect_psi().
     void expect_t2_psi(const Eigen::Ref<const Vector>& mu, const Eigen::Ref<const Vector>& sigma_sq,
-                       Eigen::Ref<Matrix> out) const {
-        check_densities("GaussianBasis::expect_t2_psi", mu, sigma_sq, out);
-        expectations(mu, sigma_sq, 2, out);
-    }
+                       Eigen::Ref<Matrix> out) const;
     Matrix expect_t2_psi(const Eigen::Ref<const Vector>& mu,
-                         const Eigen::Ref<const Vector>& sigma_sq) const {
-        Matrix out(mu.size(), size());
-        expect_t2_psi(mu, sigma_sq, out);
-        return out;
-    }
+                         const Eigen::Ref<const Vector>& sigma_sq) const;
 
     /// Gradient of L = Σ_{q,k} dr(q,k) · E[ψ_k](μ_q, σ²_q) with respect to μ and σ², in the
     /// direct form (no cancellation, unlike the route through the natural parameters):
@@ -194,21 +107,7 @@ public:
     void expect_psi_backward(const Eigen::Ref<const Vector>& mu,
                              const Eigen::Ref<const Vector>& sigma_sq,
                              const Eigen::Ref<const Matrix>& dr, Eigen::Ref<Vector> dmu,
-                             Eigen::Ref<Vector> dsigma_sq) const {
-        constexpr const char* where = "GaussianBasis::expect_psi_backward";
-        check_densities(where, mu, sigma_sq, dr, "dr");
-        detail::check_finite(where, "dr", dr);
-        detail::check_shape(where, "dmu", dmu, mu.size(), 1);
-        detail::check_shape(where, "dsigma_sq", dsigma_sq, mu.size(), 1);
-        Vector gm(mu.size()), gs(mu.size());
-        expect_psi_backward_unchecked(mu, sigma_sq, dr, gm, gs);
-        if (!(detail::all_finite(gm) && detail::all_finite(gs)))
-            detail::fail_backward<Scalar>(
-                where, detail::concat("dr's largest |entry| ", detail::largest_abs(dr)),
-                detail::all_finite(gm) ? "dsigma_sq" : "dmu", "dr");
-        dmu = gm;
-        dsigma_sq = gs;
-    }
+                             Eigen::Ref<Vector> dsigma_sq) const;
 
     /// expect_psi_backward() without argument checks (inputs already validated).
     template <typename MuT, typename SigT, typename DrT, typename DmuT, typename DsT>
@@ -406,6 +305,167 @@ private:
     bool sorted_ = false;
     static inline const Scalar log_min_ = std::log(std::numeric_limits<Scalar>::min());
 };
+
+#if INFINITYFORMER_HEADER_ONLY
+
+template <typename Scalar_>
+GaussianBasis<Scalar_>::GaussianBasis(const Eigen::Ref<const Vector>& centers,
+                                      const Eigen::Ref<const Vector>& widths)
+    : centers_(centers), widths_(widths) {
+    constexpr const char* where = "GaussianBasis::GaussianBasis";
+    detail::require(centers.size() >= 1, where, "centers has ", centers.size(),
+                    " entries, expected at least 1");
+    detail::check_shape(where, "widths", widths, centers.size(), 1);
+    detail::check_finite(where, "centers", centers);
+    detail::check_finite(where, "widths", widths);
+    for (Index k = 0; k < widths.size(); ++k) {
+        detail::require(widths[k] > Scalar(0), where, "widths[", k, "] is ", widths[k],
+                        ", expected > 0");
+        // The expectations divide by s² and by σ² + s²: a square that underflows or
+        // overflows the Scalar turns them into NaN.
+        const double w = static_cast<double>(widths[k]);
+        const std::string name = detail::concat("widths[", k, "]^2");
+        detail::require_normal<Scalar>(where, name.c_str(), w * w,
+                                       "expected a width whose square is a normal number");
+    }
+    widths_sq_ = widths_.array().square();
+    min_width_sq_ = widths_sq_.minCoeff();
+    max_width_sq_ = widths_sq_.maxCoeff();
+    sorted_ = std::is_sorted(centers_.data(), centers_.data() + centers_.size());
+}
+
+template <typename Scalar_>
+auto GaussianBasis<Scalar_>::default_family(Index num_basis, const std::vector<double>& widths)
+    -> GaussianBasis {
+    constexpr const char* where = "GaussianBasis::default_family";
+    const auto w = static_cast<Index>(widths.size());
+    detail::require(w >= 1, where, "widths has 0 entries, expected at least 1");
+    detail::require(num_basis >= 1 && num_basis % w == 0, where, "num_basis is ", num_basis,
+                    ", expected a positive multiple of the number of widths (", w, ")");
+    const double n = static_cast<double>(num_basis);
+    detail::require_allocatable(where, "num_basis centres and widths", n,
+                                6 * n * static_cast<double>(sizeof(Scalar)));
+    const Index k_centers = num_basis / w;
+    Vector c(num_basis), s(num_basis);
+    for (Index i = 0; i < k_centers; ++i) {
+        // linspace(0, 1, K) as the reference computes it: both ends exact.
+        const double ci = detail::linspace_at(0.0, 1.0, k_centers, i);
+        for (Index j = 0; j < w; ++j) {
+            detail::require(std::isfinite(widths[static_cast<std::size_t>(j)]) &&
+                                widths[static_cast<std::size_t>(j)] > 0.0,
+                            where, "widths[", j, "] is ", widths[static_cast<std::size_t>(j)],
+                            ", expected > 0");
+            c[i * w + j] = static_cast<Scalar>(ci);
+            s[i * w + j] = static_cast<Scalar>(widths[static_cast<std::size_t>(j)]);
+        }
+    }
+    return GaussianBasis(c, s);
+}
+
+template <typename Scalar_>
+void GaussianBasis<Scalar_>::evaluate(const Eigen::Ref<const Vector>& t,
+                                      Eigen::Ref<Matrix> out) const {
+    constexpr const char* where = "GaussianBasis::evaluate";
+    detail::check_finite(where, "t", t);
+    detail::check_shape(where, "out", out, t.size(), size());
+    using std::exp;
+    using std::log;
+    const Scalar inv_sqrt_2pi = Scalar(detail::kInvSqrt2Pi);
+    for (Index k = 0; k < size(); ++k) {
+        const Scalar c = centers_[k];
+        const Scalar inv_s = Scalar(1) / widths_[k];
+        // norm·exp(arg) as exp(arg + ln norm): no subnormal intermediate either.
+        const Scalar log_norm = log(inv_sqrt_2pi * inv_s);
+        for (Index p = 0; p < t.size(); ++p) {
+            const Scalar z = (t[p] - c) * inv_s;
+            const Scalar arg = Scalar(-0.5) * z * z + log_norm;
+            const Scalar v = arg < log_min_ ? Scalar(0) : exp(arg);
+            out(p, k) = v < std::numeric_limits<Scalar>::min() ? Scalar(0) : v;
+        }
+    }
+}
+
+template <typename Scalar_>
+auto GaussianBasis<Scalar_>::evaluate(const Eigen::Ref<const Vector>& t) const -> Matrix {
+    Matrix out(t.size(), size());
+    evaluate(t, out);
+    return out;
+}
+
+template <typename Scalar_>
+void GaussianBasis<Scalar_>::expect_psi(const Eigen::Ref<const Vector>& mu,
+                                        const Eigen::Ref<const Vector>& sigma_sq,
+                                        Eigen::Ref<Matrix> out) const {
+    check_densities("GaussianBasis::expect_psi", mu, sigma_sq, out);
+    expectations(mu, sigma_sq, 0, out);
+}
+
+template <typename Scalar_>
+auto GaussianBasis<Scalar_>::expect_psi(const Eigen::Ref<const Vector>& mu,
+                                        const Eigen::Ref<const Vector>& sigma_sq) const -> Matrix {
+    Matrix out(mu.size(), size());
+    expect_psi(mu, sigma_sq, out);
+    return out;
+}
+
+template <typename Scalar_>
+void GaussianBasis<Scalar_>::expect_t_psi(const Eigen::Ref<const Vector>& mu,
+                                          const Eigen::Ref<const Vector>& sigma_sq,
+                                          Eigen::Ref<Matrix> out) const {
+    check_densities("GaussianBasis::expect_t_psi", mu, sigma_sq, out);
+    expectations(mu, sigma_sq, 1, out);
+}
+
+template <typename Scalar_>
+auto GaussianBasis<Scalar_>::expect_t_psi(const Eigen::Ref<const Vector>& mu,
+                                          const Eigen::Ref<const Vector>& sigma_sq) const
+    -> Matrix {
+    Matrix out(mu.size(), size());
+    expect_t_psi(mu, sigma_sq, out);
+    return out;
+}
+
+template <typename Scalar_>
+void GaussianBasis<Scalar_>::expect_t2_psi(const Eigen::Ref<const Vector>& mu,
+                                           const Eigen::Ref<const Vector>& sigma_sq,
+                                           Eigen::Ref<Matrix> out) const {
+    check_densities("GaussianBasis::expect_t2_psi", mu, sigma_sq, out);
+    expectations(mu, sigma_sq, 2, out);
+}
+
+template <typename Scalar_>
+auto GaussianBasis<Scalar_>::expect_t2_psi(const Eigen::Ref<const Vector>& mu,
+                                           const Eigen::Ref<const Vector>& sigma_sq) const
+    -> Matrix {
+    Matrix out(mu.size(), size());
+    expect_t2_psi(mu, sigma_sq, out);
+    return out;
+}
+
+template <typename Scalar_>
+void GaussianBasis<Scalar_>::expect_psi_backward(const Eigen::Ref<const Vector>& mu,
+                                                 const Eigen::Ref<const Vector>& sigma_sq,
+                                                 const Eigen::Ref<const Matrix>& dr,
+                                                 Eigen::Ref<Vector> dmu,
+                                                 Eigen::Ref<Vector> dsigma_sq) const {
+    constexpr const char* where = "GaussianBasis::expect_psi_backward";
+    check_densities(where, mu, sigma_sq, dr, "dr");
+    detail::check_finite(where, "dr", dr);
+    detail::check_shape(where, "dmu", dmu, mu.size(), 1);
+    detail::check_shape(where, "dsigma_sq", dsigma_sq, mu.size(), 1);
+    Vector gm(mu.size()), gs(mu.size());
+    expect_psi_backward_unchecked(mu, sigma_sq, dr, gm, gs);
+    if (!(detail::all_finite(gm) && detail::all_finite(gs)))
+        detail::fail_backward<Scalar>(
+            where, detail::concat("dr's largest |entry| ", detail::largest_abs(dr)),
+            detail::all_finite(gm) ? "dsigma_sq" : "dmu", "dr");
+    dmu = gm;
+    dsigma_sq = gs;
+}
+
+#endif  // INFINITYFORMER_HEADER_ONLY
+
+INFINITYFORMER_EXTERN_TEMPLATE(class, GaussianBasis)
 
 using GaussianBasisd = GaussianBasis<double>;
 using GaussianBasisf = GaussianBasis<float>;

@@ -675,6 +675,8 @@ void InfinityFormerLayer<Scalar_>::reset(Index stream, ResetGenerator generator)
 
 #endif  // INFINITYFORMER_HEADER_ONLY
 
+INFINITYFORMER_EXTERN_TEMPLATE(class, InfinityFormerLayer)
+
 using InfinityFormerLayerd = InfinityFormerLayer<double>;
 using InfinityFormerLayerf = InfinityFormerLayer<float>;
 

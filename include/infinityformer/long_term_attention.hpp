@@ -325,6 +325,8 @@ void LongTermAttention<Scalar_>::reset(Index stream, ResetGenerator generator) {
 
 #endif  // INFINITYFORMER_HEADER_ONLY
 
+INFINITYFORMER_EXTERN_TEMPLATE(class, LongTermAttention)
+
 using LongTermAttentiond = LongTermAttention<double>;
 using LongTermAttentionf = LongTermAttention<float>;
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "continuous_attention.hpp"
+#include "detail/config.hpp"
 #include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "detail/random.hpp"
@@ -142,6 +143,8 @@ private:
 template <typename Scalar_>
 class LongTermEngine {
     static_assert(std::is_floating_point_v<Scalar_>, "LongTermEngine needs float or double");
+    static_assert(detail::instantiable_scalar<Scalar_>(),
+                  "infinityformer::compiled holds LongTermEngine<float> and <double> only");
 
 public:
     using Scalar = Scalar_;
@@ -193,19 +196,7 @@ public:
     /// @param d_model output width (0 means e). @param where the public constructor, for
     ///        the errors.
     LongTermEngine(Index dim, Index num_heads, Index chunk_length, const LongTermParams& params,
-                   Index d_model, const char* where)
-        : params_(validated(where, params, dim, num_heads, chunk_length, d_model)),
-          dim_(dim),
-          length_(chunk_length),
-          operators_(MemoryOperators<Scalar>::shared(chunk_length, params.memory_params())),
-          attention_(operators_->basis, dim, num_heads, d_model, params.attention_params(),
-                     detail::derive_seed(params.seed, detail::SeedPurpose::attention_weights)) {
-        if (params.stability == Stability::refuse)
-            operators_->refuse_unstable(where, params, chunk_length, dim);
-        if (params.gate)
-            gate_.emplace(dim, detail::derive_seed(params.seed, detail::SeedPurpose::gate_weights));
-        zero_grad();
-    }
+                   Index d_model, const char* where);
 
     /// Moves the weights (the source keeps zeros of its sizes and its configuration, on
     /// which every call works).
@@ -241,9 +232,7 @@ public:
     /// The continuous attention (read-only; set its weights with set_attention_weights()).
     const ContinuousAttention<Scalar>& attention() const { return attention_; }
     /// @throws infinityformer::invalid_argument (weights unchanged).
-    void set_attention_weights(const typename ContinuousAttention<Scalar>::Weights& w) {
-        attention_.set_weights(w);
-    }
+    void set_attention_weights(const typename ContinuousAttention<Scalar>::Weights& w);
     bool has_gate() const { return gate_.has_value(); }
     /// @throws infinityformer::logic_error if there is no gate.
     const MemoryGate<Scalar>& gate() const {
@@ -251,113 +240,43 @@ public:
         return *gate_;
     }
     /// @throws infinityformer::logic_error without a gate; invalid_argument on bad weights.
-    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
-        require_gate("LongTermAttention::set_gate_weights");
-        gate_->set_weights(w);
-    }
+    void set_gate_weights(const typename MemoryGate<Scalar>::Weights& w);
 
     /// Sets every accumulated gradient to zero.
-    void zero_grad() {
-        attention_.zero_grad();
-        if (gate_) gate_->zero_grad();
-    }
+    void zero_grad();
     /// Zero gradients laid out as the weights.
-    Gradients zero_gradients() const {
-        Gradients g;
-        g.attention = attention_.zero_gradients();
-        if (gate_) g.gate = gate_->zero_gradients();
-        return g;
-    }
+    Gradients zero_gradients() const;
     /// Named weights with their gradients (the reference's state_dict() names, the gate's
     /// weight split by tap): proj_key.weight, proj_value.weight, attn_out.weight,
     /// mu.weight, sigma.weight[, mask_net.weight.0/1/2, mask_net.bias]; with `grads`, its
     /// matrices in place of the accumulated gradients.
     void append_parameters(std::vector<Parameter<Scalar>>& out, const std::string& prefix,
-                           Gradients* grads = nullptr) {
-        if (grads) {
-            attention_.append_parameters(out, prefix, grads->attention);
-            if (gate_) gate_->append_parameters(out, prefix + "mask_net.", grads->gate);
-        } else {
-            attention_.append_parameters(out, prefix);
-            if (gate_) gate_->append_parameters(out, prefix + "mask_net.");
-        }
-    }
+                           Gradients* grads = nullptr);
 
     // ---- Streams --------------------------------------------------------------------
 
     /// A new, empty stream state for stream index `index` (its generator seeded for it).
-    StreamState make_stream(Index index) const {
-        return StreamState(LongTermMemory<Scalar>(dim_, length_, params_.memory_params(), index));
-    }
+    StreamState make_stream(Index index) const;
 
     /// Forgets a stream's memory, gate inputs and trace; its generator restarts or continues.
-    void reset_stream(StreamState& s, ResetGenerator generator = ResetGenerator::restart) const {
-        s.memory.reset();
-        if (generator == ResetGenerator::restart) s.memory.restart_generator();
-        s.input.resize(0, dim());
-        s.gate.resize(0, dim());
-        s.gated.resize(0, dim());
-        s.trace = Trace{};
-        s.phase = StreamPhase::idle;
-    }
+    void reset_stream(StreamState& s, ResetGenerator generator = ResetGenerator::restart) const;
 
     /// The checks of a stream state given by the caller (check_stream_state()), then what a
     /// module keeps of it: the trace is cleared, the phase becomes idle unless it is
     /// `updated`, and the gate's fields are cleared unless the phase is `updated`.
-    void take_stream_state(const char* where, StreamState& s) const {
-        check_stream_state(where, s);
-        if (s.phase != StreamPhase::updated) {
-            s.phase = StreamPhase::idle;
-            if (gate_) {
-                s.input.resize(0, dim());
-                s.gate.resize(0, dim());
-                s.gated.resize(0, dim());
-            }
-        }
-        s.trace = Trace{};
-    }
+    void take_stream_state(const char* where, StreamState& s) const;
 
     /// The memory's configuration is this engine's; an `updated` phase follows a stored
     /// chunk and, with a gate, carries the chunk, the gate values in [0, 1] and the gated
     /// chunk (each L × e, finite, gated = gate ⊙ input).
-    void check_stream_state(const char* where, const StreamState& s) const {
-        const std::string diff = LongTermMemory<Scalar>::configuration_difference(
-            dim_, length_, params_.memory_params(), s.memory);
-        detail::require(diff.empty(), where, "the state's memory has another configuration: ", diff,
-                        " (here: this module; the other: the state)");
-        const auto phase = static_cast<int>(s.phase);
-        detail::require(phase >= 0 && phase <= static_cast<int>(StreamPhase::consumed), where,
-                        "the state's phase is ", phase, ", expected a StreamPhase");
-        if (s.phase != StreamPhase::updated) return;
-        detail::require(!s.memory.empty(), where,
-                        "the state's phase is updated but its memory is empty, expected a "
-                        "stored chunk");
-        if (!gate_) return;
-        detail::check_matrix(where, "state.input", s.input, length_, dim());
-        detail::check_matrix(where, "state.gate", s.gate, length_, dim());
-        detail::check_matrix(where, "state.gated", s.gated, length_, dim());
-        detail::require(((s.gate.array() >= Scalar(0)) && (s.gate.array() <= Scalar(1))).all(),
-                        where, "state.gate has a value outside [0, 1], expected sigmoid values");
-        detail::require(detail::same_values(s.gated, Matrix(s.gate.cwiseProduct(s.input))), where,
-                        "state.gated differs from state.gate * state.input, expected the gated "
-                        "chunk");
-    }
+    void check_stream_state(const char* where, const StreamState& s) const;
 
     /// X must be L × e and finite.
-    void check_chunk(const char* where, const Eigen::Ref<const Matrix>& X) const {
-        detail::check_matrix(where, "X", X, length_, dim());
-    }
+    void check_chunk(const char* where, const Eigen::Ref<const Matrix>& X) const;
     /// Queries must be q × e (q ≥ 1) and finite.
-    void check_queries(const char* where, const Eigen::Ref<const Matrix>& queries) const {
-        detail::require(queries.rows() >= 1, where, "queries has 0 rows, expected at least 1");
-        detail::require(queries.cols() == dim(), where, "queries has ", queries.cols(),
-                        " cols, expected ", dim());
-        detail::check_finite(where, "queries", queries);
-    }
+    void check_queries(const char* where, const Eigen::Ref<const Matrix>& queries) const;
     /// Sample points must be M finite values.
-    void check_points(const char* where, const Eigen::Ref<const Vector>& points) const {
-        detail::check_matrix(where, "sample_points", points, params_.num_samples, 1);
-    }
+    void check_points(const char* where, const Eigen::Ref<const Vector>& points) const;
 
     // ---- The forward step -----------------------------------------------------------
 
@@ -370,76 +289,16 @@ public:
     ///         (Stability::refuse). Nothing changed.
     Step prepare_step(const char* where, StreamState& s, const Eigen::Ref<const Matrix>* X,
                       const Eigen::Ref<const Vector>* points,
-                      const Eigen::Ref<const Matrix>* queries, const char* prefix = "") const {
-        Step step(s, queries != nullptr);
-        if (X) {
-            if (gate_) {
-                s.next_input = *X;
-                s.next_gate.resize(X->rows(), dim());
-                s.next_gated.resize(X->rows(), dim());
-                gate_->forward(*X, s.next_gate, s.next_gated);
-                if (!detail::all_finite(s.next_gated)) {
-                    gate_->check_weights(where, std::string(prefix) + "mask_net.");
-                    detail::fail(where, "the memory gate's pre-activation overflowed (largest |x| ",
-                                 detail::largest_abs(*X), "), expected smaller inputs");
-                }
-                step.update_.emplace(s.memory.prepare(where, s.next_gated, points));
-            } else {
-                step.update_.emplace(s.memory.prepare(where, *X, points));
-            }
-        }
-        if (queries) {
-            const Matrix& B = X ? step.update_->coefficients() : s.memory.coefficients();
-            attention_.forward_unchecked(B, *queries, s.next_trace);
-            if (!attention_.trace_finite(s.next_trace))
-                attention_.explain_trace(where, prefix, s.next_trace);
-        }
-        return step;
-    }
+                      const Eigen::Ref<const Matrix>* queries, const char* prefix = "") const;
 
     /// Keeps a prepared step (swaps and copies only; nothing throws).
-    void commit_step(Step&& step) const {
-        StreamState& s = *step.s_;
-        const bool stored = step.update_.has_value();
-        if (stored) {
-            s.memory.commit(std::move(*step.update_));
-            if (gate_) {
-                s.input.swap(s.next_input);
-                s.gate.swap(s.next_gate);
-                s.gated.swap(s.next_gated);
-            }
-        }
-        if (step.attends_) {
-            std::swap(s.trace, s.next_trace);
-            s.memory.observe(s.trace.mu, s.trace.sigma_sq);
-            s.phase = (stored || s.phase == StreamPhase::updated) ? StreamPhase::attended_update
-                                                                  : StreamPhase::attended;
-        } else {
-            s.phase = StreamPhase::updated;
-        }
-    }
+    void commit_step(Step&& step) const;
 
     // ---- The backward ---------------------------------------------------------------
 
     /// The checks of a backward of stream `s` but the output shapes.
     void check_backward(const char* where, const StreamState& s,
-                        const Eigen::Ref<const Matrix>& dout, Scalar kl_weight) const {
-        if (s.phase == StreamPhase::consumed)
-            throw infinityformer::logic_error(detail::concat(
-                "[infinityformer] ", where,
-                ": the trace of the last attend() was consumed by the previous backward(), "
-                "expected a new forward() or attend() before the next backward() (a second "
-                "backward() of one attend() would add its gradients again)"));
-        if (s.phase != StreamPhase::attended && s.phase != StreamPhase::attended_update)
-            throw infinityformer::logic_error(detail::concat(
-                "[infinityformer] ", where,
-                s.trace.queries.rows() == 0
-                    ? ": no attend() to differentiate, expected a forward() or attend() first"
-                    : ": the memory changed (update()) since the last attend(), expected "
-                      "backward() before the next update()"));
-        detail::check_matrix(where, "dout", dout, s.trace.queries.rows(), d_model());
-        detail::check_kl_weight(where, kl_weight);
-    }
+                        const Eigen::Ref<const Matrix>& dout, Scalar kl_weight) const;
 
     /// Computes the backward of stream `s`'s last attend() (after check_backward()) into the
     /// stream's workspace, checked to be finite with the gradients it will be added to
@@ -449,39 +308,7 @@ public:
     /// @throws infinityformer::invalid_argument naming the result that overflowed.
     Backward prepare_backward(const char* where, const char* prefix, const char* grad_name,
                               StreamState& s, const Eigen::Ref<const Matrix>& dout,
-                              Scalar kl_weight, const Gradients* into = nullptr) const {
-        const bool through = s.phase == StreamPhase::attended_update;
-        const auto& ga = into ? into->attention : attention_.gradients();
-        attention_.backward_compute(s.trace, dout, kl_weight, s.attention_work);
-        s.next_dgated.resize(chunk_length(), dim());
-        if (through)  // ∂ℓ/∂X̃ (∂ℓ/∂X without a gate)
-            s.memory.backward_unchecked(s.attention_work.dB, s.next_dgated);
-        else
-            s.next_dgated.setZero();
-        const bool gated = gate_ && through;
-        if (gated) gate_->backward_compute(s.input, s.gate, s.next_dgated, s.gate_work);
-        const auto* gg = gated ? (into ? &into->gate : &gate_->gradients()) : nullptr;
-        const bool attention_ok = attention_.backward_finite(s.attention_work, ga);
-        if (attention_ok && detail::all_finite(s.next_dgated) &&
-            (!gated || gate_->backward_finite(s.gate_work, *gg)))
-            return Backward(s, through);
-        const std::string cause = detail::concat(
-            grad_name, "'s largest |entry| ", detail::largest_abs(dout), " (kl_weight ", kl_weight,
-            "; the long-term memory's largest |entry| ", detail::largest_abs(s.trace.B),
-            ", the queries' ", detail::largest_abs(s.trace.queries), ")");
-        const std::string inputs = detail::concat(grad_name, ", kl_weight, a memory and queries");
-        if (!attention_ok)
-            attention_.explain_backward(where, prefix, cause, inputs, s.attention_work, ga);
-        detail::check_backward_result(
-            where, cause, inputs,
-            gate_ ? "the gradient of the gated chunk, through the memory's fit"
-                  : "dX, the gradient of the chunk stored by the last update()",
-            s.next_dgated);
-        if (gated)
-            gate_->explain_backward(where, std::string(prefix) + "mask_net.", cause, inputs,
-                                    s.gate_work, *gg);
-        detail::fail(where, "a backward result is not finite (", cause, ")");
-    }
+                              Scalar kl_weight, const Gradients* into = nullptr) const;
 
     /// ∂ℓ/∂Q of a prepared backward (q × e).
     const Matrix& dqueries(const Backward& b) const { return b.s_->attention_work.dqueries; }
@@ -493,25 +320,13 @@ public:
 
     /// Adds a prepared backward's gradients to this engine's accumulated ones (additions and
     /// swaps only; nothing throws).
-    void accumulate(const Backward& b) {
-        attention_.backward_accumulate(b.s_->attention_work);
-        if (gate_ && b.through_update_) gate_->backward_accumulate(b.s_->gate_work);
-    }
+    void accumulate(const Backward& b);
     /// accumulate() into `into` instead (threads: each its own).
-    void accumulate(const Backward& b, Gradients& into) const {
-        ContinuousAttention<Scalar>::backward_accumulate(b.s_->attention_work, into.attention);
-        if (gate_ && b.through_update_)
-            MemoryGate<Scalar>::backward_accumulate(b.s_->gate_work, into.gate);
-    }
+    void accumulate(const Backward& b, Gradients& into) const;
 
     /// The stream's part of a backward that succeeded (swaps only; nothing throws): its
     /// ∂ℓ/∂B and ∂ℓ/∂X̃ become the stream's dB and dgated, and the trace is consumed.
-    void commit_backward(Backward&& b) const {
-        StreamState& s = *b.s_;
-        s.dB.swap(s.attention_work.dB);  // the next backward overwrites the workspace's
-        s.dgated.swap(s.next_dgated);
-        s.phase = StreamPhase::consumed;
-    }
+    void commit_backward(Backward&& b) const;
 
     // ---- Sizes ----------------------------------------------------------------------
 
@@ -578,6 +393,277 @@ private:
     ContinuousAttention<Scalar> attention_;
     std::optional<MemoryGate<Scalar>> gate_;
 };
+
+#if INFINITYFORMER_HEADER_ONLY
+
+template <typename Scalar_>
+LongTermEngine<Scalar_>::LongTermEngine(Index dim, Index num_heads, Index chunk_length,
+                                        const LongTermParams& params, Index d_model,
+                                        const char* where)
+    : params_(validated(where, params, dim, num_heads, chunk_length, d_model)),
+      dim_(dim),
+      length_(chunk_length),
+      operators_(MemoryOperators<Scalar>::shared(chunk_length, params.memory_params())),
+      attention_(operators_->basis, dim, num_heads, d_model, params.attention_params(),
+                 detail::derive_seed(params.seed, detail::SeedPurpose::attention_weights)) {
+    if (params.stability == Stability::refuse)
+        operators_->refuse_unstable(where, params, chunk_length, dim);
+    if (params.gate)
+        gate_.emplace(dim, detail::derive_seed(params.seed, detail::SeedPurpose::gate_weights));
+    zero_grad();
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::set_attention_weights(
+    const typename ContinuousAttention<Scalar>::Weights& w) {
+    attention_.set_weights(w);
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::set_gate_weights(const typename MemoryGate<Scalar>::Weights& w) {
+    require_gate("LongTermAttention::set_gate_weights");
+    gate_->set_weights(w);
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::zero_grad() {
+    attention_.zero_grad();
+    if (gate_) gate_->zero_grad();
+}
+
+template <typename Scalar_>
+auto LongTermEngine<Scalar_>::zero_gradients() const -> Gradients {
+    Gradients g;
+    g.attention = attention_.zero_gradients();
+    if (gate_) g.gate = gate_->zero_gradients();
+    return g;
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::append_parameters(std::vector<Parameter<Scalar>>& out,
+                                                const std::string& prefix, Gradients* grads) {
+    if (grads) {
+        attention_.append_parameters(out, prefix, grads->attention);
+        if (gate_) gate_->append_parameters(out, prefix + "mask_net.", grads->gate);
+    } else {
+        attention_.append_parameters(out, prefix);
+        if (gate_) gate_->append_parameters(out, prefix + "mask_net.");
+    }
+}
+
+template <typename Scalar_>
+auto LongTermEngine<Scalar_>::make_stream(Index index) const -> StreamState {
+    return StreamState(LongTermMemory<Scalar>(dim_, length_, params_.memory_params(), index));
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::reset_stream(StreamState& s, ResetGenerator generator) const {
+    s.memory.reset();
+    if (generator == ResetGenerator::restart) s.memory.restart_generator();
+    s.input.resize(0, dim());
+    s.gate.resize(0, dim());
+    s.gated.resize(0, dim());
+    s.trace = Trace{};
+    s.phase = StreamPhase::idle;
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::take_stream_state(const char* where, StreamState& s) const {
+    check_stream_state(where, s);
+    if (s.phase != StreamPhase::updated) {
+        s.phase = StreamPhase::idle;
+        if (gate_) {
+            s.input.resize(0, dim());
+            s.gate.resize(0, dim());
+            s.gated.resize(0, dim());
+        }
+    }
+    s.trace = Trace{};
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::check_stream_state(const char* where, const StreamState& s) const {
+    const std::string diff = LongTermMemory<Scalar>::configuration_difference(
+        dim_, length_, params_.memory_params(), s.memory);
+    detail::require(diff.empty(), where, "the state's memory has another configuration: ", diff,
+                    " (here: this module; the other: the state)");
+    const auto phase = static_cast<int>(s.phase);
+    detail::require(phase >= 0 && phase <= static_cast<int>(StreamPhase::consumed), where,
+                    "the state's phase is ", phase, ", expected a StreamPhase");
+    if (s.phase != StreamPhase::updated) return;
+    detail::require(!s.memory.empty(), where,
+                    "the state's phase is updated but its memory is empty, expected a "
+                    "stored chunk");
+    if (!gate_) return;
+    detail::check_matrix(where, "state.input", s.input, length_, dim());
+    detail::check_matrix(where, "state.gate", s.gate, length_, dim());
+    detail::check_matrix(where, "state.gated", s.gated, length_, dim());
+    detail::require(((s.gate.array() >= Scalar(0)) && (s.gate.array() <= Scalar(1))).all(), where,
+                    "state.gate has a value outside [0, 1], expected sigmoid values");
+    detail::require(detail::same_values(s.gated, Matrix(s.gate.cwiseProduct(s.input))), where,
+                    "state.gated differs from state.gate * state.input, expected the gated "
+                    "chunk");
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::check_chunk(const char* where,
+                                          const Eigen::Ref<const Matrix>& X) const {
+    detail::check_matrix(where, "X", X, length_, dim());
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::check_queries(const char* where,
+                                            const Eigen::Ref<const Matrix>& queries) const {
+    detail::require(queries.rows() >= 1, where, "queries has 0 rows, expected at least 1");
+    detail::require(queries.cols() == dim(), where, "queries has ", queries.cols(),
+                    " cols, expected ", dim());
+    detail::check_finite(where, "queries", queries);
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::check_points(const char* where,
+                                           const Eigen::Ref<const Vector>& points) const {
+    detail::check_matrix(where, "sample_points", points, params_.num_samples, 1);
+}
+
+template <typename Scalar_>
+auto LongTermEngine<Scalar_>::prepare_step(const char* where, StreamState& s,
+                                           const Eigen::Ref<const Matrix>* X,
+                                           const Eigen::Ref<const Vector>* points,
+                                           const Eigen::Ref<const Matrix>* queries,
+                                           const char* prefix) const -> Step {
+    Step step(s, queries != nullptr);
+    if (X) {
+        if (gate_) {
+            s.next_input = *X;
+            s.next_gate.resize(X->rows(), dim());
+            s.next_gated.resize(X->rows(), dim());
+            gate_->forward(*X, s.next_gate, s.next_gated);
+            if (!detail::all_finite(s.next_gated)) {
+                gate_->check_weights(where, std::string(prefix) + "mask_net.");
+                detail::fail(where, "the memory gate's pre-activation overflowed (largest |x| ",
+                             detail::largest_abs(*X), "), expected smaller inputs");
+            }
+            step.update_.emplace(s.memory.prepare(where, s.next_gated, points));
+        } else {
+            step.update_.emplace(s.memory.prepare(where, *X, points));
+        }
+    }
+    if (queries) {
+        const Matrix& B = X ? step.update_->coefficients() : s.memory.coefficients();
+        attention_.forward_unchecked(B, *queries, s.next_trace);
+        if (!attention_.trace_finite(s.next_trace))
+            attention_.explain_trace(where, prefix, s.next_trace);
+    }
+    return step;
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::commit_step(Step&& step) const {
+    StreamState& s = *step.s_;
+    const bool stored = step.update_.has_value();
+    if (stored) {
+        s.memory.commit(std::move(*step.update_));
+        if (gate_) {
+            s.input.swap(s.next_input);
+            s.gate.swap(s.next_gate);
+            s.gated.swap(s.next_gated);
+        }
+    }
+    if (step.attends_) {
+        std::swap(s.trace, s.next_trace);
+        s.memory.observe(s.trace.mu, s.trace.sigma_sq);
+        s.phase = (stored || s.phase == StreamPhase::updated) ? StreamPhase::attended_update
+                                                              : StreamPhase::attended;
+    } else {
+        s.phase = StreamPhase::updated;
+    }
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::check_backward(const char* where, const StreamState& s,
+                                             const Eigen::Ref<const Matrix>& dout,
+                                             Scalar kl_weight) const {
+    if (s.phase == StreamPhase::consumed)
+        throw infinityformer::logic_error(detail::concat(
+            "[infinityformer] ", where,
+            ": the trace of the last attend() was consumed by the previous backward(), "
+            "expected a new forward() or attend() before the next backward() (a second "
+            "backward() of one attend() would add its gradients again)"));
+    if (s.phase != StreamPhase::attended && s.phase != StreamPhase::attended_update)
+        throw infinityformer::logic_error(detail::concat(
+            "[infinityformer] ", where,
+            s.trace.queries.rows() == 0
+                ? ": no attend() to differentiate, expected a forward() or attend() first"
+                : ": the memory changed (update()) since the last attend(), expected "
+                  "backward() before the next update()"));
+    detail::check_matrix(where, "dout", dout, s.trace.queries.rows(), d_model());
+    detail::check_kl_weight(where, kl_weight);
+}
+
+template <typename Scalar_>
+auto LongTermEngine<Scalar_>::prepare_backward(const char* where, const char* prefix,
+                                               const char* grad_name, StreamState& s,
+                                               const Eigen::Ref<const Matrix>& dout,
+                                               Scalar kl_weight, const Gradients* into) const
+    -> Backward {
+    const bool through = s.phase == StreamPhase::attended_update;
+    const auto& ga = into ? into->attention : attention_.gradients();
+    attention_.backward_compute(s.trace, dout, kl_weight, s.attention_work);
+    s.next_dgated.resize(chunk_length(), dim());
+    if (through)  // ∂ℓ/∂X̃ (∂ℓ/∂X without a gate)
+        s.memory.backward_unchecked(s.attention_work.dB, s.next_dgated);
+    else
+        s.next_dgated.setZero();
+    const bool gated = gate_ && through;
+    if (gated) gate_->backward_compute(s.input, s.gate, s.next_dgated, s.gate_work);
+    const auto* gg = gated ? (into ? &into->gate : &gate_->gradients()) : nullptr;
+    const bool attention_ok = attention_.backward_finite(s.attention_work, ga);
+    if (attention_ok && detail::all_finite(s.next_dgated) &&
+        (!gated || gate_->backward_finite(s.gate_work, *gg)))
+        return Backward(s, through);
+    const std::string cause = detail::concat(
+        grad_name, "'s largest |entry| ", detail::largest_abs(dout), " (kl_weight ", kl_weight,
+        "; the long-term memory's largest |entry| ", detail::largest_abs(s.trace.B),
+        ", the queries' ", detail::largest_abs(s.trace.queries), ")");
+    const std::string inputs = detail::concat(grad_name, ", kl_weight, a memory and queries");
+    if (!attention_ok)
+        attention_.explain_backward(where, prefix, cause, inputs, s.attention_work, ga);
+    detail::check_backward_result(where, cause, inputs,
+                                  gate_
+                                      ? "the gradient of the gated chunk, through the memory's fit"
+                                      : "dX, the gradient of the chunk stored by the last update()",
+                                  s.next_dgated);
+    if (gated)
+        gate_->explain_backward(where, std::string(prefix) + "mask_net.", cause, inputs,
+                                s.gate_work, *gg);
+    detail::fail(where, "a backward result is not finite (", cause, ")");
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::accumulate(const Backward& b) {
+    attention_.backward_accumulate(b.s_->attention_work);
+    if (gate_ && b.through_update_) gate_->backward_accumulate(b.s_->gate_work);
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::accumulate(const Backward& b, Gradients& into) const {
+    ContinuousAttention<Scalar>::backward_accumulate(b.s_->attention_work, into.attention);
+    if (gate_ && b.through_update_)
+        MemoryGate<Scalar>::backward_accumulate(b.s_->gate_work, into.gate);
+}
+
+template <typename Scalar_>
+void LongTermEngine<Scalar_>::commit_backward(Backward&& b) const {
+    StreamState& s = *b.s_;
+    s.dB.swap(s.attention_work.dB);  // the next backward overwrites the workspace's
+    s.dgated.swap(s.next_dgated);
+    s.phase = StreamPhase::consumed;
+}
+
+#endif  // INFINITYFORMER_HEADER_ONLY
+
+INFINITYFORMER_EXTERN_TEMPLATE(class, LongTermEngine)
 
 using LongTermEngined = LongTermEngine<double>;
 using LongTermEnginef = LongTermEngine<float>;

@@ -186,24 +186,13 @@ public:
     }
     /// configuration_difference() of a memory of these sizes and parameters (here) from `o`.
     static std::string configuration_difference(Index dim, Index chunk_length,
-                                                const MemoryParams& p, const LongTermMemory& o) {
-        const std::string sizes =
-            detail::first_difference({{"dim", double(dim), double(o.dim_)},
-                                      {"chunk_length", double(chunk_length), double(o.length_)}},
-                                     "here", "in the other");
-        return sizes.empty() ? p.configuration_difference(o.params_, "here", "in the other")
-                             : sizes;
-    }
+                                                const MemoryParams& p, const LongTermMemory& o);
     /// The shared operators of this memory's configuration.
     const MemoryOperators<Scalar>& operators() const { return *ops_; }
 
     /// Makes this the memory of stream `stream`: restart_generator() then seeds the
     /// generator as that stream's (the generator's current state is kept).
-    void set_stream_index(Index stream) {
-        detail::require(stream >= 0, "LongTermMemory::set_stream_index", "stream is ", stream,
-                        ", expected >= 0");
-        stream_ = stream;
-    }
+    void set_stream_index(Index stream);
 
     /// True before the first chunk and after reset().
     bool empty() const { return state_.empty; }
@@ -311,88 +300,12 @@ public:
     /// @throws infinityformer::runtime_error if the update would exceed the run-time bound
     ///         (Stability::refuse); infinityformer::invalid_argument if it overflows.
     Update prepare(const char* where, const Eigen::Ref<const Matrix>& X,
-                   const Eigen::Ref<const Vector>* points) {
-        Update u = std::move(spare_.update);
-        u.owner_ = this;
-        u.version_ = version_;
-        const bool reset =
-            params_.reset_after_tokens > 0 && state_.tokens >= params_.reset_after_tokens;
-        const bool first = state_.empty || reset;
-        const Matrix& G = ops_->inf.G();
-        u.rng_ = state_.rng;
-        u.reset_ = reset;
-        u.rescaled_ = false;
-        u.peak_ = std::max(first ? Scalar(0) : state_.peak, X.cwiseAbs().maxCoeff());
-        Matrix& next = u.B_;
-        next.resize(num_basis(), dim_);
-        fresh_.resize(num_basis(), dim_);  // sized here: a first rescale allocates nothing
-        if (first) {
-            next.noalias() = ops_->first.G().transpose() * X;
-            u.points_.resize(0);
-            drop_subnormal(next);
-            if (!detail::all_finite(next)) overflow(where, X);
-            return u;
-        }
-        bool from_bins = false;
-        if (points)
-            u.points_ = *points;
-        else
-            from_bins = chooser_.choose(state_.obs_mu, state_.obs_sigma, u.rng_, u.points_);
-        const Index m = params_.num_samples;
-        const Index d = params_.num_bins;
-        const Matrix& B = state_.B;
-        if (u.points_ == ops_->uniform_points) {
-            next.noalias() = ops_->uniform_op * B;
-        } else if (from_bins && d < m) {
-            const auto& bins = chooser_.bins();
-            edge_past_.noalias() = ops_->edge_psi * B;  // D × e
-            gathered_.setZero(num_basis(), d);          // G_pastᵀ S
-            for (Index i = 0; i < m; ++i)
-                gathered_.col(bins[static_cast<std::size_t>(i)]) += G.row(i).transpose();
-            next.noalias() = gathered_ * edge_past_;
-        } else {
-            psi_.resize(m, num_basis());
-            ops_->basis.evaluate(u.points_, psi_);
-            detail::drop_negligible(psi_, false, drop_rows_, drop_cols_);  // Ψ(s) B
-            past_.noalias() = psi_ * B;
-            next.noalias() = G.topRows(m).transpose() * past_;
-        }
-        next.noalias() += G.bottomRows(length_).transpose() * X;
-        drop_subnormal(next);
-        if (!detail::all_finite(next)) overflow(where, X);
-        // Only the uniform sampling's own points are bounded by construction under refuse
-        // (ρ(A) < 1); points given by the caller can sit anywhere, as sticky and stratified
-        // points can, and are held to the run-time bound like theirs.
-        const bool bounded_recurrence = params_.sampling == Sampling::uniform && !points;
-        if (params_.stability == Stability::stabilise ||
-            (params_.stability == Stability::refuse && !bounded_recurrence))
-            hold_bound(where, X, points != nullptr, u);
-        return u;
-    }
+                   const Eigen::Ref<const Vector>* points);
 
     /// Keeps an Update this memory prepared (swaps only).
     /// @throws infinityformer::logic_error if another memory prepared it, it was committed
     ///         already, or this memory changed since it was prepared (memory unchanged).
-    void commit(Update&& u) {
-        if (u.owner_ != this || u.version_ != version_)
-            throw infinityformer::logic_error(
-                "[infinityformer] LongTermMemory::commit: the update was not prepared by this "
-                "memory in its current state, expected the Update of the last prepare() of "
-                "this memory");
-        if (u.reset_) reset();
-        // B_prev ← B, B ← the new coefficients (swaps: no copies).
-        state_.B_prev.swap(state_.B);
-        state_.B.swap(u.B_);
-        state_.last_points.swap(u.points_);
-        state_.rng = u.rng_;
-        state_.empty = false;
-        state_.tokens += length_;
-        state_.peak = u.peak_;
-        if (u.rescaled_) ++state_.rescaled;
-        ++version_;
-        u.owner_ = nullptr;
-        spare_.update = std::move(u);  // its buffers serve the next prepare()
-    }
+    void commit(Update&& u);
 
 private:
     // The moves: the state and the workspace are moved, the configuration and the shared
@@ -566,6 +479,24 @@ void LongTermMemory<Scalar_>::set_state(State s, std::uint64_t seed_base) {
 }
 
 template <typename Scalar_>
+auto LongTermMemory<Scalar_>::configuration_difference(Index dim, Index chunk_length,
+                                                       const MemoryParams& p,
+                                                       const LongTermMemory& o) -> std::string {
+    const std::string sizes =
+        detail::first_difference({{"dim", double(dim), double(o.dim_)},
+                                  {"chunk_length", double(chunk_length), double(o.length_)}},
+                                 "here", "in the other");
+    return sizes.empty() ? p.configuration_difference(o.params_, "here", "in the other") : sizes;
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::set_stream_index(Index stream) {
+    detail::require(stream >= 0, "LongTermMemory::set_stream_index", "stream is ", stream,
+                    ", expected >= 0");
+    stream_ = stream;
+}
+
+template <typename Scalar_>
 auto LongTermMemory<Scalar_>::last_past() const -> Matrix {
     if (state_.last_points.size() == 0 || state_.B_prev.rows() == 0) return Matrix(0, dim_);
     return ops_->basis.evaluate(state_.last_points) * state_.B_prev;
@@ -684,7 +615,92 @@ void LongTermMemory<Scalar_>::seed(std::uint64_t base) {
                                         static_cast<std::uint64_t>(stream_)));
 }
 
+template <typename Scalar_>
+auto LongTermMemory<Scalar_>::prepare(const char* where, const Eigen::Ref<const Matrix>& X,
+                                      const Eigen::Ref<const Vector>* points) -> Update {
+    Update u = std::move(spare_.update);
+    u.owner_ = this;
+    u.version_ = version_;
+    const bool reset =
+        params_.reset_after_tokens > 0 && state_.tokens >= params_.reset_after_tokens;
+    const bool first = state_.empty || reset;
+    const Matrix& G = ops_->inf.G();
+    u.rng_ = state_.rng;
+    u.reset_ = reset;
+    u.rescaled_ = false;
+    u.peak_ = std::max(first ? Scalar(0) : state_.peak, X.cwiseAbs().maxCoeff());
+    Matrix& next = u.B_;
+    next.resize(num_basis(), dim_);
+    fresh_.resize(num_basis(), dim_);  // sized here: a first rescale allocates nothing
+    if (first) {
+        next.noalias() = ops_->first.G().transpose() * X;
+        u.points_.resize(0);
+        drop_subnormal(next);
+        if (!detail::all_finite(next)) overflow(where, X);
+        return u;
+    }
+    bool from_bins = false;
+    if (points)
+        u.points_ = *points;
+    else
+        from_bins = chooser_.choose(state_.obs_mu, state_.obs_sigma, u.rng_, u.points_);
+    const Index m = params_.num_samples;
+    const Index d = params_.num_bins;
+    const Matrix& B = state_.B;
+    if (u.points_ == ops_->uniform_points) {
+        next.noalias() = ops_->uniform_op * B;
+    } else if (from_bins && d < m) {
+        const auto& bins = chooser_.bins();
+        edge_past_.noalias() = ops_->edge_psi * B;  // D × e
+        gathered_.setZero(num_basis(), d);          // G_pastᵀ S
+        for (Index i = 0; i < m; ++i)
+            gathered_.col(bins[static_cast<std::size_t>(i)]) += G.row(i).transpose();
+        next.noalias() = gathered_ * edge_past_;
+    } else {
+        psi_.resize(m, num_basis());
+        ops_->basis.evaluate(u.points_, psi_);
+        detail::drop_negligible(psi_, false, drop_rows_, drop_cols_);  // Ψ(s) B
+        past_.noalias() = psi_ * B;
+        next.noalias() = G.topRows(m).transpose() * past_;
+    }
+    next.noalias() += G.bottomRows(length_).transpose() * X;
+    drop_subnormal(next);
+    if (!detail::all_finite(next)) overflow(where, X);
+    // Only the uniform sampling's own points are bounded by construction under refuse
+    // (ρ(A) < 1); points given by the caller can sit anywhere, as sticky and stratified
+    // points can, and are held to the run-time bound like theirs.
+    const bool bounded_recurrence = params_.sampling == Sampling::uniform && !points;
+    if (params_.stability == Stability::stabilise ||
+        (params_.stability == Stability::refuse && !bounded_recurrence))
+        hold_bound(where, X, points != nullptr, u);
+    return u;
+}
+
+template <typename Scalar_>
+void LongTermMemory<Scalar_>::commit(Update&& u) {
+    if (u.owner_ != this || u.version_ != version_)
+        throw infinityformer::logic_error(
+            "[infinityformer] LongTermMemory::commit: the update was not prepared by this "
+            "memory in its current state, expected the Update of the last prepare() of "
+            "this memory");
+    if (u.reset_) reset();
+    // B_prev ← B, B ← the new coefficients (swaps: no copies).
+    state_.B_prev.swap(state_.B);
+    state_.B.swap(u.B_);
+    state_.last_points.swap(u.points_);
+    state_.rng = u.rng_;
+    state_.empty = false;
+    state_.tokens += length_;
+    state_.peak = u.peak_;
+    if (u.rescaled_) ++state_.rescaled;
+    ++version_;
+    u.owner_ = nullptr;
+    spare_.update = std::move(u);  // its buffers serve the next prepare()
+}
+
 #endif  // INFINITYFORMER_HEADER_ONLY
+
+INFINITYFORMER_EXTERN_TEMPLATE(class, LongTermMemory)
 
 using LongTermMemoryd = LongTermMemory<double>;
 using LongTermMemoryf = LongTermMemory<float>;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/config.hpp"
 #include "detail/math.hpp"
 #include "errors.hpp"
 #include "hyperparams.hpp"
@@ -34,6 +35,9 @@ namespace infinityformer {
 /// these.
 template <typename Scalar>
 struct MemoryOperators {
+    static_assert(detail::instantiable_scalar<Scalar>(),
+                  "infinityformer::compiled holds MemoryOperators<float> and <double> only");
+
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using Index = Eigen::Index;
@@ -41,63 +45,10 @@ struct MemoryOperators {
     /// The operators of (chunk_length, p): built on first use, then shared (the cache keeps
     /// the eight most recently built alive, and any other one while a memory holds it).
     /// `p` must have been validated.
-    static std::shared_ptr<const MemoryOperators> shared(Index chunk_length,
-                                                         const MemoryParams& p) {
-        std::vector<double> key{static_cast<double>(chunk_length)};
-        MemoryParams::for_each_field(
-            [&](const char*, FieldRole role, auto, const auto& field) {
-                if (role != FieldRole::operators) return;
-                if constexpr (std::is_same_v<std::decay_t<decltype(field)>, std::vector<double>>) {
-                    key.push_back(static_cast<double>(field.size()));
-                    key.insert(key.end(), field.begin(), field.end());
-                } else {
-                    key.push_back(static_cast<double>(field));
-                }
-            },
-            p);
-        static std::mutex mutex;
-        static std::map<std::vector<double>, std::weak_ptr<const MemoryOperators>> cache;
-        static std::deque<std::shared_ptr<const MemoryOperators>> recent;
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            auto it = cache.find(key);
-            if (it != cache.end())
-                if (auto alive = it->second.lock()) return alive;
-        }
-        // Built outside the lock (seconds at N = M = 512 under a sanitizer); two threads
-        // building the same one at once keep the first.
-        auto built = std::make_shared<const MemoryOperators>(chunk_length, p);
-        std::lock_guard<std::mutex> lock(mutex);
-        auto& slot = cache[key];
-        if (auto alive = slot.lock()) return alive;
-        slot = built;
-        recent.push_back(built);
-        if (recent.size() > 8) recent.pop_front();
-        return built;
-    }
+    static std::shared_ptr<const MemoryOperators> shared(Index chunk_length, const MemoryParams& p);
 
     /// Builds them (shared() is the way to get them).
-    MemoryOperators(Index length, const MemoryParams& p)
-        : basis(GaussianBasis<Scalar>::default_family(p.num_basis, p.widths)),
-          first(infinityformer::single_chunk_fit(basis, length, p.ridge_lambda)),
-          inf(infinityformer::unbounded_fit(basis, length, p.num_samples, p.tau, p.ridge_lambda)),
-          stability(detail::analyse_memory(basis, first, inf, p)),
-          uniform_points(uniform(p.num_samples)) {
-        const Index m = p.num_samples;
-        // A = G_pastᵀ Ψ(uniform points), N × N, in double then rounded.
-        const Eigen::MatrixXd Gp = inf.G().topRows(m).template cast<double>();
-        const Eigen::MatrixXd psi = basis.evaluate(uniform_points).template cast<double>();
-        uniform_op = (Gp.transpose() * psi).template cast<Scalar>();
-        detail::drop_negligible(uniform_op, false);  // multiplies B from the left
-        if (p.sampling == Sampling::sticky && p.num_bins < m) {
-            Vector edges(p.num_bins);
-            for (Index j = 0; j < p.num_bins; ++j)
-                edges[j] =
-                    static_cast<Scalar>(static_cast<double>(j) / static_cast<double>(p.num_bins));
-            edge_psi = basis.evaluate(edges);  // Ψ at the D bin edges (sticky)
-            detail::drop_negligible(edge_psi, false);
-        }
-    }
+    MemoryOperators(Index length, const MemoryParams& p);
 
     GaussianBasis<Scalar> basis;  ///< the N basis functions
     RidgeFit<Scalar> first;       ///< the single-chunk fit (L × N), for a first chunk
@@ -111,36 +62,7 @@ struct MemoryOperators {
     /// if its uniform recurrence diverges or its concentrated growth exceeds
     /// kMaxConcentratedGrowth. @throws infinityformer::invalid_argument naming the
     /// configuration and the settings that would help.
-    void refuse_unstable(const char* where, const MemoryParams& p, Index length, Index dim) const {
-        const MemoryStability& s = stability;
-        const auto num = [](double v) {
-            std::ostringstream os;
-            os << v;  // 6 significant digits
-            return os.str();
-        };
-        std::string widths;
-        for (double w : p.widths) widths += (widths.empty() ? "" : ", ") + num(w);
-        const Index centres = p.num_basis / static_cast<Index>(p.widths.size());
-        const std::string config =
-            detail::concat("(N = ", p.num_basis, ", widths {", widths, "}, L = ", length,
-                           ", M = ", p.num_samples, ", D = ", p.num_bins, ", tau = ", num(p.tau),
-                           ", lambda = ", num(p.ridge_lambda), ", e = ", dim, "; centre spacing ",
-                           num(centres > 1 ? 1.0 / static_cast<double>(centres - 1) : 1.0), ")");
-        const char* advice =
-            ": use more basis functions (num_basis) or wider widths, or set stability = "
-            "Stability::stabilise (bounded, a deviation from the reference) or "
-            "Stability::allow (the reference's unbounded update)";
-        detail::require(s.uniform_radius < 1.0, where,
-                        "the memory diverges: the uniform recurrence B <- A B + C X has spectral "
-                        "radius ",
-                        num(s.uniform_radius), " ", config, ", expected < 1", advice);
-        detail::require(
-            s.concentrated_growth <= kMaxConcentratedGrowth, where,
-            "the memory diverges when the attention concentrates: ", to_string(p.sampling),
-            " sampling with every point in one place grows the memory by ",
-            num(s.concentrated_growth), " per chunk ", config,
-            ", expected <= ", kMaxConcentratedGrowth, advice);
-    }
+    void refuse_unstable(const char* where, const MemoryParams& p, Index length, Index dim) const;
 
     /// Bytes the operators of (chunk_length, p) take (the fits are computed in double over
     /// about 2(M + L) positions), at most.
@@ -156,5 +78,102 @@ private:
         return SamplePointChooser<Scalar>(Sampling::uniform, m, 1).uniform_points();
     }
 };
+
+#if INFINITYFORMER_HEADER_ONLY
+
+template <typename Scalar>
+auto MemoryOperators<Scalar>::shared(Index chunk_length, const MemoryParams& p)
+    -> std::shared_ptr<const MemoryOperators> {
+    std::vector<double> key{static_cast<double>(chunk_length)};
+    MemoryParams::for_each_field(
+        [&](const char*, FieldRole role, auto, const auto& field) {
+            if (role != FieldRole::operators) return;
+            if constexpr (std::is_same_v<std::decay_t<decltype(field)>, std::vector<double>>) {
+                key.push_back(static_cast<double>(field.size()));
+                key.insert(key.end(), field.begin(), field.end());
+            } else {
+                key.push_back(static_cast<double>(field));
+            }
+        },
+        p);
+    static std::mutex mutex;
+    static std::map<std::vector<double>, std::weak_ptr<const MemoryOperators>> cache;
+    static std::deque<std::shared_ptr<const MemoryOperators>> recent;
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        auto it = cache.find(key);
+        if (it != cache.end())
+            if (auto alive = it->second.lock()) return alive;
+    }
+    // Built outside the lock (seconds at N = M = 512 under a sanitizer); two threads
+    // building the same one at once keep the first.
+    auto built = std::make_shared<const MemoryOperators>(chunk_length, p);
+    std::lock_guard<std::mutex> lock(mutex);
+    auto& slot = cache[key];
+    if (auto alive = slot.lock()) return alive;
+    slot = built;
+    recent.push_back(built);
+    if (recent.size() > 8) recent.pop_front();
+    return built;
+}
+
+template <typename Scalar>
+MemoryOperators<Scalar>::MemoryOperators(Index length, const MemoryParams& p)
+    : basis(GaussianBasis<Scalar>::default_family(p.num_basis, p.widths)),
+      first(infinityformer::single_chunk_fit(basis, length, p.ridge_lambda)),
+      inf(infinityformer::unbounded_fit(basis, length, p.num_samples, p.tau, p.ridge_lambda)),
+      stability(detail::analyse_memory(basis, first, inf, p)),
+      uniform_points(uniform(p.num_samples)) {
+    const Index m = p.num_samples;
+    // A = G_pastᵀ Ψ(uniform points), N × N, in double then rounded.
+    const Eigen::MatrixXd Gp = inf.G().topRows(m).template cast<double>();
+    const Eigen::MatrixXd psi = basis.evaluate(uniform_points).template cast<double>();
+    uniform_op = (Gp.transpose() * psi).template cast<Scalar>();
+    detail::drop_negligible(uniform_op, false);  // multiplies B from the left
+    if (p.sampling == Sampling::sticky && p.num_bins < m) {
+        Vector edges(p.num_bins);
+        for (Index j = 0; j < p.num_bins; ++j)
+            edges[j] =
+                static_cast<Scalar>(static_cast<double>(j) / static_cast<double>(p.num_bins));
+        edge_psi = basis.evaluate(edges);  // Ψ at the D bin edges (sticky)
+        detail::drop_negligible(edge_psi, false);
+    }
+}
+
+template <typename Scalar>
+void MemoryOperators<Scalar>::refuse_unstable(const char* where, const MemoryParams& p,
+                                              Index length, Index dim) const {
+    const MemoryStability& s = stability;
+    const auto num = [](double v) {
+        std::ostringstream os;
+        os << v;  // 6 significant digits
+        return os.str();
+    };
+    std::string widths;
+    for (double w : p.widths) widths += (widths.empty() ? "" : ", ") + num(w);
+    const Index centres = p.num_basis / static_cast<Index>(p.widths.size());
+    const std::string config =
+        detail::concat("(N = ", p.num_basis, ", widths {", widths, "}, L = ", length,
+                       ", M = ", p.num_samples, ", D = ", p.num_bins, ", tau = ", num(p.tau),
+                       ", lambda = ", num(p.ridge_lambda), ", e = ", dim, "; centre spacing ",
+                       num(centres > 1 ? 1.0 / static_cast<double>(centres - 1) : 1.0), ")");
+    const char* advice =
+        ": use more basis functions (num_basis) or wider widths, or set stability = "
+        "Stability::stabilise (bounded, a deviation from the reference) or "
+        "Stability::allow (the reference's unbounded update)";
+    detail::require(s.uniform_radius < 1.0, where,
+                    "the memory diverges: the uniform recurrence B <- A B + C X has spectral "
+                    "radius ",
+                    num(s.uniform_radius), " ", config, ", expected < 1", advice);
+    detail::require(s.concentrated_growth <= kMaxConcentratedGrowth, where,
+                    "the memory diverges when the attention concentrates: ", to_string(p.sampling),
+                    " sampling with every point in one place grows the memory by ",
+                    num(s.concentrated_growth), " per chunk ", config,
+                    ", expected <= ", kMaxConcentratedGrowth, advice);
+}
+
+#endif  // INFINITYFORMER_HEADER_ONLY
+
+INFINITYFORMER_EXTERN_TEMPLATE(struct, MemoryOperators)
 
 }  // namespace infinityformer

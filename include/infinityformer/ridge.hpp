@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "basis.hpp"
+#include "detail/config.hpp"
 #include "detail/limits.hpp"
 #include "detail/math.hpp"
 #include "errors.hpp"
@@ -37,6 +38,8 @@ struct FitPositions {
 template <typename Scalar_>
 class RidgeFit {
     static_assert(std::is_floating_point_v<Scalar_>, "RidgeFit needs float or double");
+    static_assert(detail::instantiable_scalar<Scalar_>(),
+                  "infinityformer::compiled holds RidgeFit<float> and <double> only");
 
 public:
     using Scalar = Scalar_;
@@ -49,33 +52,8 @@ public:
     /// @param ridge_lambda λ > 0.
     /// @throws infinityformer::invalid_argument on bad positions or λ;
     ///         infinityformer::runtime_error if the factorisation fails.
-    RidgeFit(const GaussianBasis<Scalar>& basis, const FitPositions& positions, double ridge_lambda)
-        : positions_(positions), lambda_(ridge_lambda) {
-        constexpr const char* where = "RidgeFit::RidgeFit";
-        detail::require(std::isfinite(ridge_lambda) && ridge_lambda > 0.0, where,
-                        "ridge_lambda is ", ridge_lambda, ", expected > 0");
-        const auto total = static_cast<Index>(positions.all.size());
-        detail::require(
-            positions.num_kept >= 1 && positions.first_kept >= 0 && positions.num_kept <= total &&
-                positions.first_kept <= total - positions.num_kept,
-            where, "kept positions: ", positions.num_kept, " from index ", positions.first_kept,
-            ", expected at least 1 within the ", total, " positions");
-        detail::require_allocatable(
-            where, "the fit (basis size x positions)",
-            static_cast<double>(basis.size()) * static_cast<double>(total),
-            8.0 * static_cast<double>(basis.size()) *
-                (static_cast<double>(total) + 2.0 * static_cast<double>(basis.size())));
-        for (std::size_t i = 0; i < positions.all.size(); ++i)
-            detail::require(std::isfinite(positions.all[i]), where, "positions[", i, "] is ",
-                            positions.all[i], ", expected a finite value");
-        const Index n = basis.size();
-        std::vector<double> c(static_cast<std::size_t>(n)), w(static_cast<std::size_t>(n));
-        for (Index k = 0; k < n; ++k) {
-            c[static_cast<std::size_t>(k)] = static_cast<double>(basis.centers()[k]);
-            w[static_cast<std::size_t>(k)] = static_cast<double>(basis.widths()[k]);
-        }
-        G_ = std::make_shared<const Matrix>(compute(c, w, positions, ridge_lambda));
-    }
+    RidgeFit(const GaussianBasis<Scalar>& basis, const FitPositions& positions,
+             double ridge_lambda);
 
     /// Copies share G. Moving copies too (there is no cheaper move): a moved-from fit is
     /// unchanged, never one without an operator.
@@ -90,19 +68,8 @@ public:
     Index num_basis() const { return G_->cols(); }
 
     /// B = Gᵀ Y. @param Y num_kept × d, finite. @param B N × d.
-    void fit(const Eigen::Ref<const Matrix>& Y, Eigen::Ref<Matrix> B) const {
-        constexpr const char* where = "RidgeFit::fit";
-        detail::require(Y.rows() == num_rows(), where, "Y has ", Y.rows(), " rows, expected ",
-                        num_rows());
-        detail::check_finite(where, "Y", Y);
-        detail::check_shape(where, "B", B, num_basis(), Y.cols());
-        B.noalias() = G_->transpose() * Y;
-    }
-    Matrix fit(const Eigen::Ref<const Matrix>& Y) const {
-        Matrix B(num_basis(), Y.cols());
-        fit(Y, B);
-        return B;
-    }
+    void fit(const Eigen::Ref<const Matrix>& Y, Eigen::Ref<Matrix> B) const;
+    Matrix fit(const Eigen::Ref<const Matrix>& Y) const;
 
 private:
     static Matrix compute(const std::vector<double>& c, const std::vector<double>& s,
@@ -133,6 +100,59 @@ private:
     double lambda_;
     std::shared_ptr<const Matrix> G_;
 };
+
+#if INFINITYFORMER_HEADER_ONLY
+
+template <typename Scalar_>
+RidgeFit<Scalar_>::RidgeFit(const GaussianBasis<Scalar>& basis, const FitPositions& positions,
+                            double ridge_lambda)
+    : positions_(positions), lambda_(ridge_lambda) {
+    constexpr const char* where = "RidgeFit::RidgeFit";
+    detail::require(std::isfinite(ridge_lambda) && ridge_lambda > 0.0, where, "ridge_lambda is ",
+                    ridge_lambda, ", expected > 0");
+    const auto total = static_cast<Index>(positions.all.size());
+    detail::require(positions.num_kept >= 1 && positions.first_kept >= 0 &&
+                        positions.num_kept <= total &&
+                        positions.first_kept <= total - positions.num_kept,
+                    where, "kept positions: ", positions.num_kept, " from index ",
+                    positions.first_kept, ", expected at least 1 within the ", total, " positions");
+    detail::require_allocatable(
+        where, "the fit (basis size x positions)",
+        static_cast<double>(basis.size()) * static_cast<double>(total),
+        8.0 * static_cast<double>(basis.size()) *
+            (static_cast<double>(total) + 2.0 * static_cast<double>(basis.size())));
+    for (std::size_t i = 0; i < positions.all.size(); ++i)
+        detail::require(std::isfinite(positions.all[i]), where, "positions[", i, "] is ",
+                        positions.all[i], ", expected a finite value");
+    const Index n = basis.size();
+    std::vector<double> c(static_cast<std::size_t>(n)), w(static_cast<std::size_t>(n));
+    for (Index k = 0; k < n; ++k) {
+        c[static_cast<std::size_t>(k)] = static_cast<double>(basis.centers()[k]);
+        w[static_cast<std::size_t>(k)] = static_cast<double>(basis.widths()[k]);
+    }
+    G_ = std::make_shared<const Matrix>(compute(c, w, positions, ridge_lambda));
+}
+
+template <typename Scalar_>
+void RidgeFit<Scalar_>::fit(const Eigen::Ref<const Matrix>& Y, Eigen::Ref<Matrix> B) const {
+    constexpr const char* where = "RidgeFit::fit";
+    detail::require(Y.rows() == num_rows(), where, "Y has ", Y.rows(), " rows, expected ",
+                    num_rows());
+    detail::check_finite(where, "Y", Y);
+    detail::check_shape(where, "B", B, num_basis(), Y.cols());
+    B.noalias() = G_->transpose() * Y;
+}
+
+template <typename Scalar_>
+auto RidgeFit<Scalar_>::fit(const Eigen::Ref<const Matrix>& Y) const -> Matrix {
+    Matrix B(num_basis(), Y.cols());
+    fit(Y, B);
+    return B;
+}
+
+#endif  // INFINITYFORMER_HEADER_ONLY
+
+INFINITYFORMER_EXTERN_TEMPLATE(class, RidgeFit)
 
 using RidgeFitd = RidgeFit<double>;
 using RidgeFitf = RidgeFit<float>;

@@ -23,6 +23,20 @@
 #define INFINITYFORMER_EXPORT
 #endif
 
+#if defined(INFINITYFORMER_BUILDING_COMPILED)
+// Inside the compiled library, each exported class template declares its float and double
+// instantiations, exported, right after its definition (INFINITYFORMER_EXTERN_TEMPLATE):
+// before any use can instantiate the class implicitly with the library's hidden visibility
+// (ridge.hpp and stability.hpp use GaussianBasis<double> whatever the Scalar), which would
+// then be the class's visibility. src/instantiate.hpp defines them, each in the file of its
+// Scalar, and the other Scalar's file calls them.
+#define INFINITYFORMER_EXTERN_TEMPLATE(key, Class)          \
+    extern template key INFINITYFORMER_EXPORT Class<float>; \
+    extern template key INFINITYFORMER_EXPORT Class<double>;
+#else
+#define INFINITYFORMER_EXTERN_TEMPLATE(key, Class)
+#endif
+
 #if defined(INFINITYFORMER_COMPILED)
 // The compiled library and its users must agree on how Eigen aligns what it allocates:
 // a matrix allocated on one side is freed or resized on the other.
