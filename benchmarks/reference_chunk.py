@@ -21,6 +21,7 @@ loss = sum(Y * dY) + kl_weight * sum(KL) with random dY, as ltm_chunk --backward
 threads (torch.set_num_threads; set OPENBLAS_NUM_THREADS to T too, for its products).
 """
 import argparse
+import ctypes
 import importlib.util
 import os
 import statistics
@@ -68,6 +69,20 @@ def load_package(directory, package):
         exec(compile(source, path, "exec"), module.__dict__)
         setattr(pkg, name, module)
     return pkg.long_term_attention
+
+
+def openblas_core(libs):
+    """The kernel OpenBLAS chose for this CPU (or OPENBLAS_CORETYPE named), or None."""
+    for path in sorted(libs):
+        if "openblas" not in os.path.basename(path):
+            continue
+        try:
+            get = ctypes.CDLL(path).openblas_get_corename  # the copy already loaded
+        except (OSError, AttributeError):
+            continue
+        get.restype = ctypes.c_char_p
+        return get().decode()
+    return None
 
 
 def build(args, root):
@@ -160,6 +175,11 @@ def main():
         with open("/proc/self/maps", encoding="utf-8") as maps:
             libs = {line.split()[-1] for line in maps if "blas" in line}
         blas = ",".join(sorted(libs)) or "none loaded"
+        # scripts/bench records it: a CPU newer than the OpenBLAS release gets its generic
+        # kernel, which is no longer the reference at its best.
+        core = openblas_core(libs)
+        if core:
+            blas += f", openblas core {core}"
     except OSError:
         pass
     print(f"# reference {'gpt2 sticky' if lm else 'sorting uniform'}, d_model {e}, heads "
