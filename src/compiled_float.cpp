@@ -14,10 +14,7 @@ namespace {
 [[maybe_unused]] const bool one_thread_at_load = (Eigen::setNbThreads(1), true);
 }  // namespace
 
-void set_num_threads(int n) {
-    detail::require(n >= 1, "infinityformer::set_num_threads", "n is ", n, ", expected >= 1");
-    Eigen::setNbThreads(n);
-}
+void set_num_threads(int n) { detail::set_eigen_threads(n); }
 
 int num_threads() noexcept { return Eigen::nbThreads(); }
 

@@ -23,11 +23,17 @@ namespace infinityformer {
 /// (infinityformer::openblas) sets OpenBLAS's own threads the same way
 /// (openblas_set_num_threads), so that the two do not multiply.
 /// @throws infinityformer::invalid_argument if n < 1 (nothing changed).
-#ifndef INFINITYFORMER_COMPILED  // header-only: this program's own Eigen
-inline void set_num_threads(int n) {
-    detail::require(n >= 1, "infinityformer::set_num_threads", "n is ", n, ", expected >= 1");
+namespace detail {
+/// set_num_threads() on the Eigen of the file that compiles it (the program's header-only,
+/// the library's in src/compiled_float.cpp): the one body of both.
+inline void set_eigen_threads(int n) {
+    require(n >= 1, "infinityformer::set_num_threads", "n is ", n, ", expected >= 1");
     Eigen::setNbThreads(n);
 }
+}  // namespace detail
+
+#ifndef INFINITYFORMER_COMPILED  // header-only: this program's own Eigen
+inline void set_num_threads(int n) { detail::set_eigen_threads(n); }
 /// The threads a call shares its products between (1 without OpenMP).
 inline int num_threads() noexcept { return Eigen::nbThreads(); }
 #else  // the compiled library's Eigen (src/compiled_float.cpp)
