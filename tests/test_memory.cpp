@@ -333,6 +333,14 @@ TEST_CASE("memory: rejects bad input and keeps its state", "[memory][errors]") {
 
     auto bad_calls = [&] {
         const char* where = "LongTermMemory::update: ";
+        VectorXd outside(3);
+        outside << 0.5, 1.25, 0.0;
+        REQUIRE_INVALID(mem.evaluate(outside), has("LongTermMemory::evaluate: t[1] is 1.25, "
+                                                   "expected a position in [0, 1]"));
+        outside[1] = kNaN;
+        REQUIRE_INVALID(mem.evaluate(outside), has("t[1] is nan"));
+        outside << 0.0, 0.5, -1e-9;
+        REQUIRE_INVALID(mem.evaluate(outside), has("t[2] is -1.0000000000000001e-09"));
         REQUIRE_INVALID(mem.update(rng.matrix(7, 4)), has(where) && has("X is 7x4, expected 8x4"));
         REQUIRE_INVALID(mem.update(rng.matrix(8, 3)), has(where) && has("X is 8x3, expected 8x4"));
         REQUIRE_INVALID(mem.update(with(x, 3, 2, kNaN)),

@@ -1,9 +1,14 @@
 // The long-term memory's position layouts (positions.hpp): the single-chunk midpoints with
 // their pads, the unbounded-memory layout of compressed samples, new chunk and pads (the
-// authors' exact choices, golden README Q4); bad input.
+// authors' exact choices, golden README Q4); bad input. Where a token of a given age sits
+// (token_position) and what a configuration can hold (memory_reach, the refusal of a memory
+// that cannot hold its own chunk or diverges, with the nearest num_basis accepted).
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <infinityformer/memory.hpp>
 #include <infinityformer/positions.hpp>
+#include <infinityformer/reach.hpp>
+#include <string>
 
 #include "extern_templates.hpp"
 #include "test_util.hpp"
@@ -105,4 +110,141 @@ TEST_CASE("positions: reject bad input", "[positions][errors]") {
     REQUIRE_INVALID(unbounded_positions(4, 0, 0.5), has("unbounded_positions: num_samples is 0"));
     REQUIRE_INVALID(unbounded_positions(4, 4, 1.0), has("unbounded_positions: tau is 1"));
     REQUIRE_INVALID(unbounded_positions(4, 4, kNaN), has("unbounded_positions: tau is nan"));
+}
+
+TEST_CASE("reach: token_position follows a token through the updates of a memory",
+          "[positions][reach]") {
+    const Index m = 8;
+    for (Index l : {1, 3, 4}) {
+        const double tau = 0.6;
+        const FitPositions first = single_chunk_positions(l);
+        const FitPositions next = unbounded_positions(l, m, tau);
+        for (Index j = 1; j <= l; ++j) {
+            INFO("L = " << l << ", j = " << j);
+            const Index age = l - j;  // token j of the newest chunk
+            const double fresh = next.all[static_cast<std::size_t>(next.first_kept + m + j - 1)];
+            // The newest chunk: where unbounded_positions() fitted it.
+            CHECK(token_position(age, l, tau) == fresh);
+            // One and three updates later, compressed by tau each time.
+            CHECK(token_position(age + l, l, tau) == Approx(tau * fresh).epsilon(1e-15));
+            CHECK(token_position(age + 3 * l, l, tau) ==
+                  Approx(tau * tau * tau * fresh).epsilon(1e-15));
+            // In a memory of two chunks, the first chunk's tokens were fitted alone.
+            const double alone = first.all[static_cast<std::size_t>(first.first_kept + j - 1)];
+            CHECK(token_position(age + l, l, tau, 2 * l) == Approx(tau * alone).epsilon(1e-15));
+            CHECK(token_position(age, l, tau, 2 * l) == fresh);
+        }
+    }
+    REQUIRE_INVALID(token_position(-1, 4, 0.5), has("token_position: age is -1, expected >= 0"));
+    REQUIRE_INVALID(token_position(8, 4, 0.5, 8), has("age is 8, expected < tokens_stored (8)"));
+    REQUIRE_INVALID(token_position(0, 0, 0.5), has("chunk_length is 0"));
+    REQUIRE_INVALID(token_position(0, 4, 1.0), has("tau is 1, expected 0 < tau < 1"));
+}
+
+TEST_CASE("reach: the chunk gain is what a memory reads back after storing ones over zeros",
+          "[positions][reach]") {
+    for (Index l : {1, 4, 16}) {
+        MemoryParams p = LongTermParams::sorting().memory_params();
+        p.num_basis = 64;
+        p.num_samples = 32;
+        p.stability = Stability::allow;
+        const MemoryReach reach = memory_reach(p, l);
+        // A first chunk of zeros, then a chunk of ones: the old memory is zero, so the
+        // coefficients are G_newᵀ 1, read back at the new chunk's positions.
+        LongTermMemory<double> memory(3, l, p);
+        memory.update(Eigen::MatrixXd::Zero(l, 3));
+        memory.update(Eigen::MatrixXd::Ones(l, 3));
+        Eigen::VectorXd t(l);
+        for (Index age = 0; age < l; ++age) t[age] = token_position(age, l, p.tau);
+        const Eigen::MatrixXd read = memory.evaluate(t);
+        INFO("L = " << l);
+        CHECK(read.col(0).mean() == Approx(reach.chunk_gain).epsilon(1e-10));
+        CHECK(read.col(2).mean() == Approx(reach.chunk_gain).epsilon(1e-10));
+        CHECK(reach.chunk_gain > 0.0);
+    }
+}
+
+TEST_CASE("reach: the horizon is the age at which detail shrinks below the resolution",
+          "[positions][reach]") {
+    MemoryParams p = LongTermParams::sorting().memory_params();  // N 512, widths .01, .05
+    const MemoryReach r = memory_reach(p, 1024);
+    CHECK(r.centre_spacing == Approx(1.0 / 255.0));
+    CHECK(r.resolution == Approx(0.01));  // the narrowest width exceeds 1/255 and 1/512
+    CHECK(r.effective_resolution == Approx(0.01 / std::sqrt(1.0 - 0.75 * 0.75)));
+    CHECK(r.chunk_share == Approx(0.25));
+    CHECK(r.tokens_per_resolution == Approx(1024 * 0.01 / 0.25));
+    CHECK(r.holds_own_chunk);
+    // At the horizon, the detail's span τ^(h/L)·(1 − τ^(P/L)) equals the effective resolution.
+    for (double detail : {1.0, 256.0, 1024.0, 4096.0}) {
+        const double h = r.horizon_tokens(detail);
+        INFO("detail " << detail << " tokens, horizon " << h);
+        const double span = std::pow(0.75, h / 1024.0) * (1.0 - std::pow(0.75, detail / 1024.0));
+        if (h > 0)
+            CHECK(span == Approx(r.effective_resolution).epsilon(1e-12));
+        else
+            CHECK(1.0 - std::pow(0.75, detail / 1024.0) <= r.effective_resolution);
+    }
+    CHECK(r.horizon_tokens(1.0) == 0.0);  // single tokens are never apart at L = 1024
+    CHECK(r.horizon_chunks() == Approx(r.horizon_tokens(1024.0) / 1024.0));
+    REQUIRE_INVALID(r.horizon_tokens(0.0), has("detail_tokens is 0, expected > 0 and finite"));
+    p.tau = 1.5;
+    REQUIRE_INVALID(memory_reach(p, 1024), has("memory_reach"));
+    REQUIRE_INVALID(memory_reach(LongTermParams::sorting().memory_params(), 0),
+                    has("memory_reach: chunk_length is 0"));
+}
+
+TEST_CASE("reach: a memory that cannot hold its own chunk is refused, unless allowed",
+          "[positions][reach][errors]") {
+    // Sixteen basis functions: centres 1/7 apart, wider than the chunk's share 1 − 0.9.
+    MemoryParams narrow = LongTermParams::sorting().memory_params();
+    narrow.num_basis = 16;
+    narrow.tau = 0.9;
+    CHECK_FALSE(memory_reach(narrow, 16).holds_own_chunk);
+    REQUIRE_INVALID(LongTermMemory<double>(2, 16, narrow),
+                    has("cannot hold its own chunk") && has("lower tau below 0.857143"));
+    narrow.tau = 0.75;  // share 0.25 > 1/7
+    CHECK(memory_reach(narrow, 16).holds_own_chunk);
+    CHECK_NOTHROW(LongTermMemory<double>(2, 16, narrow));
+
+    // One token against 2048 samples of the past: kept at a quarter of its size.
+    MemoryParams weak = LongTermParams::sorting().memory_params();
+    weak.num_basis = 128;
+    weak.num_samples = 2048;
+    const MemoryReach r = memory_reach(weak, 1);
+    CHECK(r.chunk_gain < kMinChunkGain);
+    CHECK_FALSE(r.holds_own_chunk);
+    REQUIRE_INVALID(LongTermMemory<double>(2, 1, weak),
+                    has("cannot hold its own chunk") && has("fewer samples (num_samples)"));
+    weak.stability = Stability::allow;
+    CHECK_NOTHROW(LongTermMemory<double>(2, 1, weak));
+}
+
+TEST_CASE("reach: a divergent configuration's refusal names the nearest num_basis accepted",
+          "[positions][reach][errors]") {
+    // N = 32 with the sorting widths at L = M = 16 diverges (docs/design.md §4).
+    MemoryParams p = LongTermParams::sorting().memory_params();
+    p.num_basis = 32;
+    p.num_samples = 16;
+    std::string message;
+    try {
+        LongTermMemory<double> m(2, 16, p);
+    } catch (const invalid_argument& e) {
+        message = e.what();
+    }
+    INFO(message);
+    REQUIRE_THAT(message, has("the memory diverges") && has("the nearest num_basis accepted"));
+    // Every num_basis the message names is accepted; every even one between them is not.
+    const std::size_t at = message.find("unchanged: ") + 11;
+    const Index below = std::stol(message.substr(at));
+    const Index above = std::stol(message.substr(message.find(" and ", at) + 5));
+    CHECK(below < 32);
+    CHECK(above > 32);
+    for (Index n = below; n <= above; n += 2) {
+        INFO("num_basis = " << n);
+        p.num_basis = n;
+        if (n == below || n == above)
+            CHECK_NOTHROW(LongTermMemory<double>(2, 16, p));
+        else
+            CHECK_THROWS_AS(LongTermMemory<double>(2, 16, p), invalid_argument);
+    }
 }

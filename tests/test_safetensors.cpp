@@ -645,14 +645,24 @@ TEST_CASE("safetensors: a layer saved and loaded runs bit-identically", "[safete
     // float, stored as F32: the same, and a layer of another width is refused by name.
     InfinityFormerLayerf fa(d, heads, len, small_params(true)),
         fb(d, heads, len, small_params(true));
+    InfinityFormerLayerd wide(8, heads, len, small_params(true));
     fb.init_short_term_weights(5);
     REQUIRE_FALSE(fb.short_term_weights().query == fa.short_term_weights().query);
     io::SafetensorsWriter wf;
     io::save_weights(fa, wf, "", DType::F32);
     io::load_weights(fb, io::Safetensors::parse(wf.bytes()), "");
+    // Without a dtype, each Scalar is saved as itself: float as F32, double as F64.
+    io::SafetensorsWriter by_default_f, by_default_d;
+    io::save_weights(fa, by_default_f);
+    io::save_weights(wide, by_default_d);
+    const auto ff = io::Safetensors::parse(by_default_f.bytes());
+    const auto fd = io::Safetensors::parse(by_default_d.bytes());
+    CHECK(ff.info("short_term.query.weight").dtype == DType::F32);
+    CHECK(ff.info("long_term.mu.weight").dtype == DType::F32);
+    CHECK(fd.info("short_term.query.weight").dtype == DType::F64);
+    CHECK(by_default_f.bytes() == wf.bytes());
     const Eigen::MatrixXf x = rng.matrix(len, d).cast<float>();
     CHECK(fa.forward(x) == fb.forward(x));
-    InfinityFormerLayerd wide(8, heads, len, small_params(true));
     REQUIRE_INVALID(io::load_weights(wide, f, "layer."),
                     Contains("'layer.short_term.query.weight' has shape [6, 6], expected [8, 8]"));
 }

@@ -64,7 +64,6 @@ evaluate sticky 2
     for t in $lengths; do printf -- '---|'; done
     echo
 } >"$out/table.md"
-: >"$work/accuracy.dat"
 for m in window infinity sticky; do
     summary=$(grep '^trained' "$work/$m.log")
     steps=$(sed -E 's/.*: ([0-9]+) steps.*/\1/' <<<"$summary")
@@ -75,21 +74,16 @@ for m in window infinity sticky; do
         acc=$(awk -v t="$t" '$2 == t {print $3}' "$work/$m.eval")
         printf ' %.1f%% |' "$(awk -v a="$acc" 'BEGIN {print 100 * a}')" >>"$out/table.md"
     done
-    cat "$work/$m.eval" >>"$work/accuracy.dat"
     echo >>"$out/table.md"
     awk '/^step/ {print $9, $7}' "$work/$m.log" >"$work/$m.training.dat"
 done
 
+examples/sorting/plot_accuracy.sh "$out/table.md" "$out/accuracy.png"
 gnuplot <<GP
 set terminal pngcairo size 800,500
-set output "$out/accuracy.png"
-set logscale x 2
-set xlabel "stream length T (symbols)"
+set title "Sorting: held-out accuracy during training"
 set ylabel "held-out accuracy"
-set key bottom left
-plot for [m in "window infinity sticky"] "< awk -v m=" . m . " '\$1 == m {print \$2, \$3}' $work/accuracy.dat" with linespoints title m
 set output "$out/training.png"
-unset logscale x
 set xlabel "training time (s)"
 plot for [m in "window infinity sticky"] "$work/" . m . ".training.dat" with lines title m
 GP

@@ -15,6 +15,7 @@
 #include "optim.hpp"
 #include "parameter_view.hpp"
 #include "positions.hpp"
+#include "reach.hpp"
 #include "ridge.hpp"
 #include "sampling.hpp"
 #include "short_term_attention.hpp"

@@ -244,6 +244,11 @@ public:
     void backward_unchecked(const Eigen::Ref<const Matrix>& dB, Eigen::Ref<Matrix> dX) const;
 
     /// The continuous memory at T positions: x̄(t) = Bᵀψ(t), returned as T × e rows.
+    /// token_position() (reach.hpp) gives where a token of a given age sits.
+    /// @param t T positions in [0, 1] (outside it the fit was trained towards zero: the
+    ///        pads of positions.hpp).
+    /// @throws infinityformer::invalid_argument naming the first t[i] outside [0, 1] or not
+    ///         finite.
     Matrix evaluate(const Eigen::Ref<const Vector>& t) const;
 
     /// Forgets everything stored (and the observed densities); the generator continues (as
@@ -578,6 +583,9 @@ void LongTermMemory<Scalar_>::backward_unchecked(const Eigen::Ref<const Matrix>&
 
 template <typename Scalar_>
 auto LongTermMemory<Scalar_>::evaluate(const Eigen::Ref<const Vector>& t) const -> Matrix {
+    for (Index i = 0; i < t.size(); ++i)
+        detail::require(t[i] >= Scalar(0) && t[i] <= Scalar(1), "LongTermMemory::evaluate", "t[", i,
+                        "] is ", t[i], ", expected a position in [0, 1]");
     const Matrix psi = ops_->basis.evaluate(t);
     return psi * state_.B;
 }

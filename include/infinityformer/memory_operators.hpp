@@ -21,6 +21,7 @@
 #include "errors.hpp"
 #include "hyperparams.hpp"
 #include "positions.hpp"
+#include "reach.hpp"
 #include "ridge.hpp"
 #include "sampling.hpp"
 #include "stability.hpp"
@@ -59,10 +60,16 @@ struct MemoryOperators {
     Matrix edge_psi;              ///< Ψ at the D bin edges j/D (sticky with D < M; else empty)
 
     /// Under Stability::refuse, a memory of this configuration and width `dim` is refused
-    /// if its uniform recurrence diverges or its concentrated growth exceeds
-    /// kMaxConcentratedGrowth. @throws infinityformer::invalid_argument naming the
-    /// configuration and the settings that would help.
+    /// if it cannot hold its own chunk (memory_reach(): the newest chunk spans no more than
+    /// the memory's resolution), if its uniform recurrence diverges, or if its concentrated
+    /// growth exceeds kMaxConcentratedGrowth.
+    /// @throws infinityformer::invalid_argument naming the configuration, the settings that
+    ///         would help and, for a divergent one, the nearest num_basis above and below
+    ///         that is accepted.
     void refuse_unstable(const char* where, const MemoryParams& p, Index length, Index dim) const;
+
+    /// Whether the configuration (length, p) passes every check of refuse_unstable().
+    static bool accepted(Index length, const MemoryParams& p);
 
     /// Bytes the operators of (chunk_length, p) take (the fits are computed in double over
     /// about 2(M + L) positions), at most.
@@ -141,6 +148,14 @@ MemoryOperators<Scalar>::MemoryOperators(Index length, const MemoryParams& p)
 }
 
 template <typename Scalar>
+bool MemoryOperators<Scalar>::accepted(Index length, const MemoryParams& p) {
+    const MemoryOperators<double> ops(length, p);
+    return detail::reach_with_gain(p, length, ops.stability.chunk_gain).holds_own_chunk &&
+           ops.stability.uniform_radius < 1.0 &&
+           ops.stability.concentrated_growth <= kMaxConcentratedGrowth;
+}
+
+template <typename Scalar>
 void MemoryOperators<Scalar>::refuse_unstable(const char* where, const MemoryParams& p,
                                               Index length, Index dim) const {
     const MemoryStability& s = stability;
@@ -151,21 +166,65 @@ void MemoryOperators<Scalar>::refuse_unstable(const char* where, const MemoryPar
     };
     std::string widths;
     for (double w : p.widths) widths += (widths.empty() ? "" : ", ") + num(w);
-    const Index centres = p.num_basis / static_cast<Index>(p.widths.size());
-    const std::string config =
-        detail::concat("(N = ", p.num_basis, ", widths {", widths, "}, L = ", length,
-                       ", M = ", p.num_samples, ", D = ", p.num_bins, ", tau = ", num(p.tau),
-                       ", lambda = ", num(p.ridge_lambda), ", e = ", dim, "; centre spacing ",
-                       num(centres > 1 ? 1.0 / static_cast<double>(centres - 1) : 1.0), ")");
-    const char* advice =
+    const MemoryReach reach = detail::reach_with_gain(p, length, s.chunk_gain);
+    const std::string config = detail::concat(
+        "(N = ", p.num_basis, ", widths {", widths, "}, L = ", length, ", M = ", p.num_samples,
+        ", D = ", p.num_bins, ", tau = ", num(p.tau), ", lambda = ", num(p.ridge_lambda),
+        ", e = ", dim, "; centre spacing ", num(reach.centre_spacing), ")");
+    detail::require(
+        reach.chunk_share > reach.resolution, where,
+        "the memory cannot hold its own chunk: each chunk is fitted into (tau, 1], a span of ",
+        num(reach.chunk_share), ", no wider than the memory's resolution ", num(reach.resolution),
+        " (the largest of the centre spacing ", num(reach.centre_spacing), ", the narrowest width ",
+        num(reach.narrowest_width), " and 1/M), so every chunk would ",
+        "be stored as a blur of its L tokens ", config,
+        ", expected 1 - tau > resolution: ", "lower tau below ", num(1.0 - reach.resolution),
+        ", or use more basis functions and ",
+        "narrower widths (memory_reach() gives these figures), or set stability = "
+        "Stability::allow (the reference, unchecked)");
+    detail::require(
+        reach.chunk_gain >= kMinChunkGain, where,
+        "the memory cannot hold its own chunk: a new chunk that differs from the past is kept ",
+        "at ", num(reach.chunk_gain),
+        " of its size at its own positions (the fit weighs its L = ", length,
+        " tokens against M = ", p.num_samples, " samples of the past) ", config,
+        ", expected a chunk gain >= ", kMinChunkGain,
+        ": use longer chunks, fewer samples (num_samples) or a smaller ridge_lambda "
+        "(memory_reach() gives these figures), or set stability = Stability::allow (the "
+        "reference, unchecked)");
+    const bool diverges = !(s.uniform_radius < 1.0);
+    if (!diverges && s.concentrated_growth <= kMaxConcentratedGrowth) return;
+    // The nearest num_basis on each side (multiples of the number of widths) that passes
+    // every check, everything else unchanged: at most 16 steps each way, and not above 4N.
+    const Index step = static_cast<Index>(p.widths.size());
+    Index below = 0, above = 0;
+    for (Index k = 1; k <= 16 && (below == 0 || above == 0); ++k) {
+        MemoryParams q = p;
+        q.num_basis = p.num_basis - k * step;
+        if (below == 0 && q.num_basis >= 2 * step && accepted(length, q)) below = q.num_basis;
+        q.num_basis = p.num_basis + k * step;
+        if (above == 0 && q.num_basis <= 4 * p.num_basis && accepted(length, q))
+            above = q.num_basis;
+    }
+    std::string nearest;
+    if (below > 0 || above > 0) {
+        nearest = "; the nearest num_basis accepted with the other settings unchanged: ";
+        if (below > 0) nearest += std::to_string(below) + (above > 0 ? " and " : "");
+        if (above > 0) nearest += std::to_string(above);
+    } else {
+        nearest = detail::concat("; no num_basis within ", 16 * step, " of ", p.num_basis,
+                                 " is accepted with the other settings unchanged");
+    }
+    const std::string advice =
         ": use more basis functions (num_basis) or wider widths, or set stability = "
         "Stability::stabilise (bounded, a deviation from the reference) or "
-        "Stability::allow (the reference's unbounded update)";
-    detail::require(s.uniform_radius < 1.0, where,
+        "Stability::allow (the reference's unbounded update)" +
+        nearest;
+    detail::require(!diverges, where,
                     "the memory diverges: the uniform recurrence B <- A B + C X has spectral "
                     "radius ",
                     num(s.uniform_radius), " ", config, ", expected < 1", advice);
-    detail::require(s.concentrated_growth <= kMaxConcentratedGrowth, where,
+    detail::require(false, where,
                     "the memory diverges when the attention concentrates: ", to_string(p.sampling),
                     " sampling with every point in one place grows the memory by ",
                     num(s.concentrated_growth), " per chunk ", config,

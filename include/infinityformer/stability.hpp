@@ -11,6 +11,7 @@
 
 #include "basis.hpp"
 #include "hyperparams.hpp"
+#include "reach.hpp"
 #include "ridge.hpp"
 
 namespace infinityformer {
@@ -34,6 +35,9 @@ struct MemoryStability {
     /// x_max has |B| ≤ κ·x_max entrywise. The run-time bound (Stability) is
     /// kBoundSlack·κ times the largest |x| stored since the last reset.
     double fit_bound = 0.0;
+    /// MemoryReach::chunk_gain (reach.hpp): the mean value read back at a new chunk's
+    /// positions right after storing a chunk of ones over a zero memory.
+    double chunk_gain = 0.0;
 };
 
 /// The run-time bound on the coefficients, in units of κ·max|x| (MemoryStability::
@@ -104,6 +108,8 @@ MemoryStability analyse_memory(const GaussianBasis<Scalar>& basis, const RidgeFi
                        : static_cast<double>(j) / static_cast<double>(points - 1);
         s.concentrated_growth = (b.evaluate(t) * c).cwiseAbs().maxCoeff();
     }
+    const Eigen::Index length = inf.G().rows() - m;
+    s.chunk_gain = chunk_gain(basis, inf.G().template cast<double>(), length, m, p.tau);
     s.fit_bound = std::max(inf.G().template cast<double>().cwiseAbs().colwise().sum().maxCoeff(),
                            first.G().template cast<double>().cwiseAbs().colwise().sum().maxCoeff());
     return s;

@@ -476,13 +476,21 @@ void load_weights(InfinityFormerLayer<Scalar>& m, const Safetensors& file,
                             m.long_term().has_gate());
 }
 
+/// The dtype a module of `Scalar` saves its weights in unless told otherwise: F32 for float,
+/// F64 for double (the values as they are, in the least room that holds them exactly).
+template <typename Scalar>
+constexpr DType default_dtype() {
+    return std::is_same_v<Scalar, float> ? DType::F32 : DType::F64;
+}
+
 /// Adds a LongTermAttention's weights under `prefix` (the authors' names; proj_query.weight
-/// as zeros, which the reference never applies) in `dtype`. All or nothing.
+/// as zeros, which the reference never applies) in `dtype` (default: the Scalar's,
+/// default_dtype()). All or nothing.
 /// @throws infinityformer::invalid_argument if a name is already in the writer or a value
 ///         overflows the dtype (writer unchanged).
 template <typename Scalar>
 void save_weights(const LongTermAttention<Scalar>& m, SafetensorsWriter& out,
-                  const std::string& prefix, DType dtype = DType::F64) {
+                  const std::string& prefix, DType dtype = default_dtype<Scalar>()) {
     constexpr const char* where = "io::save_weights";
     detail::require_new_names(where, out, tensors_of(m), prefix);
     SafetensorsWriter next = out;
@@ -497,12 +505,13 @@ void save_weights(const LongTermAttention<Scalar>& m, SafetensorsWriter& out,
     out = std::move(next);
 }
 
-/// Adds an InfinityFormerLayer's weights under `prefix` in `dtype`, and the metadata entry
+/// Adds an InfinityFormerLayer's weights under `prefix` in `dtype` (default: the Scalar's,
+/// default_dtype()), and the metadata entry
 /// `prefix` + "infinityformer" (a JSON string of the layer's sizes, for inspection only:
 /// loading does not read it). All or nothing.
 template <typename Scalar>
 void save_weights(const InfinityFormerLayer<Scalar>& m, SafetensorsWriter& out,
-                  const std::string& prefix = "", DType dtype = DType::F64) {
+                  const std::string& prefix = "", DType dtype = default_dtype<Scalar>()) {
     constexpr const char* where = "io::save_weights";
     detail::require_new_names(where, out, tensors_of(m), prefix);
     SafetensorsWriter next = out;
