@@ -81,6 +81,7 @@ struct Options {
     double tau = 0.75;
     std::uint64_t seed = 1;
     std::string sampling = "all";
+    std::string figure_data;  // where to write table (c)'s errors for a plot ("": nowhere)
 };
 
 void print_help() {
@@ -100,6 +101,9 @@ void print_help() {
         "  --seed s        seed of the signal, the probes and sticky sampling (default 1)\n"
         "  --sampling S    uniform, sticky, stratified, both (uniform and sticky) or all "
         "(default all)\n"
+        "  --figure-data F write table (c)'s errors to F, one line per age: kind (ordinary or\n"
+        "                  event), age in tokens, then one column per sampling (scripts/demo\n"
+        "                  plots them)\n"
         "  --help          this text\n");
 }
 
@@ -157,6 +161,8 @@ bool parse(int argc, char** argv, Options& o) {
                     "--sampling expects uniform, sticky, stratified, both or all, got '" + value +
                     "'");
             o.sampling = value;
+        } else if (flag == "--figure-data") {
+            o.figure_data = value;
         } else {
             throw std::invalid_argument("unknown option: " + flag);
         }
@@ -579,6 +585,34 @@ int run(const Options& o) {
         for (std::size_t si = 0; si < num_streams; ++si)
             std::printf(" %11.3f", event_err[si][k] / static_cast<double>(event_count[k]));
         std::printf("\n");
+    }
+
+    if (!o.figure_data.empty()) {
+        // Each age bucket of (c1) at the geometric middle of its edges (the first from 256,
+        // the last to 4 x its lower edge); the events at k chunks.
+        std::FILE* out = std::fopen(o.figure_data.c_str(), "w");
+        if (out == nullptr) throw std::runtime_error("cannot write " + o.figure_data);
+        std::fprintf(out, "# kind age_tokens");
+        for (const Stream& s : streams)
+            std::fprintf(out, " %s", ifr::to_string(s.sampling).c_str());
+        std::fprintf(out, "\n");
+        for (std::size_t b = 0; b < num_buckets; ++b) {
+            if (count[b] == 0) continue;
+            const double lo = b == 0 ? 256.0 : static_cast<double>(edges[b - 1]);
+            const double hi = b == edges.size() ? 4.0 * lo : static_cast<double>(edges[b]);
+            std::fprintf(out, "ordinary %.0f", std::sqrt(lo * hi));
+            for (std::size_t si = 0; si < num_streams; ++si)
+                std::fprintf(out, " %.4f", err[si][b] / static_cast<double>(count[b]));
+            std::fprintf(out, "\n");
+        }
+        for (std::size_t k = 0; k < kCheckpoints.size(); ++k) {
+            if (event_count[k] == 0) continue;
+            std::fprintf(out, "event %lld", static_cast<long long>(kCheckpoints[k] * L));
+            for (std::size_t si = 0; si < num_streams; ++si)
+                std::fprintf(out, " %.4f", event_err[si][k] / static_cast<double>(event_count[k]));
+            std::fprintf(out, "\n");
+        }
+        std::fclose(out);
     }
 
     const double seconds = std::chrono::duration<double>(Clock::now() - wall_start).count();
