@@ -23,8 +23,9 @@ int main() {
     const double t = ifr::token_position(5000, L, params.tau, memory.tokens_stored());
     Eigen::VectorXf at(1);
     at << static_cast<float>(t);
+    const int chunk = 63 - static_cast<int>(5000 / L);  // the chunk it arrived in
     std::cout << "a token 5,000 tokens old sits at t = " << t << ", where the memory reads "
-              << memory.evaluate(at)(0, 0) << "\n";
+              << memory.evaluate(at)(0, 0) << " (it was " << (chunk % 2 ? 1 : -1) << ")\n";
 
     // A reduced language-model memory: refused, with the nearest num_basis that works.
     ifr::MemoryParams small = ifr::LongTermParams::lm().memory_params();

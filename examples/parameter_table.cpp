@@ -3,7 +3,8 @@
 // a signal through LongTermMemory<float> and reading every past token back at the position
 // token_position() gives it, beside what memory_reach() predicts from the parameters alone.
 //
-//   parameter_table [--quick]     (scripts/parameter-table writes the README's table)
+//   parameter_table [--quick | --variant]  (scripts/parameter-table writes the README's
+//                                          table; --variant names the library build)
 //
 // Signal: 16 dimensions, each a sum of 4 sinusoids of amplitude 1/2 with periods drawn
 // log-uniformly in [256, 65536] tokens plus white noise of standard deviation 0.05 (the
@@ -141,6 +142,14 @@ void run(const Row& row, const Eigen::MatrixXd& signal) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 1 && std::strcmp(argv[1], "--variant") == 0) {
+#ifdef INFINITYFORMER_COMPILED
+        std::printf("%s\n", ifr::compiled_variant());
+#else
+        std::printf("header-only\n");
+#endif
+        return 0;
+    }
     const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     const ifr::MemoryParams base = ifr::LongTermParams::sorting().memory_params();
     std::vector<Row> rows;
