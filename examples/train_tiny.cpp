@@ -8,8 +8,8 @@ int main() {
     const Eigen::Index d_model = 8, num_heads = 2, chunk_length = 4, num_chunks = 5;
 
     infinityformer::LongTermParams params = infinityformer::LongTermParams::lm();
-    params.num_basis = 8;  // a tiny memory for a tiny model
-    params.num_samples = 4;
+    params.num_basis = 18;  // small enough for a tiny model, large enough to be accepted
+    params.num_samples = 8;
     params.seed = 1;
     Layer layer(d_model, num_heads, chunk_length, params);
     infinityformer::AdamOptions options;

@@ -120,6 +120,7 @@ void layer_shape(Index d, Index heads, Index l, Index n, Index m, Index bins) {
     p.num_samples = m;
     p.num_bins = bins;
     p.sampling = Sampling::sticky;
+    p.stability = Stability::allow;  // degenerate shapes hold little of a chunk (reach.hpp)
     InfinityFormerLayer<S> layer(d, heads, l, p);
     Normal rng(9);
     typename InfinityFormerLayer<S>::Matrix dx(l, d);
@@ -137,6 +138,7 @@ void memory_tau(double tau) {
     p.widths = {0.05, 0.1};
     p.num_samples = 16;
     p.tau = tau;
+    p.stability = Stability::allow;  // τ near 1 leaves the chunk no room (reach.hpp)
     LongTermMemory<double> mem(2, 8, p);
     Normal rng(4);
     for (int c = 0; c < 50; ++c) mem.update(rng.matrix(8, 2));

@@ -135,6 +135,9 @@ LongTermParams small_params(bool gate) {
     p.num_samples = 4;
     p.gate = gate;
     p.seed = 3;
+    // N = 8 holds too little of a chunk to be a useful memory (reach.hpp), which the
+    // default policy refuses; the numerics under test do not depend on it.
+    p.stability = Stability::allow;
     return p;
 }
 
