@@ -4,8 +4,10 @@
 // on this file: every class template of the library instantiated for float and double, and
 // every function template of the interchange headers. INFINITYFORMER_CHECK_SCALAR (float
 // or double) instantiates one Scalar, so that the two halves run on two cores
-// (gxx_library_warnings_float and _double).
+// (gxx_library_warnings_float and _double). The optional blocks.hpp is read too: its
+// classes instantiated, and its member and function templates called.
 #define INFINITYFORMER_TEST_INSTANTIATE
+#include <infinityformer/blocks.hpp>
 #include <infinityformer/io/safetensors.hpp>
 #include <infinityformer/io/state.hpp>
 #include <infinityformer/io/weights.hpp>
@@ -17,6 +19,10 @@
 #error "define INFINITYFORMER_CHECK_SCALAR as float or double"
 #endif
 INFINITYFORMER_TEST_CLASSES(template, INFINITYFORMER_CHECK_SCALAR)
+template class infinityformer::Embedding<INFINITYFORMER_CHECK_SCALAR>;
+template class infinityformer::LayerNorm<INFINITYFORMER_CHECK_SCALAR>;
+template class infinityformer::FeedForward<INFINITYFORMER_CHECK_SCALAR>;
+template class infinityformer::Linear<INFINITYFORMER_CHECK_SCALAR>;
 
 namespace {
 
@@ -52,5 +58,20 @@ template void interchange<INFINITYFORMER_CHECK_SCALAR>(
     infinityformer::LongTermMemory<INFINITYFORMER_CHECK_SCALAR>&,
     infinityformer::LongTermAttention<INFINITYFORMER_CHECK_SCALAR>&,
     infinityformer::InfinityFormerLayer<INFINITYFORMER_CHECK_SCALAR>&);
+
+template <typename S>
+[[maybe_unused]] double blocks(infinityformer::Embedding<S>& embedding,
+                               const std::vector<int>& tokens, const std::vector<long>& targets) {
+    using Matrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+    const Matrix x = embedding.forward(tokens);
+    (void)embedding.forward(std::vector<unsigned char>{});
+    Matrix dlogits;
+    return infinityformer::softmax_cross_entropy(x, targets, dlogits) +
+           infinityformer::softmax_cross_entropy(x, std::vector<std::size_t>{});
+}
+
+template double blocks<INFINITYFORMER_CHECK_SCALAR>(
+    infinityformer::Embedding<INFINITYFORMER_CHECK_SCALAR>&, const std::vector<int>&,
+    const std::vector<long>&);
 
 }  // namespace

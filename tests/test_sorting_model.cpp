@@ -1,7 +1,6 @@
 // The sorting showcase's own parts (examples/sorting/): the task's targets and text format,
-// and the model's parts that the library does not provide (embedding, layer norm,
-// feed-forward, cross-entropy), their backward passes against central finite differences
-// in double.
+// and the whole model's gradients against central finite differences in double (its parts,
+// the library's blocks.hpp, have their own in tests/test_blocks.cpp).
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
@@ -9,13 +8,11 @@
 #include <random>
 
 #include "../examples/sorting/sorting_data.hpp"
-#include "../examples/sorting/sorting_model.hpp"
 #include "../examples/sorting/sorting_model_full.hpp"
 
 namespace {
 
 using sorting::Mat;
-using sorting::Vec;
 using M = Mat<double>;
 
 // Largest |analytic − numeric| / max(1, |numeric|) over the entries of `x` (every entry, or
@@ -87,78 +84,6 @@ TEST_CASE("sorting: a generated sequence has symbols 0 to 19 and its sorted targ
     CHECK(s.stream.size() == 1000);
     for (int x : s.stream) REQUIRE((x >= 0 && x < 20));
     CHECK(s.target == sorting::sorted_by_count(s.stream));
-}
-
-TEST_CASE("sorting: model parts' backward passes equal finite differences", "[sorting][fd]") {
-    std::mt19937_64 rng(11);
-    const Eigen::Index rows = 5, d = 6, f = 10;
-    M x = sorting::normal_matrix<double>(rows, d, 1.0, rng);
-    const M w = sorting::normal_matrix<double>(rows, d, 1.0, rng);  // ℓ = Σ y ⊙ w
-
-    SECTION("layer norm") {
-        sorting::LayerNorm<double> ln(d);
-        ln.gain = sorting::normal_matrix<double>(d, 1, 1.0, rng);
-        ln.bias = sorting::normal_matrix<double>(d, 1, 1.0, rng);
-        typename sorting::LayerNorm<double>::Trace t;
-        M y, dx;
-        auto loss = [&] {
-            M yy;
-            typename sorting::LayerNorm<double>::Trace tt;
-            ln.forward(x, yy, tt);
-            return (yy.array() * w.array()).sum();
-        };
-        ln.forward(x, y, t);
-        ln.backward(t, w, dx);
-        CHECK(fd_error(x, dx, loss) < 1e-7);
-        M gain = ln.gain, dgain = ln.dgain;
-        auto loss_gain = [&] {
-            ln.gain = gain;
-            return loss();
-        };
-        CHECK(fd_error(gain, dgain, loss_gain) < 1e-7);
-    }
-    SECTION("feed-forward") {
-        sorting::FeedForward<double> ff(d, f, rng);
-        ff.b1 = sorting::normal_matrix<double>(f, 1, 0.5, rng);
-        typename sorting::FeedForward<double>::Trace t;
-        M y, dx;
-        auto loss = [&] {
-            M yy;
-            typename sorting::FeedForward<double>::Trace tt;
-            ff.forward(x, yy, tt);
-            return (yy.array() * w.array()).sum();
-        };
-        ff.forward(x, y, t);
-        ff.backward(t, w, dx);
-        CHECK(fd_error(x, dx, loss) < 1e-7);
-        CHECK(fd_error(ff.w1, M(ff.dw1), loss) < 1e-7);
-        CHECK(fd_error(ff.w2, M(ff.dw2), loss) < 1e-7);
-    }
-    SECTION("cross-entropy and embedding") {
-        M logits = sorting::normal_matrix<double>(rows, 21, 2.0, rng);
-        const std::vector<Eigen::Index> at = {1, 3, 4};
-        const std::vector<int> target = {0, 20, 7};
-        M dlogits;
-        sorting::cross_entropy(logits, at, target, dlogits);
-        auto loss = [&] {
-            M unused;
-            return sorting::cross_entropy(logits, at, target, unused);
-        };
-        CHECK(fd_error(logits, dlogits, loss) < 1e-7);
-        CHECK(dlogits.row(0).norm() == 0.0);  // no target on row 0
-
-        sorting::Embedding<double> emb(21, d, rng);
-        const std::vector<int> tokens = {4, 1, 4, 20, 0};
-        M e;
-        emb.forward(tokens, e);
-        emb.backward(tokens, w);
-        auto loss_emb = [&] {
-            M ee;
-            emb.forward(tokens, ee);
-            return (ee.array() * w.array()).sum();
-        };
-        CHECK(fd_error(emb.table, M(emb.grad), loss_emb) < 1e-7);
-    }
 }
 
 // The whole model on a sequence that fits in one chunk (nothing earlier that truncated

@@ -5,7 +5,9 @@
 // `window` baseline, the library's ShortTermAttention alone (the current and the previous
 // chunk, Transformer-XL style). Trained with truncated back-propagation: a sequence is
 // left-padded to whole chunks so that its 20 targets lie in its last chunk, every chunk is
-// run forward, and only the last one backward.
+// run forward, and only the last one backward. The embedding, the layer norms, the
+// feed-forward blocks, the output head and the cross-entropy are the library's
+// (<infinityformer/blocks.hpp>), with this model's initialisation (sorting_model.hpp).
 #pragma once
 
 #include <algorithm>
@@ -52,7 +54,11 @@ public:
     using Matrix = Mat<S>;
 
     explicit Model(const Config& c)
-        : cfg_(checked(c)), rng_(c.seed), emb_(kVocabulary + 1, c.d, rng_), final_(c.d) {
+        : cfg_(checked(c)),
+          rng_(c.seed),
+          emb_(make_embedding<S>(kVocabulary + 1, c.d, rng_)),
+          final_(c.d),
+          head_(c.d, kVocabulary) {
         auto p = c.kind == Kind::sticky ? infinityformer::LongTermParams::lm()
                                         : infinityformer::LongTermParams::sorting();
         p.gate = false;
@@ -64,8 +70,7 @@ public:
             p.seed = c.seed * 1000 + static_cast<std::uint64_t>(b);
             blocks_.push_back(std::make_unique<Block>(c, p, rng_));
         }
-        out_ = normal_matrix<S>(kVocabulary, c.d, 1.0 / std::sqrt(double(c.d)), rng_);
-        bias_ = Vec<S>::Zero(kVocabulary);
+        head_ = make_head<S>(c.d, kVocabulary, rng_);  // drawn after the blocks' weights
         position_.resize(c.chunk, c.d);
         for (Index i = 0; i < c.chunk; ++i)
             for (Index j = 0; j < c.d; ++j) {
@@ -101,15 +106,19 @@ public:
             const std::vector<int> chunk(tokens.begin() + c * l, tokens.begin() + (c + 1) * l);
             forward_chunk(chunk, logits);
             if (c + 1 < chunks) continue;
-            std::vector<Index> rows;
-            std::vector<int> targets;
+            // The separator, then targets 0 … 18 fed back: the last 20 rows have a target.
+            std::vector<Index> targets(static_cast<std::size_t>(l), infinityformer::ignore_target);
+            correct = 0;
             for (int k = 0; k < kSymbols; ++k) {
-                rows.push_back(l - kSymbols + k);  // the separator, then targets 0 … 18
-                targets.push_back(s.target[std::size_t(k)]);
+                const Index row = l - kSymbols + k;
+                targets[std::size_t(row)] = s.target[std::size_t(k)];
+                Index best = 0;
+                logits.row(row).maxCoeff(&best);
+                if (best == s.target[std::size_t(k)]) ++correct;
             }
             Matrix dlogits;
-            const double loss = cross_entropy(logits, rows, targets, dlogits, &correct);
-            if (train) backward_chunk(chunk, Matrix(dlogits * scale), scale);
+            const double loss = infinityformer::softmax_cross_entropy(logits, targets, dlogits);
+            if (train) backward_chunk(Matrix(dlogits * scale), scale);
             return loss;
         }
         return 0;
@@ -179,14 +188,12 @@ private:
         Window(Index d, Index h, std::uint64_t seed) : st(d, h, seed), prev(0, d) {}
     };
     struct Block {
-        LayerNorm<S> ln1, ln2;
+        infinityformer::LayerNorm<S> ln1, ln2;
         std::unique_ptr<infinityformer::InfinityFormerLayer<S>> layer;
         std::unique_ptr<Window> window;
-        FeedForward<S> ff;
-        typename LayerNorm<S>::Trace t1, t2;
-        typename FeedForward<S>::Trace tf;
+        infinityformer::FeedForward<S> ff;
         Block(const Config& c, const infinityformer::LongTermParams& p, std::mt19937_64& rng)
-            : ln1(c.d), ln2(c.d), ff(c.d, c.ff, rng) {
+            : ln1(c.d), ln2(c.d), ff(make_feed_forward<S>(c.d, c.ff, rng)) {
             if (c.kind == Kind::window)
                 window = std::make_unique<Window>(c.d, c.heads, p.seed);
             else
@@ -218,45 +225,36 @@ private:
     };
 
     void forward_chunk(const std::vector<int>& chunk, Matrix& logits) {
-        emb_.forward(chunk, x_);
-        x_ += position_;
+        Matrix x = emb_.forward(chunk) + position_;
         for (auto& b : blocks_) {
-            Matrix h, f;
-            b->ln1.forward(x_, h, b->t1);
-            x_ += b->attend(h);
-            b->ln2.forward(x_, h, b->t2);
-            b->ff.forward(h, f, b->tf);
-            x_ += f;
+            x += b->attend(b->ln1.forward(x));
+            x += b->ff.forward(b->ln2.forward(x));
         }
-        final_.forward(x_, hf_, tfinal_);
-        logits = (hf_ * out_.transpose()).rowwise() + bias_.transpose();
+        logits = head_.forward(final_.forward(x));
     }
 
-    void backward_chunk(const std::vector<int>& chunk, const Matrix& dlogits, S scale) {
-        dout_.noalias() += dlogits.transpose() * hf_;
-        dbias_ += dlogits.colwise().sum().transpose();
-        Matrix dh = dlogits * out_, dx, d2;
-        final_.backward(tfinal_, dh, dx);
+    // Each part differentiates its last forward, that of the last chunk.
+    void backward_chunk(const Matrix& dlogits, S scale) {
+        Matrix dx = final_.backward(head_.backward(dlogits));
         const S kl = static_cast<S>(cfg_.kl_m / double(cfg_.heads * cfg_.chunk)) * scale;
         for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
             Block& b = **it;
-            b.ff.backward(b.tf, dx, dh);
-            b.ln2.backward(b.t2, dh, d2);
-            dx += d2;
-            dh = b.attend_backward(dx, kl);
-            b.ln1.backward(b.t1, dh, d2);
-            dx += d2;
+            dx += b.ln2.backward(b.ff.backward(dx));
+            dx += b.ln1.backward(b.attend_backward(dx, kl));
         }
-        emb_.backward(chunk, dx);
+        emb_.backward(dx);
     }
 
     std::vector<infinityformer::Parameter<S>> collect() {
         std::vector<infinityformer::Parameter<S>> out;
-        emb_.parameters(out, "embedding");
+        auto add = [&out](const std::vector<infinityformer::Parameter<S>>& ps) {
+            out.insert(out.end(), ps.begin(), ps.end());
+        };
+        add(emb_.parameters("embedding."));
         for (std::size_t b = 0; b < blocks_.size(); ++b) {
             const std::string n = "block" + std::to_string(b) + ".";
             Block& k = *blocks_[b];
-            k.ln1.parameters(out, n + "ln1");
+            add(k.ln1.parameters(n + "ln1."));
             if (k.layer)
                 for (auto& p : k.layer->parameters()) {
                     p.name = n + "attention." + p.name;
@@ -264,23 +262,21 @@ private:
                 }
             else
                 k.window->st.append_parameters(out, n + "attention.short_term.");
-            k.ln2.parameters(out, n + "ln2");
-            k.ff.parameters(out, n + "ff");
+            add(k.ln2.parameters(n + "ln2."));
+            add(k.ff.parameters(n + "ff."));
         }
-        final_.parameters(out, "final_norm");
-        add_parameter(out, "output.weight", out_, dout_);
-        add_parameter(out, "output.bias", bias_, dbias_);
+        add(final_.parameters("final_norm."));
+        add(head_.parameters("output."));
         return out;
     }
 
     Config cfg_;
     std::mt19937_64 rng_;
-    Embedding<S> emb_;
+    infinityformer::Embedding<S> emb_;
     std::vector<std::unique_ptr<Block>> blocks_;
-    LayerNorm<S> final_;
-    Matrix out_, dout_, position_, x_, hf_;
-    Vec<S> bias_, dbias_;
-    typename LayerNorm<S>::Trace tfinal_;
+    infinityformer::LayerNorm<S> final_;
+    infinityformer::Linear<S> head_;
+    Matrix position_;
     std::vector<infinityformer::Parameter<S>> params_;
 };
 
