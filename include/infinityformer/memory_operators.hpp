@@ -149,10 +149,16 @@ MemoryOperators<Scalar>::MemoryOperators(Index length, const MemoryParams& p)
 
 template <typename Scalar>
 bool MemoryOperators<Scalar>::accepted(Index length, const MemoryParams& p) {
-    const MemoryOperators<double> ops(length, p);
-    return detail::reach_with_gain(p, length, ops.stability.chunk_gain).holds_own_chunk &&
-           ops.stability.uniform_radius < 1.0 &&
-           ops.stability.concentrated_growth <= kMaxConcentratedGrowth;
+    // The figures alone, in double (not a MemoryOperators<double>, whose uniform recurrence
+    // is not needed, and which the compiled library must not instantiate before its
+    // declaration below).
+    const GaussianBasis<double> basis =
+        GaussianBasis<double>::default_family(p.num_basis, p.widths);
+    const MemoryStability s = detail::analyse_memory(
+        basis, infinityformer::single_chunk_fit(basis, length, p.ridge_lambda),
+        infinityformer::unbounded_fit(basis, length, p.num_samples, p.tau, p.ridge_lambda), p);
+    return detail::reach_with_gain(p, length, s.chunk_gain).holds_own_chunk &&
+           s.uniform_radius < 1.0 && s.concentrated_growth <= kMaxConcentratedGrowth;
 }
 
 template <typename Scalar>
