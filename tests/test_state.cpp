@@ -665,6 +665,7 @@ TEST_CASE("state: the model container is laid out as docs/state-format.md says",
     CHECK(le(s, at, 8) == s.size() - h);  // payload length
     CHECK(at + 16 == h);
     CHECK(le(s, h - 4, 4) == crc32(0L, reinterpret_cast<const Bytef*>(s.data()), uInt(h - 4)));
+    CHECK(h == 173);  // the example of docs/state-format.md
     // The payload: each stream's state as io::save_state writes it.
     std::size_t p = h;
     for (Eigen::Index k = 0; k < 3; ++k) {
