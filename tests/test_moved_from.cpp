@@ -2077,6 +2077,7 @@ struct LayerSpec {
         typename ContinuousAttention<S>::Weights long_term;
         typename MemoryGate<S>::Weights gate;
         std::string saved;
+        std::string model_saved;  // io::save_model_state of the original as part "layer"
         std::shared_ptr<io::Safetensors> file;
     };
     static Args args(const T& orig, const Config& c) {
@@ -2087,6 +2088,9 @@ struct LayerSpec {
         a.X = rnd<S>(a.l, a.d, 92);
         a.dY = rnd<S>(a.l, a.d, 93);
         a.stream = std::make_shared<LayerStream<S>>(orig.stream_state(0));
+        std::ostringstream ms;
+        io::save_model_state(io::ModelParts<S>{{"layer", orig}}, ms);
+        a.model_saved = ms.str();
         a.short_term = orig.short_term_weights();
         a.long_term = orig.long_term().attention().weights();
         a.gate = orig.long_term().has_gate() ? orig.long_term().gate().weights()
@@ -2149,6 +2153,22 @@ struct LayerSpec {
             m.backward_streams({a.dY}, S(0.1), dX, 1);
             return dX;
         });
+        p.survives("forward(X, Y) (row-major)", [&] {
+            typename T::RowMatrix X = a.X, Y(a.l, a.d);
+            m.forward(X, Y);
+            return Mat<S>(Y);
+        });
+        p.survives("forward_batch", [&] {
+            Mat<S> X(2 * a.l, a.d), Y(2 * a.l, a.d);
+            X << a.X, a.X;
+            m.forward_batch(X, Y, 2);
+            return Y;
+        });
+        p.survives("backward_batch", [&] {
+            Mat<S> dX(a.l, a.d);
+            m.backward_batch(a.dY, S(0.1), dX, 1);
+            return dX;
+        });
         p.survives("zero_grad", [&] { m.zero_grad(); });
         p.survives("parameters", [&] {
             const auto ps = m.parameters();
@@ -2168,6 +2188,15 @@ struct LayerSpec {
         p.survives("io::restore_state", [&] {
             std::istringstream in(a.saved);
             io::restore_state(m, in);
+        });
+        p.survives("io::save_model_state", [&] {
+            std::ostringstream os;
+            io::save_model_state(io::ModelParts<S>{{"layer", m}}, os);
+            return os.str();
+        });
+        p.survives("io::restore_model_state", [&] {
+            std::istringstream in(a.model_saved);
+            io::restore_model_state(io::ModelParts<S>{{"layer", m}}, in);
         });
         p.survives("io::tensors_of", [&] { return io::tensors_of(m).size(); });
         p.survives("io::describe", [&] { return io::describe(*a.file, m, "").problems(); });

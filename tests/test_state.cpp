@@ -530,3 +530,332 @@ TEST_CASE("state: set_stream_state checks what it is given", "[state][twin]") {
     CHECK_THROWS_WITH(fresh.memory.set_state(st, 0), has("from 0 to 2^62"));
     CHECK(lt.stream_state() == lt.engine().make_stream(0));
 }
+
+namespace {
+
+// A model of two layers with three streams each and a long-term attention with two, its
+// streams advanced by `chunks` chunks (forward and backward) from a seed of their own.
+template <typename S>
+struct Model {
+    LongTermParams p = small_params(Sampling::sticky);
+    InfinityFormerLayer<S> first{kD, kHeads, kL, p}, second{kD, kHeads, kL, p};
+    LongTermAttention<S> memory{kD, kHeads, kL, p};
+    Model() {
+        first.set_num_streams(3);
+        second.set_num_streams(3);
+        memory.set_num_streams(2);
+    }
+    io::ModelParts<S> parts() { return {{"first", first}, {"second", second}, {"memory", memory}}; }
+
+    // One chunk of every stream: the layers stacked (second after first), the attention
+    // reading the first layer's output. Returns every output and input gradient.
+    std::vector<Mat<S>> step(Normal& rng) {
+        std::vector<Mat<S>> out;
+        for (Eigen::Index s = 0; s < 3; ++s) {
+            const Mat<S> x = rng.matrix(kL, kD).template cast<S>();
+            const Mat<S> dy = rng.matrix(kL, kD).template cast<S>();
+            Mat<S> h = first.forward(x, s), y = second.forward(h, s), dh(kL, kD), dx(kL, kD);
+            second.backward(dy, S(0.01), dh, s);
+            first.backward(dh, S(0.01), dx, s);
+            out.push_back(y);
+            out.push_back(dx);
+            if (s < 2) out.push_back(memory.forward(h, x.topRows(3), s));
+        }
+        for (auto* l : {&first, &second})
+            for (auto& q : l->parameters()) out.push_back(q.gradient());
+        return out;
+    }
+    // Every stream's state, for comparisons.
+    std::vector<LayerStream<S>> layer_states() const {
+        std::vector<LayerStream<S>> out;
+        for (const auto* l : {&first, &second})
+            for (Eigen::Index s = 0; s < l->num_streams(); ++s) out.push_back(l->stream_state(s));
+        return out;
+    }
+    std::vector<LongTermStream<S>> memory_states() const {
+        std::vector<LongTermStream<S>> out;
+        for (Eigen::Index s = 0; s < memory.num_streams(); ++s)
+            out.push_back(memory.stream_state(s));
+        return out;
+    }
+};
+
+template <typename S>
+std::string saved_model(Model<S>& m) {
+    std::ostringstream out;
+    io::save_model_state(m.parts(), out);
+    return out.str();
+}
+
+}  // namespace
+
+TEST_CASE("state: a model's streams saved in one file continue bit for bit", "[state]") {
+    Scratch tmp("infinityformer_model_state_");
+    for (bool via_file : {false, true}) {
+        INFO((via_file ? "file" : "stream"));
+        Model<double> a, b;
+        Normal rng(40), other(41);
+        for (int c = 0; c < 4; ++c) a.step(rng);
+        for (int c = 0; c < 2; ++c) b.step(other);  // b holds other streams before
+        if (via_file) {
+            const std::string path = tmp / "model.state";
+            io::save_model_state_file(a.parts(), path);
+            CHECK((contents(path) == saved_model(a)));
+            io::restore_model_state_file(b.parts(), path);
+        } else {
+            std::stringstream ss;
+            io::save_model_state(a.parts(), ss);
+            ss << "after";  // the stream is left after the model state
+            io::restore_model_state(b.parts(), ss);
+            std::string rest;
+            ss >> rest;
+            CHECK(rest == "after");
+        }
+        // (The traces are not saved: the states are equal from the next chunk on.)
+        for (int c = 0; c < 3; ++c) {
+            Normal ra(500 + static_cast<std::uint64_t>(c)), rb(500 + static_cast<std::uint64_t>(c));
+            a.first.zero_grad();
+            a.second.zero_grad();
+            b.first.zero_grad();
+            b.second.zero_grad();
+            const auto ya = a.step(ra), yb = b.step(rb);
+            REQUIRE(ya.size() == yb.size());
+            for (std::size_t k = 0; k < ya.size(); ++k) {
+                INFO("chunk " << c << " after the restore, result " << k);
+                REQUIRE(detail::same_values(ya[k], yb[k]));
+            }
+        }
+        CHECK(a.layer_states() == b.layer_states());
+        CHECK(a.memory_states() == b.memory_states());
+    }
+    // Float, a layer alone.
+    InfinityFormerLayer<float> f(kD, kHeads, kL, small_params(Sampling::uniform)),
+        g(kD, kHeads, kL, small_params(Sampling::uniform));
+    Normal rng(3);
+    for (int c = 0; c < 3; ++c) f.forward(rng.matrix(kL, kD).cast<float>());
+    std::stringstream ss;
+    io::save_model_state(io::ModelParts<float>{{"only", f}}, ss);
+    io::restore_model_state(io::ModelParts<float>{{"only", g}}, ss);
+    const Eigen::MatrixXf x = rng.matrix(kL, kD).cast<float>();
+    CHECK(detail::same_values(f.forward(x), g.forward(x)));
+    CHECK(f.stream_state() == g.stream_state());
+}
+
+TEST_CASE("state: the model container is laid out as docs/state-format.md says", "[state]") {
+    Model<double> m;
+    Normal rng(8);
+    m.step(rng);
+    const std::string s = saved_model(m);
+    const unsigned char magic[8] = {0x89, 'I', 'F', 'M', 0x0D, 0x0A, 0x1A, 0x0A};
+    for (std::size_t i = 0; i < 8; ++i) CHECK(static_cast<unsigned char>(s[i]) == magic[i]);
+    CHECK(le(s, 8, 4) == 1);  // format version
+    const std::size_t h = le(s, 12, 4);
+    CHECK(le(s, 16, 4) == crc32(0L, reinterpret_cast<const Bytef*>(s.data()), 16));
+    CHECK(le(s, 20, 1) == 8);  // double
+    CHECK(le(s, 24, 4) == 3);  // parts
+    std::size_t at = 28;
+    std::vector<std::uint64_t> lengths;
+    for (const char* name : {"first", "second", "memory"}) {
+        const std::size_t n = le(s, at, 4);
+        CHECK(s.substr(at + 4, n) == name);
+        at += 4 + n;
+        CHECK(le(s, at, 1) == (std::string(name) == "memory" ? 2u : 3u));  // kind
+        const std::size_t streams = le(s, at + 4, 8);
+        CHECK(streams == (std::string(name) == "memory" ? 2u : 3u));
+        at += 12;
+        for (std::size_t k = 0; k < streams; ++k, at += 8) lengths.push_back(le(s, at, 8));
+    }
+    CHECK(le(s, at, 8) == s.size() - h);  // payload length
+    CHECK(at + 16 == h);
+    CHECK(le(s, h - 4, 4) == crc32(0L, reinterpret_cast<const Bytef*>(s.data()), uInt(h - 4)));
+    CHECK(h == 173);  // the example of docs/state-format.md
+    // The payload: each stream's state as io::save_state writes it.
+    std::size_t p = h;
+    for (Eigen::Index k = 0; k < 3; ++k) {
+        std::ostringstream one;
+        io::save_state(m.first, one, k);
+        CHECK((s.substr(p, lengths[std::size_t(k)]) == one.str()));
+        p += lengths[std::size_t(k)];
+    }
+    std::ostringstream last;
+    io::save_state(m.memory, last, 1);
+    CHECK((s.substr(s.size() - lengths.back()) == last.str()));
+}
+
+TEST_CASE("state: a truncated, damaged or mismatched model state is refused, the model unchanged",
+          "[state][twin]") {
+    Model<double> a, b;
+    Normal rng(12), other(13);
+    for (int c = 0; c < 3; ++c) a.step(rng);
+    b.step(other);
+    const auto layers = b.layer_states();
+    const auto memories = b.memory_states();
+    const std::string good = saved_model(a);
+    const std::string call = "[infinityformer] io::restore_model_state: ";
+    auto unchanged = [&] {
+        REQUIRE(b.layer_states() == layers);
+        REQUIRE(b.memory_states() == memories);
+    };
+    auto refused_by = [&](const io::ModelParts<double>& parts, const std::string& bytes,
+                          const std::string& says) {
+        INFO(says);
+        std::istringstream in(bytes);
+        CHECK_THROWS_AS(io::restore_model_state(parts, in), infinityformer::runtime_error);
+        std::istringstream again(bytes);
+        CHECK_THROWS_WITH(io::restore_model_state(parts, again), has(call) && has(says));
+        unchanged();
+    };
+    auto refused = [&](const std::string& bytes, const std::string& says) {
+        refused_by(b.parts(), bytes, says);
+    };
+    const std::size_t h = le(good, 12, 4);
+    for (std::size_t n = 0; n < good.size(); n += (n < h + 200 ? 1 : 61))
+        refused(good.substr(0, n), "truncated");
+    for (std::size_t i = 0; i < good.size(); i += (i < h + 200 ? 1 : 37)) {
+        std::string bad = good;
+        bad[i] = static_cast<char>(static_cast<unsigned char>(bad[i]) ^ 0x10u);
+        refused(bad, i < 8 ? "not an infinityformer model state" : "damaged");
+    }
+    refused("hello, world: not a state at all", "not an infinityformer model state");
+    std::ostringstream one;
+    io::save_state(a.first, one);
+    refused(one.str(), "this is one stream's state (io::save_state), expected a model state");
+    std::string newer = good;
+    newer[8] = 2;
+    reseal(newer);
+    refused(newer, "model state has format version 2, newer than this build reads (up to 1)");
+
+    // Another model: fewer parts, other names or order, another kind, other stream counts.
+    refused_by({{"first", b.first}, {"second", b.second}}, good,
+               "holds 3 parts ('first', 'second', 'memory'), the model has 2 ('first', 'second')");
+    refused_by({{"first", b.first}, {"later", b.second}, {"memory", b.memory}}, good,
+               "part 1 is named 'second' in the model state, 'later' in the model");
+    refused_by({{"second", b.second}, {"first", b.first}, {"memory", b.memory}}, good,
+               "part 0 is named 'first' in the model state, 'second' in the model");
+    {
+        InfinityFormerLayer<double> wrong(kD, kHeads, kL, a.p);
+        refused_by({{"first", b.first}, {"second", b.second}, {"memory", wrong}}, good,
+                   "part 'memory' is a LongTermAttention in the model state, an "
+                   "InfinityFormerLayer in the model");
+        wrong.set_num_streams(2);
+        refused_by({{"first", b.first}, {"second", wrong}, {"memory", b.memory}}, good,
+                   "part 'second' has 3 streams in the model state, 2 in the model");
+        // Another shape: the stream's own reader says which field, the model which part.
+        auto q = a.p;
+        q.num_basis = 10;
+        InfinityFormerLayer<double> shaped(kD, kHeads, kL, q);
+        shaped.set_num_streams(3);
+        const auto shaped_before = shaped.stream_state(2);
+        refused_by({{"first", b.first}, {"second", shaped}, {"memory", b.memory}}, good,
+                   "part 'second', stream 0: the state is from another configuration: num_basis "
+                   "is 8 in the state, 10 in this object");
+        CHECK(shaped.stream_state(2) == shaped_before);
+        InfinityFormerLayer<double> wider(2 * kD, kHeads, kL, a.p);
+        wider.set_num_streams(3);
+        refused_by({{"first", b.first}, {"second", wider}, {"memory", b.memory}}, good,
+                   "part 'second', stream 0: the state is from another configuration: dim is 6 "
+                   "in the state, 12 in this object");
+    }
+    {
+        Model<float> f;
+        std::ostringstream out;
+        io::save_model_state(f.parts(), out);
+        refused(out.str(), "saved from float objects, this model is double");
+    }
+    // A malformed stream inside valid container checksums: the part and the stream named.
+    {
+        std::string inner = good;
+        std::size_t at = h;  // the first stream's state: its phase byte is its last
+        at += le(good, 28 + 4 + 5 + 4 + 8, 8);
+        inner[at - 1] = 1;  // a layer's long-term stream is never left `updated`
+        reseal(inner);      // the container's checksums only
+        refused(inner, "part 'first', stream 0: the state is damaged");
+    }
+
+    // The model itself: no parts, a duplicate name or object, a const part.
+    std::istringstream in(good);
+    REQUIRE_INVALID(io::restore_model_state(io::ModelParts<double>{}, in),
+                    has(call) && has("the model has no parts, expected at least one"));
+    REQUIRE_INVALID(
+        io::restore_model_state(io::ModelParts<double>{{"x", b.first}, {"x", b.second}}, in),
+        has("parts 0 and 1 are both named 'x', expected distinct names"));
+    REQUIRE_INVALID(
+        io::restore_model_state(io::ModelParts<double>{{"x", b.first}, {"y", b.first}}, in),
+        has("parts 'x' and 'y' are the same object, expected each once"));
+    REQUIRE_INVALID(io::restore_model_state(io::ModelParts<double>{{"", b.first}}, in),
+                    has("part 0 is named '' (0 bytes), expected 1 to 1024 bytes"));
+    const auto& constant = b.second;
+    REQUIRE_INVALID(
+        io::restore_model_state(
+            io::ModelParts<double>{{"first", b.first}, {"second", constant}, {"memory", b.memory}},
+            in),
+        has("part 'second' was made from a const layer"));
+    std::ostringstream sink;
+    REQUIRE_INVALID(
+        io::save_model_state(io::ModelParts<double>{{"x", b.first}, {"x", b.second}}, sink),
+        has("[infinityformer] io::save_model_state: parts 0 and 1 are both named"));
+    CHECK(sink.str().empty());
+    unchanged();
+
+    // Files: trailing bytes, a missing file; the file named, the model unchanged.
+    Scratch tmp("infinityformer_model_io_");
+    const std::string path = tmp / "model.state";
+    {
+        std::ofstream out(path, std::ios::binary);
+        out << good << "x";
+    }
+    const std::string file_call = "[infinityformer] io::restore_model_state_file: '" + path + "': ";
+    CHECK_THROWS_WITH(io::restore_model_state_file(b.parts(), path),
+                      has(file_call + "the file is damaged: it has bytes after the state"));
+    unchanged();
+    {
+        std::ofstream out(path, std::ios::binary);
+        out << good.substr(0, good.size() - 3);
+    }
+    CHECK_THROWS_WITH(io::restore_model_state_file(b.parts(), path),
+                      has(file_call + "the model state is truncated"));
+    unchanged();
+    CHECK_THROWS_WITH(io::restore_model_state_file(b.parts(), tmp / "missing"),
+                      has("io::restore_model_state_file: '" + tmp / "missing" +
+                          "': cannot open the file: it does not exist"));
+    CHECK_THROWS_WITH(
+        io::save_model_state_file(b.parts(), tmp / "no/x.state"),
+        has("io::save_model_state_file: '" + tmp / "no/x.state" + "': cannot write the file"));
+    unchanged();
+    io::save_model_state_file(a.parts(), path);
+    io::restore_model_state_file(b.parts(), path);
+    Normal ra(99), rb(99);
+    for (auto* l : {&a.first, &a.second, &b.first, &b.second}) l->zero_grad();
+    CHECK(a.step(ra) == b.step(rb));
+    CHECK(b.layer_states() == a.layer_states());
+}
+
+TEST_CASE("state: a stream index out of range names the call the user made", "[state]") {
+    const auto p = small_params(Sampling::uniform);
+    InfinityFormerLayer<double> layer(kD, kHeads, kL, p);
+    LongTermAttention<double> lt(kD, kHeads, kL, p);
+    const std::string good = saved(layer);
+    for (Eigen::Index bad : {Eigen::Index(3), Eigen::Index(-1)}) {
+        INFO("stream " << bad);
+        const std::string expected =
+            "stream is " + std::to_string(bad) + ", expected 0 <= stream < 1";
+        std::istringstream in(good), in2(good);
+        REQUIRE_INVALID(io::restore_state(layer, in, bad),
+                        has("[infinityformer] io::restore_state: " + expected));
+        REQUIRE_INVALID(io::restore_state(lt, in2, bad),
+                        has("[infinityformer] io::restore_state: " + expected));
+        std::ostringstream out;
+        REQUIRE_INVALID(io::save_state(layer, out, bad),
+                        has("[infinityformer] io::save_state: " + expected));
+        REQUIRE_INVALID(io::save_state(lt, out, bad),
+                        has("[infinityformer] io::save_state: " + expected));
+        const std::string path = "infinityformer_test_state_index.bin";
+        io::save_state_file(layer, path);
+        REQUIRE_INVALID(io::restore_state_file(layer, path, bad),
+                        has("[infinityformer] io::restore_state_file: " + expected));
+        REQUIRE_INVALID(io::save_state_file(layer, path, bad),
+                        has("[infinityformer] io::save_state_file: " + expected));
+        std::remove(path.c_str());
+    }
+    CHECK(layer.stream_state() == InfinityFormerLayer<double>(kD, kHeads, kL, p).stream_state());
+}

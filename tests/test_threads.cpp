@@ -117,6 +117,7 @@ TEST_CASE("threads: the batch calls are all or nothing", "[threads][errors][twin
     twin.forward_streams(x, y, 1);
     std::vector<MatrixXd> bad = dy;
     bad[1](0, 0) = kInf;
-    REQUIRE_INVALID(layer.backward_streams(bad, 0.1, dx, 2), has(bw) && has("dY has a non-finite"));
+    REQUIRE_INVALID(layer.backward_streams(bad, 0.1, dx, 2),
+                    has(bw) && has("dY[1] has a non-finite"));
     for (std::size_t k = 0; k < params.size(); ++k) CHECK(params[k].gradient().isZero(0));
 }

@@ -60,6 +60,7 @@ struct LayerStream {
 
     // workspace
     Matrix q_next, y_next;
+    Matrix x_in;  ///< a row-major chunk, copied (forward() of a RowMatrix)
     typename ShortTermAttention<Scalar>::Trace next_short_term;
     typename ShortTermAttention<Scalar>::Work work;
 };
@@ -134,6 +135,8 @@ public:
     using Scalar = Scalar_;
     using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    /// Row-major chunks (forward()'s overload for a row-major output).
+    using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using Index = Eigen::Index;
     using StreamState = LayerStream<Scalar>;
 
@@ -214,12 +217,34 @@ public:
     /// is in its steady state (from its fourth chunk on).
     void forward(const Eigen::Ref<const Matrix>& X, Eigen::Ref<Matrix> Y, Index stream = 0);
 
+    /// forward() into row-major caller storage Y (L × d) of a row-major chunk X (L × d): X is
+    /// copied into the stream's own column-major workspace, so that this too allocates
+    /// nothing once the stream is in its steady state, and Y is bit for bit what forward()
+    /// of a column-major copy of X gives. The output's storage order chooses the overload:
+    /// give X in Y's order (an X in the other order binds through Eigen::Ref's temporary
+    /// copy, one allocation per call). Y may alias X.
+    void forward(const Eigen::Ref<const RowMatrix>& X, Eigen::Ref<RowMatrix> Y, Index stream = 0);
+
     /// forward() of one chunk on each of the streams 0 … S−1 (S = X.size() ≤ num_streams()),
     /// the streams shared out between `threads` threads (contiguous blocks): Y[s] is what
     /// forward(X[s], s) gives, bit for bit. All or nothing: if any stream's forward fails,
     /// no stream changes and the error of the first failing stream is thrown.
     /// @param X S chunks (L × d). @param Y resized to S outputs (L × d).
     void forward_streams(const std::vector<Matrix>& X, std::vector<Matrix>& Y, int threads = 1);
+
+    /// forward_streams() on a stacked batch: X is B·L × d, rows b·L … (b+1)·L−1 the chunk of
+    /// stream b, for the streams 0 … B−1 (B ≤ num_streams()), shared out between `threads`
+    /// threads; Y (B·L × d, may alias X) receives the outputs stacked the same way, each
+    /// block bit for bit what forward(X_b, Y_b, b) gives. X's and Y's blocks are used in
+    /// place (no copy; blocks of column-major matrices are fine). All or nothing: if any
+    /// stream's forward fails, no stream changes, Y is not written, and the error of the
+    /// first failing stream is thrown. Allocates what forward_streams() allocates for its
+    /// own bookkeeping (two small vectors, and the threads it starts), nothing per stream
+    /// once the streams are in their steady state.
+    /// @throws infinityformer::invalid_argument if X's rows are not a positive multiple of
+    ///         L or B > num_streams(), X's columns are not d, Y's shape differs from X's,
+    ///         X has a non-finite entry (named with its stream), or threads < 1.
+    void forward_batch(const Eigen::Ref<const Matrix>& X, Eigen::Ref<Matrix> Y, int threads = 1);
 
     /// Backward of the stream's last forward() for ℓ = Σ Y ⊙ dY + kl_weight · Σ KL (the
     /// long-term attention's regulariser): accumulates the gradients of every weight
@@ -250,6 +275,18 @@ public:
     /// (L × d).
     void backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight, std::vector<Matrix>& dX,
                           int threads = 1);
+
+    /// backward_streams() on a stacked batch: dY is B·L × d, rows b·L … (b+1)·L−1 the upstream
+    /// gradient of stream b's last forward(), for the streams 0 … B−1; dX (B·L × d, may
+    /// alias dY) receives ∂ℓ/∂X stacked the same way, each block bit for bit what
+    /// backward(dY_b, kl_weight, dX_b, b) gives; the gradients as backward_streams() sums
+    /// them. The same checks, order and all-or-nothing guarantee as backward_streams();
+    /// blocks used in place.
+    /// @throws infinityformer::invalid_argument as forward_batch() on the shapes (dY's
+    ///         rows, dX's shape), on a non-finite entry of dY (named with its stream), a
+    ///         bad kl_weight or a result that overflowed; logic_error as backward().
+    void backward_batch(const Eigen::Ref<const Matrix>& dY, Scalar kl_weight, Eigen::Ref<Matrix> dX,
+                        int threads = 1);
 
     /// Short-term gradients accumulated by backward() (layout of ShortTermWeights).
     const ShortTermWeights& short_term_gradients() const { return short_.gradients(); }
@@ -334,6 +371,14 @@ private:
     // Every check of backward() but dX's shape.
     void check_backward(const char* where, const StreamState& s, const Eigen::Ref<const Matrix>& dY,
                         Scalar kl_weight) const {
+        check_phase(where, s);
+        detail::check_matrix(where, "dY", dY, length_, d_model());
+        detail::check_kl_weight(where, kl_weight);
+        if (s.used_long_term) ltm_.check_backward(where, s.long_term, dY, kl_weight);
+    }
+
+    // A forward() to differentiate, its trace not consumed.
+    static void check_phase(const char* where, const StreamState& s) {
         if (s.phase == LayerPhase::consumed)
             throw infinityformer::logic_error(detail::concat(
                 "[infinityformer] ", where,
@@ -344,9 +389,6 @@ private:
             throw infinityformer::logic_error(detail::concat(
                 "[infinityformer] ", where,
                 ": no forward() to differentiate, expected a call to forward() first"));
-        detail::check_matrix(where, "dY", dY, length_, d_model());
-        detail::check_kl_weight(where, kl_weight);
-        if (s.used_long_term) ltm_.check_backward(where, s.long_term, dY, kl_weight);
     }
 
     // backward() after the checks: every result computed into the stream's workspace and
@@ -412,6 +454,60 @@ private:
         return count;
     }
 
+    // The B streams of a stacked batch call (forward_batch(), backward_batch()), checked:
+    // `in` is B·L × d with 1 <= B <= num_streams(), `out` has its shape.
+    Index check_stacked(const char* where, const char* in_name, const Eigen::Ref<const Matrix>& in,
+                        const char* out_name, const Eigen::Ref<const Matrix>& out,
+                        int threads) const {
+        const Index rows = in.rows(), b = rows / length_;
+        if (in.cols() != d_model() || rows == 0 || rows % length_ != 0)
+            detail::fail(where, in_name, " is ", rows, "x", in.cols(),
+                         ", expected B*L x d: B >= 1 chunks stacked (one per stream) with L = "
+                         "chunk_length() = ",
+                         length_, " and d = d_model() = ", d_model());
+        detail::require(b <= num_streams(), where, in_name, " stacks B = ", b, " chunks of ",
+                        length_, " rows, expected 1 to num_streams() = ", num_streams());
+        detail::check_shape(where, out_name, out, rows, d_model());
+        detail::require(threads >= 1, where, "threads is ", threads, ", expected >= 1");
+        return b;
+    }
+
+    // The chunks of a batch call as the caller gave them, viewed without a copy: the S
+    // matrices of a *_streams call, each checked L × d and finite (named "X[s]"), or the
+    // row blocks of a *_batch call's stacked matrix (shape checked by check_stacked(), each
+    // block checked finite, named "X's rows a to b (stream s)").
+    struct Chunks {
+        const std::vector<Matrix>* list;
+        const Eigen::Ref<const Matrix>* stacked;
+        const char* name;
+        Index length;
+        Eigen::Ref<const Matrix> operator[](Index i) const {
+            if (list) return Eigen::Ref<const Matrix>((*list)[static_cast<std::size_t>(i)]);
+            return Eigen::Ref<const Matrix>(stacked->middleRows(i * length, length));
+        }
+    };
+    // Where a batch call writes: S matrices (resized at the commit) or a stacked matrix's
+    // row blocks (shape checked).
+    struct Outputs {
+        std::vector<Matrix>* list;
+        Eigen::Ref<Matrix>* stacked;
+        Index length;
+        Eigen::Ref<Matrix> operator[](Index i) const {
+            if (list) return Eigen::Ref<Matrix>((*list)[static_cast<std::size_t>(i)]);
+            return Eigen::Ref<Matrix>(stacked->middleRows(i * length, length));
+        }
+    };
+    // Chunk i's own checks (shape and finiteness), the message naming its stream.
+    void check_chunk(const char* where, const Chunks& in, Index i) const;
+
+    // The body of forward_streams() and forward_batch(): the streams 0 … count−1 prepared
+    // on `threads` threads, then committed in order if all succeeded.
+    void forward_each(const char* where, Index count, int threads, const Chunks& X,
+                      const Outputs& Y);
+    // The body of backward_streams() and backward_batch().
+    void backward_each(const char* where, Index count, int threads, const Chunks& dY,
+                       Scalar kl_weight, const Outputs& dX);
+
     static Index validated(Index d_model, Index heads, Index length, const LongTermParams& p) {
         constexpr const char* where = "InfinityFormerLayer::InfinityFormerLayer";
         detail::check_heads(where, "d_model", d_model, heads);
@@ -440,9 +536,9 @@ private:
                                    const LongTermParams& p) {
         const double h = static_cast<double>(heads), l = static_cast<double>(length),
                      d = static_cast<double>(d_model);
-        constexpr double blocks = 32, per_block = 64;  // allocations, and each one's overhead
+        constexpr double blocks = 33, per_block = 64;  // allocations, and each one's overhead
         return static_cast<double>(sizeof(StreamState) - sizeof(LongTermStream<Scalar>)) +
-               static_cast<double>(sizeof(Scalar)) * (32 * l * d + 6 * h * l * l + h * l) +
+               static_cast<double>(sizeof(Scalar)) * (33 * l * d + 6 * h * l * l + h * l) +
                blocks * per_block +
                LongTermEngine<Scalar>::stream_bytes_for(d_model, heads, length, d_model, p);
     }
@@ -554,22 +650,41 @@ void InfinityFormerLayer<Scalar_>::forward(const Eigen::Ref<const Matrix>& X, Ei
 }
 
 template <typename Scalar_>
-void InfinityFormerLayer<Scalar_>::forward_streams(const std::vector<Matrix>& X,
-                                                   std::vector<Matrix>& Y, int threads) {
-    constexpr const char* where = "InfinityFormerLayer::forward_streams";
-    const Index count = check_batch(where, X.size(), threads);
-    for (Index i = 0; i < count; ++i) {
-        const std::string name = detail::concat("X[", i, "]");
-        detail::check_matrix(where, name.c_str(), X[static_cast<std::size_t>(i)], length_,
-                             d_model());
+void InfinityFormerLayer<Scalar_>::forward(const Eigen::Ref<const RowMatrix>& X,
+                                           Eigen::Ref<RowMatrix> Y, Index stream) {
+    constexpr const char* where = "InfinityFormerLayer::forward";
+    StreamState& s = state(where, stream);
+    detail::check_matrix(where, "X", X, length_, d_model());
+    detail::check_shape(where, "Y", Y, length_, d_model());
+    s.x_in = X;  // sized once: no allocation from the second call on
+    commit_forward(prepare_forward(where, s, s.x_in));
+    Y = s.y_next;
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::check_chunk(const char* where, const Chunks& in, Index i) const {
+    const Eigen::Ref<const Matrix> x = in[i];
+    if (in.list) {
+        const std::string name = detail::concat(in.name, "[", i, "]");
+        detail::check_matrix(where, name.c_str(), x, length_, d_model());
+    } else if (!detail::all_finite(x)) {
+        const std::string name = detail::concat(in.name, "'s rows ", i * length_, " to ",
+                                                (i + 1) * length_ - 1, " (stream ", i, ")");
+        detail::check_finite(where, name.c_str(), x);
     }
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::forward_each(const char* where, Index count, int threads,
+                                                const Chunks& X, const Outputs& Y) {
+    for (Index i = 0; i < count; ++i) check_chunk(where, X, i);
     std::vector<std::optional<Step>> steps(static_cast<std::size_t>(count));
     std::vector<std::exception_ptr> errors(static_cast<std::size_t>(count));
     detail::parallel_blocks(count, threads, [&](Index begin, Index end, Index) {
         for (Index i = begin; i < end; ++i) {
             try {
-                const Eigen::Ref<const Matrix> x(X[static_cast<std::size_t>(i)]);
-                steps[static_cast<std::size_t>(i)].emplace(prepare_forward(where, streams_[i], x));
+                steps[static_cast<std::size_t>(i)].emplace(
+                    prepare_forward(where, streams_[i], X[i]));
             } catch (...) {
                 errors[static_cast<std::size_t>(i)] = std::current_exception();
             }
@@ -577,11 +692,33 @@ void InfinityFormerLayer<Scalar_>::forward_streams(const std::vector<Matrix>& X,
     });
     for (const auto& e : errors)
         if (e) std::rethrow_exception(e);
-    Y.resize(static_cast<std::size_t>(count));
+    // Every X read: Y may alias it from here on.
+    if (Y.list) {
+        Y.list->resize(static_cast<std::size_t>(count));
+        for (auto& y : *Y.list) y.resize(length_, d_model());
+    }
     for (Index i = 0; i < count; ++i) {
         commit_forward(std::move(*steps[static_cast<std::size_t>(i)]));
-        Y[static_cast<std::size_t>(i)] = streams_[i].y_next;
+        Y[i] = streams_[i].y_next;
     }
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::forward_streams(const std::vector<Matrix>& X,
+                                                   std::vector<Matrix>& Y, int threads) {
+    constexpr const char* where = "InfinityFormerLayer::forward_streams";
+    const Index count = check_batch(where, X.size(), threads);
+    forward_each(where, count, threads, Chunks{&X, nullptr, "X", length_},
+                 Outputs{&Y, nullptr, length_});
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::forward_batch(const Eigen::Ref<const Matrix>& X,
+                                                 Eigen::Ref<Matrix> Y, int threads) {
+    constexpr const char* where = "InfinityFormerLayer::forward_batch";
+    const Index count = check_stacked(where, "X", X, "Y", Y, threads);
+    forward_each(where, count, threads, Chunks{nullptr, &X, "X", length_},
+                 Outputs{nullptr, &Y, length_});
 }
 
 template <typename Scalar_>
@@ -597,12 +734,14 @@ void InfinityFormerLayer<Scalar_>::backward(const Eigen::Ref<const Matrix>& dY, 
 }
 
 template <typename Scalar_>
-void InfinityFormerLayer<Scalar_>::backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight,
-                                                    std::vector<Matrix>& dX, int threads) {
-    constexpr const char* where = "InfinityFormerLayer::backward_streams";
-    const Index count = check_batch(where, dY.size(), threads);
-    for (Index i = 0; i < count; ++i)
-        check_backward(where, streams_[i], dY[static_cast<std::size_t>(i)], kl_weight);
+void InfinityFormerLayer<Scalar_>::backward_each(const char* where, Index count, int threads,
+                                                 const Chunks& dY, Scalar kl_weight,
+                                                 const Outputs& dX) {
+    for (Index i = 0; i < count; ++i) {
+        check_phase(where, streams_[i]);
+        check_chunk(where, dY, i);
+        check_backward(where, streams_[i], dY[i], kl_weight);
+    }
     const Index workers = std::min<Index>(threads, count);
     std::vector<Gradients> sums(static_cast<std::size_t>(workers), zero_gradients());
     std::vector<std::optional<Backward>> done(static_cast<std::size_t>(count));
@@ -612,8 +751,7 @@ void InfinityFormerLayer<Scalar_>::backward_streams(const std::vector<Matrix>& d
         try {
             for (Index i = begin; i < end; ++i) {
                 auto& b = done[static_cast<std::size_t>(i)];
-                b.emplace(prepare_backward(where, streams_[i], dY[static_cast<std::size_t>(i)],
-                                           kl_weight, &mine));
+                b.emplace(prepare_backward(where, streams_[i], dY[i], kl_weight, &mine));
                 accumulate(*b, &mine);
             }
         } catch (...) {
@@ -639,13 +777,33 @@ void InfinityFormerLayer<Scalar_>::backward_streams(const std::vector<Matrix>& d
                          static_cast<double>(std::numeric_limits<Scalar>::max()),
                          " (zero_grad() after each optimiser step?; nothing was "
                          "accumulated)");
-    for (std::size_t k = 0; k < own.size(); ++k) own[k].gradient() = total[k];
-    dX.resize(static_cast<std::size_t>(count));
-    for (Index i = 0; i < count; ++i) {
-        Matrix& out = dX[static_cast<std::size_t>(i)];
-        out.resize(length_, d_model());
-        commit_backward(std::move(*done[static_cast<std::size_t>(i)]), out);
+    // Every dY read: dX may alias it from here on.
+    if (dX.list) {
+        dX.list->resize(static_cast<std::size_t>(count));
+        for (auto& dx : *dX.list) dx.resize(length_, d_model());
     }
+    for (std::size_t k = 0; k < own.size(); ++k) own[k].gradient() = total[k];
+    for (Index i = 0; i < count; ++i)
+        commit_backward(std::move(*done[static_cast<std::size_t>(i)]), dX[i]);
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::backward_streams(const std::vector<Matrix>& dY, Scalar kl_weight,
+                                                    std::vector<Matrix>& dX, int threads) {
+    constexpr const char* where = "InfinityFormerLayer::backward_streams";
+    const Index count = check_batch(where, dY.size(), threads);
+    backward_each(where, count, threads, Chunks{&dY, nullptr, "dY", length_}, kl_weight,
+                  Outputs{&dX, nullptr, length_});
+}
+
+template <typename Scalar_>
+void InfinityFormerLayer<Scalar_>::backward_batch(const Eigen::Ref<const Matrix>& dY,
+                                                  Scalar kl_weight, Eigen::Ref<Matrix> dX,
+                                                  int threads) {
+    constexpr const char* where = "InfinityFormerLayer::backward_batch";
+    const Index count = check_stacked(where, "dY", dY, "dX", dX, threads);
+    backward_each(where, count, threads, Chunks{nullptr, &dY, "dY", length_}, kl_weight,
+                  Outputs{nullptr, &dX, length_});
 }
 
 template <typename Scalar_>

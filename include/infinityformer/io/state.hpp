@@ -42,6 +42,8 @@
 #include <istream>
 #include <limits>
 #include <ostream>
+#include <sstream>
+#include <streambuf>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -462,6 +464,28 @@ template <typename... Args>
     }
 }
 
+inline void check_readable(std::istream& in, const char* where) {
+    if (in.fail())
+        reject(where, "the input stream is in a failed state (", in.bad() ? "badbit" : "failbit",
+               " set), expected a readable stream (state unchanged)");
+}
+
+/// Up to n bytes of `in`. A read error (the stream's badbit) is reported as such, whether
+/// the stream throws (its exceptions mask) or not; a stream that throws at its end
+/// (exceptions(failbit)) ends like any other here.
+inline std::vector<unsigned char> read_bytes(std::istream& in, std::uint64_t n, const char* where) {
+    std::vector<unsigned char> got;
+    try {
+        got = read_up_to(in, n);
+    } catch (const std::exception& e) {
+        if (in.bad()) reject(where, "reading failed (", e.what(), "; state unchanged)");
+        reject(where, "the state is truncated or unreadable: the input stream failed (", e.what(),
+               "; state unchanged)");
+    }
+    if (in.bad()) reject(where, "reading failed (the stream's badbit is set; state unchanged)");
+    return got;
+}
+
 /// Reads and checks a state's container against the object's configuration; returns the
 /// payload (checksum verified).
 inline std::vector<unsigned char> read_file(std::istream& in, const Config& object,
@@ -470,24 +494,8 @@ inline std::vector<unsigned char> read_file(std::istream& in, const Config& obje
         reject(where, "the state is truncated: its ", part, " needs ", expected,
                " bytes, the input ends after ", got, " (state unchanged)");
     };
-    if (in.fail())
-        reject(where, "the input stream is in a failed state (", in.bad() ? "badbit" : "failbit",
-               " set), expected a readable stream (state unchanged)");
-    // A read error (the stream's badbit) is reported as such, whether the stream throws
-    // (its exceptions mask) or not; a stream that throws at its end (exceptions(failbit))
-    // ends like any other here.
-    auto read = [where](std::istream& is, std::uint64_t n) {
-        std::vector<unsigned char> got;
-        try {
-            got = read_up_to(is, n);
-        } catch (const std::exception& e) {
-            if (is.bad()) reject(where, "reading failed (", e.what(), "; state unchanged)");
-            reject(where, "the state is truncated or unreadable: the input stream failed (",
-                   e.what(), "; state unchanged)");
-        }
-        if (is.bad()) reject(where, "reading failed (the stream's badbit is set; state unchanged)");
-        return got;
-    };
+    check_readable(in, where);
+    auto read = [where](std::istream& is, std::uint64_t n) { return read_bytes(is, n, where); };
     const auto prelude = read(in, kPreludeBytes);
     const std::size_t have = std::min(prelude.size(), sizeof kMagic);
     if (prelude.empty())
@@ -571,6 +579,28 @@ void save_to_path(const std::string& path, const char* where, Save save) {
     file_detail::save_atomically(where, path, "'" + path + "'", save);
 }
 
+/// After a file's state: the file's end.
+inline void expect_file_end(std::istream& in, const char* where) {
+    const auto after = in.peek();
+    if (in.bad()) reject(where, "reading failed (the stream's badbit is set; state unchanged)");
+    if (after != std::char_traits<char>::eof())
+        reject(where, "the file is damaged: it has bytes after the state (state unchanged)");
+}
+
+/// f(), its runtime_errors "[infinityformer] where: …" rethrown as "… where: <name>: …"
+/// (the file's name, or a part of a model and its stream, after the call's).
+template <typename F>
+auto named(const char* where, const std::string& name, F&& f) -> decltype(f()) {
+    try {
+        return f();
+    } catch (const infinityformer::runtime_error& e) {
+        const std::string m = e.what(),
+                          head = infinityformer::detail::concat("[infinityformer] ", where, ": ");
+        if (m.compare(0, head.size(), head) != 0) throw;
+        throw infinityformer::runtime_error(head + name + ": " + m.substr(head.size()));
+    }
+}
+
 }  // namespace state_detail
 
 // ---- LongTermMemory ------------------------------------------------------------------
@@ -627,6 +657,7 @@ template <typename Scalar>
 void save_state(const LongTermAttention<Scalar>& module, std::ostream& out,
                 Eigen::Index stream = 0) {
     namespace sd = state_detail;
+    infinityformer::detail::check_stream_index("io::save_state", stream, module.num_streams());
     const auto& s = module.stream_state(stream);
     sd::Bytes payload;
     sd::write_long_term(payload, s, module.has_gate(), s.phase == StreamPhase::updated);
@@ -641,7 +672,8 @@ namespace state_detail {
 template <typename Scalar>
 LongTermStream<Scalar> parse_state(LongTermAttention<Scalar>& module, std::istream& in,
                                    Eigen::Index stream, const char* where) {
-    const auto& current = module.stream_state(stream);  // checks the index
+    infinityformer::detail::check_stream_index(where, stream, module.num_streams());
+    const auto& current = module.stream_state(stream);
     const auto payload =
         read_file(in,
                   config_of(StateKind::long_term_attention, current.memory, module.num_heads(),
@@ -686,6 +718,7 @@ template <typename Scalar>
 void save_state(const InfinityFormerLayer<Scalar>& layer, std::ostream& out,
                 Eigen::Index stream = 0) {
     namespace sd = state_detail;
+    infinityformer::detail::check_stream_index("io::save_state", stream, layer.num_streams());
     const auto& s = layer.stream_state(stream);
     const auto lt = layer.long_term();
     sd::Bytes payload;
@@ -707,7 +740,8 @@ template <typename Scalar>
 LayerStream<Scalar> parse_state(InfinityFormerLayer<Scalar>& layer, std::istream& in,
                                 Eigen::Index stream, const char* where) {
     using Matrix = typename InfinityFormerLayer<Scalar>::Matrix;
-    const auto& current = layer.stream_state(stream);  // checks the index
+    infinityformer::detail::check_stream_index(where, stream, layer.num_streams());
+    const auto& current = layer.stream_state(stream);
     const auto lt = layer.long_term();
     const auto payload = read_file(in,
                                    config_of(StateKind::layer, current.long_term.memory,
@@ -761,6 +795,9 @@ void restore_state(InfinityFormerLayer<Scalar>& layer, std::istream& in, Eigen::
 ///         bad stream index.
 template <typename Object>
 void save_state_file(const Object& object, const std::string& path, Eigen::Index stream = 0) {
+    if constexpr (!std::is_same_v<Object, LongTermMemory<typename Object::Scalar>>)
+        infinityformer::detail::check_stream_index("io::save_state_file", stream,
+                                                   object.num_streams());
     state_detail::save_to_path(path, "io::save_state_file", [&](std::ostream& out) {
         if constexpr (std::is_same_v<Object, LongTermMemory<typename Object::Scalar>>)
             save_state(object, out);
@@ -780,27 +817,427 @@ void restore_state_file(Object& object, const std::string& path, Eigen::Index st
     constexpr const char* where = "io::restore_state_file";
     const std::string name = "'" + path + "'";
     std::ifstream in = file_detail::open_for_reading(where, path, name);
-    auto next = [&] {
-        try {
-            auto parsed = state_detail::parse_state(object, in, stream, where);
-            const auto after = in.peek();
-            if (in.bad())
-                state_detail::reject(where,
-                                     "reading failed (the stream's badbit is set; state "
-                                     "unchanged)");
-            if (after != std::char_traits<char>::eof())
-                state_detail::reject(where,
-                                     "the file is damaged: it has bytes after the state (state "
-                                     "unchanged)");
-            return parsed;
-        } catch (const infinityformer::runtime_error& e) {  // the file's name after `where`
-            const std::string m = e.what(), head = infinityformer::detail::concat(
-                                                "[infinityformer] ", where, ": ");
-            if (m.compare(0, head.size(), head) != 0) throw;
-            throw infinityformer::runtime_error(head + name + ": " + m.substr(head.size()));
-        }
-    }();
+    auto next = state_detail::named(where, name, [&] {
+        auto parsed = state_detail::parse_state(object, in, stream, where);
+        state_detail::expect_file_end(in, where);
+        return parsed;
+    });
     state_detail::commit_state(object, std::move(next), stream);
+}
+
+// ---- a whole model -------------------------------------------------------------------
+
+template <typename Scalar>
+class ModelPart;
+
+namespace state_detail {
+template <typename Scalar>
+struct ModelReader;
+}  // namespace state_detail
+
+/// One named part of a model for save_model_state() and restore_model_state(): an
+/// InfinityFormerLayer or a LongTermAttention, every stream of which is saved. It refers to
+/// the object (which must outlive it); made from a const object it can only be saved.
+template <typename Scalar>
+class ModelPart {
+public:
+    ModelPart(std::string name, InfinityFormerLayer<Scalar>& layer)
+        : name_(std::move(name)), layer_(&layer), mutable_layer_(&layer) {}
+    ModelPart(std::string name, const InfinityFormerLayer<Scalar>& layer)
+        : name_(std::move(name)), layer_(&layer) {}
+    ModelPart(std::string name, LongTermAttention<Scalar>& attention)
+        : name_(std::move(name)), attention_(&attention), mutable_attention_(&attention) {}
+    ModelPart(std::string name, const LongTermAttention<Scalar>& attention)
+        : name_(std::move(name)), attention_(&attention) {}
+    ModelPart(std::string, InfinityFormerLayer<Scalar>&&) = delete;  // would dangle
+    ModelPart(std::string, LongTermAttention<Scalar>&&) = delete;
+
+    const std::string& name() const { return name_; }
+    StateKind kind() const { return layer_ ? StateKind::layer : StateKind::long_term_attention; }
+    /// The layer, or null for a long-term attention.
+    const InfinityFormerLayer<Scalar>* layer() const { return layer_; }
+    /// The long-term attention, or null for a layer.
+    const LongTermAttention<Scalar>* attention() const { return attention_; }
+    /// The object's number of streams.
+    Eigen::Index num_streams() const {
+        return layer_ ? layer_->num_streams() : attention_->num_streams();
+    }
+
+private:
+    template <typename S>
+    friend struct state_detail::ModelReader;
+    std::string name_;
+    const InfinityFormerLayer<Scalar>* layer_ = nullptr;
+    InfinityFormerLayer<Scalar>* mutable_layer_ = nullptr;
+    const LongTermAttention<Scalar>* attention_ = nullptr;
+    LongTermAttention<Scalar>* mutable_attention_ = nullptr;
+};
+
+/// A model's parts, in the order they are saved and restored:
+///
+///     const io::ModelParts<double> model = {{"encoder", encoder}, {"decoder", decoder}};
+///     io::save_model_state_file(model, "model.state");
+///     io::restore_model_state_file(model, "model.state");
+template <typename Scalar>
+using ModelParts = std::vector<ModelPart<Scalar>>;
+
+/// The model-state format version this build writes; it reads 1 … kModelStateFormatVersion.
+inline constexpr std::uint32_t kModelStateFormatVersion = 1;
+
+namespace state_detail {
+
+inline constexpr unsigned char kModelMagic[8] = {0x89, 'I', 'F', 'M', 0x0D, 0x0A, 0x1A, 0x0A};
+inline constexpr std::size_t kModelFixedHeaderBytes = 44;  // prelude, sizes, CRCs: no parts
+inline constexpr std::uint32_t kMaxPartName = 1024;
+
+// The parts' checks before reading or writing: at least one, names of 1 to 1024 bytes, each
+// name and each object once.
+template <typename Scalar>
+void check_parts(const char* where, const ModelParts<Scalar>& parts) {
+    infinityformer::detail::require(!parts.empty(), where,
+                                    "the model has no parts, expected at least one");
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        const auto& p = parts[i];
+        infinityformer::detail::require(!p.name().empty() && p.name().size() <= kMaxPartName, where,
+                                        "part ", i, " is named '", p.name(), "' (", p.name().size(),
+                                        " bytes), expected 1 to ", kMaxPartName, " bytes");
+        for (std::size_t j = 0; j < i; ++j) {
+            infinityformer::detail::require(parts[j].name() != p.name(), where, "parts ", j,
+                                            " and ", i, " are both named '", p.name(),
+                                            "', expected distinct names");
+            const bool same = (p.layer() && p.layer() == parts[j].layer()) ||
+                              (p.attention() && p.attention() == parts[j].attention());
+            infinityformer::detail::require(!same, where, "parts '", parts[j].name(), "' and '",
+                                            p.name(), "' are the same object, expected each once");
+        }
+    }
+}
+
+inline const char* part_kind_name(std::uint8_t k) {
+    return k == static_cast<std::uint8_t>(StateKind::layer) ? "an InfinityFormerLayer"
+           : k == static_cast<std::uint8_t>(StateKind::long_term_attention)
+               ? "a LongTermAttention"
+               : "an unknown kind of object";
+}
+
+// A part's row of the file's table.
+struct PartEntry {
+    std::string name;
+    std::uint8_t kind = 0;
+    std::vector<std::uint64_t> lengths;  // each stream's state, in bytes
+};
+
+// Reads a byte range as an input stream (a stream state inside a model state).
+class SpanInput : public std::streambuf {
+public:
+    SpanInput(const unsigned char* data, std::size_t size) {
+        char* p = const_cast<char*>(reinterpret_cast<const char*>(data));
+        setg(p, p, p + size);
+    }
+    std::size_t left() const { return static_cast<std::size_t>(egptr() - gptr()); }
+};
+
+// Reads and checks a model state against the parts, then commits every stream at once.
+template <typename Scalar>
+struct ModelReader {
+    const ModelParts<Scalar>& parts;
+    const char* where;
+    std::vector<std::vector<LayerStream<Scalar>>> layers;
+    std::vector<std::vector<LongTermStream<Scalar>>> attentions;
+
+    void read(std::istream& in) {
+        check_parts(where, parts);
+        for (const auto& p : parts)
+            if (!(p.layer_ ? p.mutable_layer_ != nullptr : p.mutable_attention_ != nullptr))
+                infinityformer::detail::fail(
+                    where, "part '", p.name(), "' was made from a const ",
+                    p.layer_ ? "layer" : "long-term attention",
+                    ", expected an object this call may change (state unchanged)");
+        auto truncated = [this](std::uint64_t expected, std::uint64_t got, const char* part) {
+            reject(where, "the model state is truncated: its ", part, " needs ", expected,
+                   " bytes, the input ends after ", got, " (state unchanged)");
+        };
+        check_readable(in, where);
+        const auto prelude = read_bytes(in, kPreludeBytes, where);
+        const std::size_t have = std::min(prelude.size(), sizeof kModelMagic);
+        if (prelude.empty())
+            reject(where, "the model state is truncated: the input is empty (state unchanged)");
+        if (std::memcmp(prelude.data(), kModelMagic, have) != 0) {
+            if (std::memcmp(prelude.data(), kMagic, have) == 0)
+                reject(where,
+                       "this is one stream's state (io::save_state), expected a model state "
+                       "(io::save_model_state; state unchanged)");
+            reject(where,
+                   "not an infinityformer model state: the first bytes are not the magic bytes "
+                   "89 49 46 4D 0D 0A 1A 0A (another file, or a damaged one; state unchanged)");
+        }
+        if (prelude.size() < kPreludeBytes) truncated(kPreludeBytes, prelude.size(), "prelude");
+        Cursor pc(prelude.data() + 8, 12, where, "prelude");
+        const std::uint32_t version = pc.u32();
+        const std::uint32_t header_bytes = pc.u32();
+        if (pc.u32() != crc32_of(prelude.data(), 16))
+            reject(where,
+                   "the model state is damaged: the checksum of its first 16 bytes differs "
+                   "(state unchanged)");
+        if (version > kModelStateFormatVersion)
+            reject(where, "the model state has format version ", version,
+                   ", newer than this build reads (up to ", kModelStateFormatVersion,
+                   "): update infinityformer (state unchanged)");
+        if (version == 0)
+            reject(where,
+                   "malformed model state: format version 0 does not exist, yet the checksum "
+                   "matches (not written by this library; state unchanged)");
+        if (header_bytes < kModelFixedHeaderBytes)
+            reject(where, "malformed model state: a header of ", header_bytes,
+                   " bytes, expected at least ", kModelFixedHeaderBytes);
+        auto header = prelude;
+        const auto rest = read_bytes(in, header_bytes - kPreludeBytes, where);
+        header.insert(header.end(), rest.begin(), rest.end());
+        if (header.size() < header_bytes) truncated(header_bytes, header.size(), "header");
+        Cursor tail(header.data() + header_bytes - 4, 4, where, "header");
+        if (tail.u32() != crc32_of(header.data(), header_bytes - 4))
+            reject(where,
+                   "the model state is damaged: its header's checksum differs (state "
+                   "unchanged)");
+        Cursor hc(header.data() + kPreludeBytes, header_bytes - kPreludeBytes - 4, where,
+                  "model header");
+        const std::uint8_t scalar = hc.u8();
+        hc.u8();
+        hc.u16();
+        const std::uint32_t count = hc.u32();
+        if (count > hc.left() / 16) hc.malformed(count, " parts, more than the header holds");
+        std::vector<PartEntry> table(count);
+        std::uint64_t total = 0;
+        for (auto& e : table) {
+            const std::uint32_t n = hc.u32();
+            if (n == 0 || n > kMaxPartName || n > hc.left())
+                hc.malformed("a part's name of ", n, " bytes, expected 1 to ", kMaxPartName);
+            for (std::uint32_t k = 0; k < n; ++k) e.name.push_back(static_cast<char>(hc.u8()));
+            e.kind = hc.u8();
+            hc.u8();
+            hc.u16();
+            const std::uint64_t streams = hc.u64();
+            if (streams > hc.left() / 8)
+                hc.malformed(streams, " streams of part '", e.name,
+                             "', more than the header holds");
+            e.lengths.resize(static_cast<std::size_t>(streams));
+            for (auto& l : e.lengths) {
+                l = hc.u64();
+                if (l > (std::uint64_t(1) << 62) || total + l < total)
+                    hc.malformed("a stream's state of ", l, " bytes");
+                total += l;
+            }
+        }
+        const std::uint64_t payload_bytes = hc.u64();
+        const std::uint32_t payload_crc = hc.u32();
+        if (hc.left() != 0) hc.malformed(hc.left(), " bytes left in the header");
+        if (scalar != sizeof(Scalar))
+            reject(where, "the model state was saved from ",
+                   scalar == 4   ? "float"
+                   : scalar == 8 ? "double"
+                                 : "unknown-Scalar",
+                   " objects, this model is ", sizeof(Scalar) == 4 ? "float" : "double",
+                   " (state unchanged)");
+        check_table(table);
+        if (total != payload_bytes)
+            hc.malformed("the streams' states add up to ", total, " bytes, the payload has ",
+                         payload_bytes);
+        const auto payload = read_bytes(in, payload_bytes, where);
+        if (payload.size() < payload_bytes)
+            reject(where, "the model state is truncated: it needs ", payload_bytes + header_bytes,
+                   " bytes (header and payload), the input ends after ",
+                   payload.size() + header_bytes, " (state unchanged)");
+        if (payload_crc != crc32_of(payload.data(), payload.size()))
+            reject(where, "the model state is damaged: the checksum of its ", payload_bytes,
+                   "-byte payload differs (state unchanged)");
+        parse_streams(table, payload);
+    }
+
+    // The file's parts are the model's: their number, names, kinds and stream counts.
+    void check_table(const std::vector<PartEntry>& table) const {
+        auto names = [](auto&& list) {
+            std::string out;
+            for (const auto& p : list) out += (out.empty() ? "'" : ", '") + name_of(p) + "'";
+            return out;
+        };
+        if (table.size() != parts.size())
+            reject(where, "the model state holds ", table.size(), " parts (", names(table),
+                   "), the model has ", parts.size(), " (", names(parts),
+                   "), expected the same parts in the same order (state unchanged)");
+        for (std::size_t i = 0; i < table.size(); ++i) {
+            const auto& e = table[i];
+            const auto& p = parts[i];
+            if (e.name != p.name())
+                reject(where, "part ", i, " is named '", e.name, "' in the model state, '",
+                       p.name(),
+                       "' in the model, expected the same parts in the same order "
+                       "(state unchanged)");
+            if (e.kind != static_cast<std::uint8_t>(p.kind()))
+                reject(where, "part '", e.name, "' is ", part_kind_name(e.kind),
+                       " in the model state, ", part_kind_name(static_cast<std::uint8_t>(p.kind())),
+                       " in the model (state unchanged)");
+            if (e.lengths.size() != static_cast<std::size_t>(p.num_streams()))
+                reject(where, "part '", e.name, "' has ", e.lengths.size(),
+                       " streams in the model state, ", p.num_streams(),
+                       " in the model, expected as many (set_num_streams() first; state "
+                       "unchanged)");
+        }
+    }
+    static std::string name_of(const PartEntry& e) { return e.name; }
+    static std::string name_of(const ModelPart<Scalar>& p) { return p.name(); }
+
+    // Each stream's state read by the object's own reader (checked, nothing changed).
+    void parse_streams(const std::vector<PartEntry>& table,
+                       const std::vector<unsigned char>& payload) {
+        layers.resize(parts.size());
+        attentions.resize(parts.size());
+        std::size_t at = 0;
+        for (std::size_t i = 0; i < parts.size(); ++i) {
+            const auto& p = parts[i];
+            for (std::size_t k = 0; k < table[i].lengths.size(); ++k) {
+                const auto length = static_cast<std::size_t>(table[i].lengths[k]);
+                const auto stream = static_cast<Eigen::Index>(k);
+                const std::string name =
+                    infinityformer::detail::concat("part '", p.name(), "', stream ", k);
+                named(where, name, [&] {
+                    SpanInput buffer(payload.data() + at, length);
+                    std::istream sub(&buffer);
+                    if (p.mutable_layer_)
+                        layers[i].push_back(parse_state(*p.mutable_layer_, sub, stream, where));
+                    else
+                        attentions[i].push_back(
+                            parse_state(*p.mutable_attention_, sub, stream, where));
+                    if (buffer.left() != 0)
+                        reject(where, "malformed model state: ", buffer.left(),
+                               " bytes after the stream's state, yet the checksum matches (not "
+                               "written by this library; state unchanged)");
+                });
+                at += length;
+            }
+        }
+    }
+
+    // Every stream's state kept (each was taken by its object's checks: nothing fails).
+    void commit() {
+        for (std::size_t i = 0; i < parts.size(); ++i) {
+            const auto& p = parts[i];
+            for (std::size_t k = 0; k < layers[i].size(); ++k)
+                commit_state(*p.mutable_layer_, std::move(layers[i][k]),
+                             static_cast<Eigen::Index>(k));
+            for (std::size_t k = 0; k < attentions[i].size(); ++k)
+                commit_state(*p.mutable_attention_, std::move(attentions[i][k]),
+                             static_cast<Eigen::Index>(k));
+        }
+    }
+};
+
+template <typename Scalar>
+void write_model(std::ostream& out, const ModelParts<Scalar>& parts, const char* where) {
+    check_parts(where, parts);
+    std::vector<std::string> states;  // each stream's, as save_state() writes it
+    Bytes h;
+    for (unsigned char m : kModelMagic) h.u8(m);
+    h.u32(kModelStateFormatVersion);
+    h.u32(0);  // the header's length, patched below
+    h.u32(0);  // the prelude's CRC, patched below
+    h.u8(sizeof(Scalar));
+    h.u8(0);
+    h.u16(0);
+    h.u32(static_cast<std::uint32_t>(parts.size()));
+    for (const auto& p : parts) {
+        h.u32(static_cast<std::uint32_t>(p.name().size()));
+        for (char c : p.name()) h.u8(static_cast<std::uint8_t>(c));
+        h.u8(static_cast<std::uint8_t>(p.kind()));
+        h.u8(0);
+        h.u16(0);
+        h.u64(static_cast<std::uint64_t>(p.num_streams()));
+        for (Eigen::Index k = 0; k < p.num_streams(); ++k) {
+            std::ostringstream one;
+            if (p.layer())
+                save_state(*p.layer(), one, k);
+            else
+                save_state(*p.attention(), one, k);
+            states.push_back(std::move(one).str());
+            h.u64(states.back().size());
+        }
+    }
+    std::string payload;
+    for (const auto& st : states) payload += st;
+    const auto* bytes = reinterpret_cast<const unsigned char*>(payload.data());
+    h.u64(payload.size());
+    h.u32(crc32_of(bytes, payload.size()));
+    const std::size_t header_bytes = h.size() + 4;
+    h.patch_u32(12, static_cast<std::uint32_t>(header_bytes));
+    h.patch_u32(16, crc32_of(h.data(), 16));
+    h.u32(crc32_of(h.data(), h.size()));
+    try {  // a stream whose exceptions mask is set throws: the library's error instead
+        out.write(reinterpret_cast<const char*>(h.data()), static_cast<std::streamsize>(h.size()));
+        out.write(reinterpret_cast<const char*>(payload.data()),
+                  static_cast<std::streamsize>(payload.size()));
+    } catch (...) {
+        file_detail::rethrow_write_error(where, "", "writing the model state");
+    }
+    if (!out)
+        throw infinityformer::runtime_error(infinityformer::detail::concat(
+            "[infinityformer] ", where,
+            ": writing the model state failed (the stream's state is bad)"));
+}
+
+}  // namespace state_detail
+
+/// Writes the state of every stream of every part of a model, in one versioned,
+/// checksummed container (docs/state-format.md, "Model states"): each stream's state as
+/// save_state() writes it.
+/// @throws infinityformer::invalid_argument if the model has no parts, a name is empty or
+///         longer than 1024 bytes, two parts share a name or an object; runtime_error if the
+///         output stream fails.
+template <typename Scalar>
+void save_model_state(const ModelParts<Scalar>& model, std::ostream& out) {
+    state_detail::write_model(out, model, "io::save_model_state");
+}
+
+/// Reads a model state written by save_model_state() into the model's parts, all or
+/// nothing: the parts (their number, order, names, kinds and numbers of streams) must be
+/// the saved ones, and every stream's state is read and checked (as restore_state() checks
+/// it) before any is kept. `in` is left after the model state. A stream's state is restored
+/// into the stream of the same index.
+/// @throws infinityformer::runtime_error naming what is wrong with the input, and the part
+///         and the stream for a stream's state (every part unchanged); invalid_argument on
+///         a bad model (as save_model_state(), or a part made from a const object).
+template <typename Scalar>
+void restore_model_state(const ModelParts<Scalar>& model, std::istream& in) {
+    state_detail::ModelReader<Scalar> reader{model, "io::restore_model_state", {}, {}};
+    reader.read(in);
+    reader.commit();
+}
+
+/// save_model_state() to a file, written as save_state_file() writes (a temporary file
+/// renamed over `path`: a failed save leaves an existing file as it was).
+/// @throws as save_model_state(), and runtime_error "io::save_model_state_file: '<path>': …"
+///         as save_state_file().
+template <typename Scalar>
+void save_model_state_file(const ModelParts<Scalar>& model, const std::string& path) {
+    constexpr const char* where = "io::save_model_state_file";
+    state_detail::check_parts(where, model);
+    state_detail::save_to_path(
+        path, where, [&](std::ostream& out) { state_detail::write_model(out, model, where); });
+}
+
+/// restore_model_state() from a file that holds one model state and nothing after it.
+/// @throws as restore_model_state(), and runtime_error
+///         "io::restore_model_state_file: '<path>': …" as restore_state_file() (every part
+///         unchanged).
+template <typename Scalar>
+void restore_model_state_file(const ModelParts<Scalar>& model, const std::string& path) {
+    constexpr const char* where = "io::restore_model_state_file";
+    const std::string name = "'" + path + "'";
+    std::ifstream in = file_detail::open_for_reading(where, path, name);
+    state_detail::ModelReader<Scalar> reader{model, where, {}, {}};
+    state_detail::named(where, name, [&] {
+        reader.read(in);
+        state_detail::expect_file_end(in, where);
+    });
+    reader.commit();
 }
 
 }  // namespace infinityformer::io
