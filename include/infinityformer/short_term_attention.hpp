@@ -43,6 +43,8 @@ public:
     using Scalar = Scalar_;
     using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    /// Row-major storage for the attention weights, whose softmax runs along rows.
+    using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using Index = Eigen::Index;
 
     /// The weights (y = W x, all d × d).
@@ -52,13 +54,14 @@ public:
 
     /// What forward() computed for one chunk (kept for backward()).
     struct Trace {
-        Matrix x;        ///< the chunk X, L × d
-        Matrix q;        ///< X W_Qᵀ, L × d
-        Matrix kv_in;    ///< [P; X], (L_p + L) × d
-        Matrix k, v;     ///< [P; X] W_{K,V}ᵀ
-        Matrix probs;    ///< A_h stacked over heads, H·L × (L_p + L) (masked entries 0)
-        Matrix context;  ///< L × d
-        Matrix output;   ///< context W_Oᵀ, L × d
+        Matrix x;         ///< the chunk X, L × d
+        Matrix q;         ///< X W_Qᵀ, L × d
+        Matrix kv_in;     ///< [P; X], (L_p + L) × d
+        Matrix k, v;      ///< [P; X] W_{K,V}ᵀ
+        RowMatrix probs;  ///< A_h stacked over heads, H·L × (L_p + L) (masked entries 0),
+                          ///< row-major: each softmax reads and writes one contiguous row
+        Matrix context;   ///< L × d
+        Matrix output;    ///< context W_Oᵀ, L × d
 
         friend bool operator==(const Trace& a, const Trace& b) {
             return detail::same_values(a.x, b.x) && detail::same_values(a.q, b.q) &&
@@ -73,7 +76,8 @@ public:
     /// Workspace of a backward, held by whoever holds the trace (a stream): ∂ℓ/∂Q, ∂ℓ/∂K,
     /// ∂ℓ/∂V, the weights' gradients and ∂ℓ/∂X of the last call, kept once all are finite.
     struct Work {
-        Matrix dcontext, dprobs, dq, dk, dv;
+        Matrix dcontext, dq, dk, dv;
+        RowMatrix dprobs;  // ∂ℓ/∂A_h, laid out as Trace::probs
         Vector dot;
         Weights dgrad;  // this call's gradients of the weights
         Matrix dx;      // and its ∂ℓ/∂X
