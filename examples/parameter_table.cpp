@@ -186,7 +186,8 @@ int main(int argc, char** argv) {
 
     const Eigen::MatrixXd signal = make_signal(kMaxTokens, 7);
     std::printf(
-        "| varied | τ | L | N | widths | chunk gain | horizon, predicted (tokens) | "
+        "| varied | τ | L | N | widths | chunk gain | horizon of 1k-token detail, predicted "
+        "(tokens) | "
         "horizon, measured (tokens) |");
     for (std::size_t b = 0; b + 1 < kBandEdges.size(); ++b)
         std::printf(" %s–%s |", age_text(kBandEdges[b]).c_str(),
