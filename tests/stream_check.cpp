@@ -140,10 +140,12 @@ Result report(const Config& c, Sampling s, Stability st, bool concentrated, long
 
 int main(int argc, char** argv) {
     long chunks = 100000;
-    std::string set = "all";  // --set resolved|divergent|all (CI runs the two sets side by side)
+    std::string set = "all";  // --set resolved|divergent|all (CI runs the sets side by side)
+    long only = -1;           // --resolved K: only the K-th resolved configuration (0 or 1)
     for (int i = 1; i + 1 < argc; i += 2) {
         if (std::string(argv[i]) == "--chunks") chunks = std::atol(argv[i + 1]);
         if (std::string(argv[i]) == "--set") set = argv[i + 1];
+        if (std::string(argv[i]) == "--resolved") only = std::atol(argv[i + 1]);
     }
     // The divergent configurations under the stabilised update: a tenth as long.
     const long short_run = std::max(1L, chunks / 10);
@@ -159,9 +161,10 @@ int main(int argc, char** argv) {
         {"lm widths, N=32", 32, 16, 16, 16, {0.005, 0.01}, 0.5, 0.5, false},
     };
     const Sampling all[] = {Sampling::uniform, Sampling::sticky, Sampling::stratified};
-    for (const auto& c : resolved)
+    for (std::size_t k = 0; k < resolved.size(); ++k)
         for (Sampling s : all) {
-            if (set == "divergent") break;
+            const Config& c = resolved[k];
+            if (set == "divergent" || (only >= 0 && static_cast<long>(k) != only)) break;
             for (bool concentrated : {false, true}) {
                 if (concentrated && s == Sampling::uniform) continue;  // reads no densities
                 const Result r = report<double>(c, s, Stability::refuse, concentrated, chunks);

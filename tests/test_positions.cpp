@@ -166,26 +166,33 @@ TEST_CASE("reach: the chunk gain is what a memory reads back after storing ones 
 
 TEST_CASE("reach: the horizon is the age at which detail shrinks below the resolution",
           "[positions][reach]") {
-    MemoryParams p = LongTermParams::sorting().memory_params();  // N 512, widths .01, .05
-    const MemoryReach r = memory_reach(p, 1024);
-    CHECK(r.centre_spacing == Approx(1.0 / 255.0));
-    CHECK(r.resolution == Approx(0.01));  // the narrowest width exceeds 1/255 and 1/512
-    CHECK(r.effective_resolution == Approx(0.01 / std::sqrt(1.0 - 0.75 * 0.75)));
+    // The sorting widths {0.01, 0.05} with 64 centres (N = 128, spacing 1/63 > 0.01) and
+    // the narrowest width with 256 (N = 512, spacing 1/255 < 0.01); L = 256, M = 128.
+    MemoryParams p = LongTermParams::sorting().memory_params();
+    p.num_samples = 128;
+    p.num_basis = 512;
+    CHECK(memory_reach(p, 256).resolution == Approx(0.01));  // above 1/255 and 1/128
+    p.num_basis = 128;
+    const MemoryReach r = memory_reach(p, 256);
+    CHECK(r.centre_spacing == Approx(1.0 / 63.0));
+    CHECK(r.resolution == Approx(1.0 / 63.0));  // above 0.01 and 1/128
+    CHECK(r.effective_resolution == Approx(r.resolution / std::sqrt(1.0 - 0.75 * 0.75)));
     CHECK(r.chunk_share == Approx(0.25));
-    CHECK(r.tokens_per_resolution == Approx(1024 * 0.01 / 0.25));
+    CHECK(r.tokens_per_resolution == Approx(256 * r.resolution / 0.25));
     CHECK(r.holds_own_chunk);
     // At the horizon, the detail's span τ^(h/L)·(1 − τ^(P/L)) equals the effective resolution.
-    for (double detail : {1.0, 256.0, 1024.0, 4096.0}) {
+    for (double detail : {1.0, 64.0, 256.0, 1024.0}) {
         const double h = r.horizon_tokens(detail);
         INFO("detail " << detail << " tokens, horizon " << h);
-        const double span = std::pow(0.75, h / 1024.0) * (1.0 - std::pow(0.75, detail / 1024.0));
+        const double span = std::pow(0.75, h / 256.0) * (1.0 - std::pow(0.75, detail / 256.0));
         if (h > 0)
             CHECK(span == Approx(r.effective_resolution).epsilon(1e-12));
         else
-            CHECK(1.0 - std::pow(0.75, detail / 1024.0) <= r.effective_resolution);
+            CHECK(1.0 - std::pow(0.75, detail / 256.0) <= r.effective_resolution);
     }
-    CHECK(r.horizon_tokens(1.0) == 0.0);  // single tokens are never apart at L = 1024
-    CHECK(r.horizon_chunks() == Approx(r.horizon_tokens(1024.0) / 1024.0));
+    CHECK(r.horizon_tokens(1.0) == 0.0);  // single tokens are never apart at L = 256
+    CHECK(r.horizon_tokens(256.0) > 0.0);
+    CHECK(r.horizon_chunks() == Approx(r.horizon_tokens(256.0) / 256.0));
     REQUIRE_INVALID(r.horizon_tokens(0.0), has("detail_tokens is 0, expected > 0 and finite"));
     p.tau = 1.5;
     REQUIRE_INVALID(memory_reach(p, 1024), has("memory_reach"));
@@ -206,10 +213,10 @@ TEST_CASE("reach: a memory that cannot hold its own chunk is refused, unless all
     CHECK(memory_reach(narrow, 16).holds_own_chunk);
     CHECK_NOTHROW(LongTermMemory<double>(2, 16, narrow));
 
-    // One token against 2048 samples of the past: kept at a quarter of its size.
+    // One token against 512 samples of the past: kept at a fifth of its size.
     MemoryParams weak = LongTermParams::sorting().memory_params();
-    weak.num_basis = 128;
-    weak.num_samples = 2048;
+    weak.num_basis = 32;
+    weak.num_samples = 512;
     const MemoryReach r = memory_reach(weak, 1);
     CHECK(r.chunk_gain < kMinChunkGain);
     CHECK_FALSE(r.holds_own_chunk);
