@@ -167,11 +167,11 @@ TEST_CASE("reach: the chunk gain is what a memory reads back after storing ones 
 TEST_CASE("reach: the horizon is the age at which detail shrinks below the resolution",
           "[positions][reach]") {
     // The sorting widths {0.01, 0.05} with 64 centres (N = 128, spacing 1/63 > 0.01) and
-    // the narrowest width with 256 (N = 512, spacing 1/255 < 0.01); L = 256, M = 128.
+    // with 128 (N = 256, spacing 1/127 < 0.01); L = 256, M = 128.
     MemoryParams p = LongTermParams::sorting().memory_params();
     p.num_samples = 128;
-    p.num_basis = 512;
-    CHECK(memory_reach(p, 256).resolution == Approx(0.01));  // above 1/255 and 1/128
+    p.num_basis = 256;
+    CHECK(memory_reach(p, 256).resolution == Approx(0.01));  // above 1/127 and 1/128
     p.num_basis = 128;
     const MemoryReach r = memory_reach(p, 256);
     CHECK(r.centre_spacing == Approx(1.0 / 63.0));

@@ -201,10 +201,10 @@ void MemoryOperators<Scalar>::refuse_unstable(const char* where, const MemoryPar
     const bool diverges = !(s.uniform_radius < 1.0);
     if (!diverges && s.concentrated_growth <= kMaxConcentratedGrowth) return;
     // The nearest num_basis on each side (multiples of the number of widths) that passes
-    // every check, everything else unchanged: at most 16 steps each way, and not above 4N.
+    // every check, everything else unchanged: at most 8 steps each way, and not above 4N.
     const Index step = static_cast<Index>(p.widths.size());
     Index below = 0, above = 0;
-    for (Index k = 1; k <= 16 && (below == 0 || above == 0); ++k) {
+    for (Index k = 1; k <= 8 && (below == 0 || above == 0); ++k) {
         MemoryParams q = p;
         q.num_basis = p.num_basis - k * step;
         if (below == 0 && q.num_basis >= 2 * step && accepted(length, q)) below = q.num_basis;
@@ -218,7 +218,7 @@ void MemoryOperators<Scalar>::refuse_unstable(const char* where, const MemoryPar
         if (below > 0) nearest += std::to_string(below) + (above > 0 ? " and " : "");
         if (above > 0) nearest += std::to_string(above);
     } else {
-        nearest = detail::concat("; no num_basis within ", 16 * step, " of ", p.num_basis,
+        nearest = detail::concat("; no num_basis within ", 8 * step, " of ", p.num_basis,
                                  " is accepted with the other settings unchanged");
     }
     const std::string advice =
