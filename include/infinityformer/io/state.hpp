@@ -486,6 +486,53 @@ inline std::vector<unsigned char> read_bytes(std::istream& in, std::uint64_t n, 
     return got;
 }
 
+/// The first 20 bytes of a state or model-state file, checked: the magic, a format version
+/// from 1 to `newest`, the header's length, under the prelude's own checksum.
+struct Prelude {
+    std::vector<unsigned char> bytes;
+    std::uint32_t version = 0;
+    std::uint32_t header_bytes = 0;
+};
+
+/// Reads and checks a Prelude. `noun` names the file in messages ("state", "model state"),
+/// `magic_hex` spells `magic`; when the first bytes are `other_magic` instead (may be null),
+/// `other_message` says what the file is.
+inline Prelude read_prelude(std::istream& in, const char* where, const char* noun,
+                            const unsigned char (&magic)[8], const char* magic_hex,
+                            std::uint32_t newest, const unsigned char* other_magic = nullptr,
+                            const char* other_message = nullptr) {
+    check_readable(in, where);
+    Prelude p;
+    p.bytes = read_bytes(in, kPreludeBytes, where);
+    const std::size_t have = std::min(p.bytes.size(), sizeof magic);
+    if (p.bytes.empty())
+        reject(where, "the ", noun, " is truncated: the input is empty (state unchanged)");
+    if (std::memcmp(p.bytes.data(), magic, have) != 0) {
+        if (other_magic != nullptr && std::memcmp(p.bytes.data(), other_magic, have) == 0)
+            reject(where, other_message);
+        reject(where, "not an infinityformer ", noun, ": the first bytes are not the magic bytes ",
+               magic_hex, " (another file, or a damaged one; state unchanged)");
+    }
+    if (p.bytes.size() < kPreludeBytes)
+        reject(where, "the ", noun, " is truncated: its prelude needs ", kPreludeBytes,
+               " bytes, the input ends after ", p.bytes.size(), " (state unchanged)");
+    Cursor pc(p.bytes.data() + 8, 12, where, "prelude");
+    p.version = pc.u32();
+    p.header_bytes = pc.u32();
+    if (pc.u32() != crc32_of(p.bytes.data(), 16))
+        reject(where, "the ", noun,
+               " is damaged: the checksum of its first 16 bytes differs (state unchanged)");
+    if (p.version > newest)
+        reject(where, "the ", noun, " has format version ", p.version,
+               ", newer than this build reads (up to ", newest,
+               "): update infinityformer (state unchanged)");
+    if (p.version == 0)
+        reject(where, "malformed ", noun,
+               ": format version 0 does not exist, yet the checksum matches (not written by "
+               "this library; state unchanged)");
+    return p;
+}
+
 /// Reads and checks a state's container against the object's configuration; returns the
 /// payload (checksum verified).
 inline std::vector<unsigned char> read_file(std::istream& in, const Config& object,
@@ -494,33 +541,11 @@ inline std::vector<unsigned char> read_file(std::istream& in, const Config& obje
         reject(where, "the state is truncated: its ", part, " needs ", expected,
                " bytes, the input ends after ", got, " (state unchanged)");
     };
-    check_readable(in, where);
     auto read = [where](std::istream& is, std::uint64_t n) { return read_bytes(is, n, where); };
-    const auto prelude = read(in, kPreludeBytes);
-    const std::size_t have = std::min(prelude.size(), sizeof kMagic);
-    if (prelude.empty())
-        reject(where, "the state is truncated: the input is empty (state unchanged)");
-    if (std::memcmp(prelude.data(), kMagic, have) != 0)
-        reject(where,
-               "not an infinityformer state: the first bytes are not the magic bytes 89 49 46 "
-               "53 0D 0A 1A 0A (another file, or a damaged one; state unchanged)");
-    if (prelude.size() < kPreludeBytes) truncated(kPreludeBytes, prelude.size(), "prelude");
-    Cursor pc(prelude.data() + 8, 12, where, "prelude");
-    const std::uint32_t version = pc.u32();
-    const std::uint32_t header_bytes = pc.u32();
-    const std::uint32_t prelude_crc = pc.u32();
-    if (prelude_crc != crc32_of(prelude.data(), 16))
-        reject(where,
-               "the state is damaged: the checksum of its first 16 bytes differs "
-               "(state unchanged)");
-    if (version > kStateFormatVersion)
-        reject(where, "the state has format version ", version,
-               ", newer than this build reads (up to ", kStateFormatVersion,
-               "): update infinityformer (state unchanged)");
-    if (version == 0)
-        reject(where,
-               "malformed state: format version 0 does not exist, yet the checksum "
-               "matches (not written by this library; state unchanged)");
+    const Prelude prelude_read =
+        read_prelude(in, where, "state", kMagic, "89 49 46 53 0D 0A 1A 0A", kStateFormatVersion);
+    const auto& prelude = prelude_read.bytes;
+    const std::uint32_t header_bytes = prelude_read.header_bytes;
     if (header_bytes < kFixedHeaderBytes || header_bytes > kFixedHeaderBytes + 8 * kMaxWidths ||
         (header_bytes - kFixedHeaderBytes) % 8 != 0)
         reject(where, "malformed state: a header of ", header_bytes, " bytes, expected ",
@@ -957,36 +982,13 @@ struct ModelReader {
             reject(where, "the model state is truncated: its ", part, " needs ", expected,
                    " bytes, the input ends after ", got, " (state unchanged)");
         };
-        check_readable(in, where);
-        const auto prelude = read_bytes(in, kPreludeBytes, where);
-        const std::size_t have = std::min(prelude.size(), sizeof kModelMagic);
-        if (prelude.empty())
-            reject(where, "the model state is truncated: the input is empty (state unchanged)");
-        if (std::memcmp(prelude.data(), kModelMagic, have) != 0) {
-            if (std::memcmp(prelude.data(), kMagic, have) == 0)
-                reject(where,
-                       "this is one stream's state (io::save_state), expected a model state "
-                       "(io::save_model_state; state unchanged)");
-            reject(where,
-                   "not an infinityformer model state: the first bytes are not the magic bytes "
-                   "89 49 46 4D 0D 0A 1A 0A (another file, or a damaged one; state unchanged)");
-        }
-        if (prelude.size() < kPreludeBytes) truncated(kPreludeBytes, prelude.size(), "prelude");
-        Cursor pc(prelude.data() + 8, 12, where, "prelude");
-        const std::uint32_t version = pc.u32();
-        const std::uint32_t header_bytes = pc.u32();
-        if (pc.u32() != crc32_of(prelude.data(), 16))
-            reject(where,
-                   "the model state is damaged: the checksum of its first 16 bytes differs "
-                   "(state unchanged)");
-        if (version > kModelStateFormatVersion)
-            reject(where, "the model state has format version ", version,
-                   ", newer than this build reads (up to ", kModelStateFormatVersion,
-                   "): update infinityformer (state unchanged)");
-        if (version == 0)
-            reject(where,
-                   "malformed model state: format version 0 does not exist, yet the checksum "
-                   "matches (not written by this library; state unchanged)");
+        const Prelude prelude_read =
+            read_prelude(in, where, "model state", kModelMagic, "89 49 46 4D 0D 0A 1A 0A",
+                         kModelStateFormatVersion, kMagic,
+                         "this is one stream's state (io::save_state), expected a model state "
+                         "(io::save_model_state; state unchanged)");
+        const auto& prelude = prelude_read.bytes;
+        const std::uint32_t header_bytes = prelude_read.header_bytes;
         if (header_bytes < kModelFixedHeaderBytes)
             reject(where, "malformed model state: a header of ", header_bytes,
                    " bytes, expected at least ", kModelFixedHeaderBytes);
