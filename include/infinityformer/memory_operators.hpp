@@ -157,8 +157,7 @@ bool MemoryOperators<Scalar>::accepted(Index length, const MemoryParams& p) {
     const MemoryStability s = detail::analyse_memory(
         basis, infinityformer::single_chunk_fit(basis, length, p.ridge_lambda),
         infinityformer::unbounded_fit(basis, length, p.num_samples, p.tau, p.ridge_lambda), p);
-    return detail::reach_with_gain(p, length, s.chunk_gain).holds_own_chunk &&
-           s.uniform_radius < 1.0 && s.concentrated_growth <= kMaxConcentratedGrowth;
+    return detail::accepts(detail::reach_with_gain(p, length, s.chunk_gain), s);
 }
 
 template <typename Scalar>
@@ -198,8 +197,8 @@ void MemoryOperators<Scalar>::refuse_unstable(const char* where, const MemoryPar
         ": use longer chunks, fewer samples (num_samples) or a smaller ridge_lambda "
         "(memory_reach() gives these figures), or set stability = Stability::allow (the "
         "reference, unchecked)");
+    if (detail::accepts(reach, s)) return;
     const bool diverges = !(s.uniform_radius < 1.0);
-    if (!diverges && s.concentrated_growth <= kMaxConcentratedGrowth) return;
     // The nearest num_basis on each side (multiples of the number of widths) that passes
     // every check, everything else unchanged: at most 8 steps each way, and not above 4N.
     const Index step = static_cast<Index>(p.widths.size());

@@ -118,18 +118,15 @@ constexpr double kMinChunkGain = 0.5;
 
 namespace detail {
 
-/// MemoryReach::chunk_gain from the unbounded fit's operator G ((M + L) × N, rows M…M+L−1
-/// multiply the new chunk) and the basis.
-template <typename Scalar>
-double chunk_gain(const GaussianBasis<Scalar>& basis, const Eigen::Ref<const Eigen::MatrixXd>& G,
-                  Eigen::Index length, Eigen::Index num_samples, double tau) {
-    const GaussianBasis<double> b(basis.centers().template cast<double>(),
-                                  basis.widths().template cast<double>());
-    Eigen::VectorXd t(length);
-    for (Eigen::Index j = 1; j <= length; ++j)
-        t[j - 1] = tau + (1.0 - tau) * static_cast<double>(j) / static_cast<double>(length);
-    const Eigen::VectorXd coefficients = G.middleRows(num_samples, length).colwise().sum();
-    return (b.evaluate(t) * coefficients).mean();
+/// MemoryReach::chunk_gain from the rows of the unbounded fit's operator that multiply the
+/// new chunk (G_new, L × N: rows M…M+L−1 of G) and the basis, in double.
+inline double chunk_gain(const GaussianBasis<double>& basis,
+                         const Eigen::Ref<const Eigen::MatrixXd>& G_new, double tau) {
+    const Eigen::Index length = G_new.rows();
+    Eigen::VectorXd t(length);  // the new chunk's positions
+    for (Eigen::Index age = 0; age < length; ++age) t[age] = token_position(age, length, tau);
+    const Eigen::VectorXd coefficients = G_new.colwise().sum().transpose();
+    return (basis.evaluate(t) * coefficients).mean();
 }
 
 /// The figures of memory_reach() with the chunk gain given.
@@ -169,7 +166,8 @@ inline MemoryReach memory_reach(const MemoryParams& params, Eigen::Index chunk_l
         unbounded_fit(basis, chunk_length, params.num_samples, params.tau, params.ridge_lambda);
     return detail::reach_with_gain(
         params, chunk_length,
-        detail::chunk_gain(basis, fit.G(), chunk_length, params.num_samples, params.tau));
+        detail::chunk_gain(basis, fit.G().middleRows(params.num_samples, chunk_length),
+                           params.tau));
 }
 
 }  // namespace infinityformer

@@ -109,10 +109,18 @@ MemoryStability analyse_memory(const GaussianBasis<Scalar>& basis, const RidgeFi
         s.concentrated_growth = (b.evaluate(t) * c).cwiseAbs().maxCoeff();
     }
     const Eigen::Index length = inf.G().rows() - m;
-    s.chunk_gain = chunk_gain(basis, inf.G().template cast<double>(), length, m, p.tau);
+    s.chunk_gain = chunk_gain(b, inf.G().middleRows(m, length).template cast<double>(), p.tau);
     s.fit_bound = std::max(inf.G().template cast<double>().cwiseAbs().colwise().sum().maxCoeff(),
                            first.G().template cast<double>().cwiseAbs().colwise().sum().maxCoeff());
     return s;
+}
+
+/// Stability::refuse's rule, from a configuration's figures: it holds its own chunk, its
+/// uniform recurrence contracts, and its concentrated growth is at most
+/// kMaxConcentratedGrowth (MemoryOperators::refuse_unstable() says which fails).
+inline bool accepts(const MemoryReach& reach, const MemoryStability& s) {
+    return reach.holds_own_chunk && s.uniform_radius < 1.0 &&
+           s.concentrated_growth <= kMaxConcentratedGrowth;
 }
 
 }  // namespace detail
