@@ -277,4 +277,15 @@ inline LongTermParams twin_params(bool lm) {
     return p;
 }
 
+// The largest relative difference between the gradients of two modules' parameters() (the
+// same kind of module: the same names in the same order).
+template <typename Module>
+double max_rel_grad_diff(Module& a, Module& b) {
+    const auto pa = a.parameters(), pb = b.parameters();
+    double worst = 0;
+    for (std::size_t k = 0; k < pa.size(); ++k)
+        worst = std::max(worst, rel_diff(pa[k].gradient(), pb[k].gradient()));
+    return worst;
+}
+
 }  // namespace part_util

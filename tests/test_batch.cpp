@@ -54,14 +54,6 @@ bool same_gradients(Layer& a, Layer& b) {
     return true;
 }
 
-double max_rel_grad_diff(Layer& a, Layer& b) {
-    const auto pa = a.parameters(), pb = b.parameters();
-    double worst = 0;
-    for (std::size_t k = 0; k < pa.size(); ++k)
-        worst = std::max(worst, rel_diff(pa[k].gradient(), pb[k].gradient()));
-    return worst;
-}
-
 }  // namespace
 
 TEST_CASE("batch: forward_batch and backward_batch equal the per-stream calls bit for bit",

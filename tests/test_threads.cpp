@@ -34,14 +34,6 @@ MatrixXd chunk(Index s, int c) {
     return rng.matrix(6, 8);
 }
 
-double max_rel_grad_diff(Layer& a, Layer& b) {
-    const auto pa = a.parameters(), pb = b.parameters();
-    double worst = 0;
-    for (std::size_t k = 0; k < pa.size(); ++k)
-        worst = std::max(worst, rel_diff(pa[k].gradient(), pb[k].gradient()));
-    return worst;
-}
-
 }  // namespace
 
 TEST_CASE("threads: forward on distinct streams from distinct threads is the sequential one",
